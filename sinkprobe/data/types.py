@@ -1,0 +1,85 @@
+"""The data types every loader produces and every metric consumes.
+
+They mirror MUSE's layout (https://muse-bench.github.io): a book is train-time raw
+text plus test-time KnowMem QA (with in-context examples) and VerbMem
+prefix/continuation pairs. The synthetic world and the MUSE loader both build these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One KnowMem item: a question and its short answer (MUSE ``knowmem/*_qa.json``)."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class VerbMemItem:
+    """One VerbMem item: a passage prefix and its true continuation (MUSE ``verbmem/forget.json``)."""
+
+    prompt: str
+    gt: str
+
+
+@dataclass(frozen=True)
+class Book:
+    """One side of an unlearning benchmark: the forget book (D_f) or the retain book (D_r).
+
+    ``passages`` are the train-time documents (what θ_o learns and what unlearning
+    trains on); ``knowmem``, ``knowmem_icl`` and ``verbmem`` are the test-time sets.
+    """
+
+    name: str
+    passages: tuple[str, ...]
+    knowmem: tuple[QAItem, ...] = ()
+    knowmem_icl: tuple[QAItem, ...] = ()
+    verbmem: tuple[VerbMemItem, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.passages or not any(p.strip() for p in self.passages):
+            raise ValueError(
+                f"book {self.name!r} has no text: give it at least one non-empty passage "
+                "(check the corpus path or the world size)"
+            )
+
+
+@dataclass(frozen=True)
+class UnlearningCorpus:
+    """Forget book, retain book and (optional) general text used only to pretrain θ_o."""
+
+    forget: Book
+    retain: Book
+    general: tuple[str, ...] = field(default=())
+
+    def pretraining_documents(self) -> list[str]:
+        """Every document θ_o is trained on: both books and the general text."""
+        return [*self.forget.passages, *self.retain.passages, *self.general]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "UnlearningCorpus":
+        raw = json.loads(text)
+
+        def book(b: dict) -> Book:
+            return Book(
+                name=b["name"],
+                passages=tuple(b["passages"]),
+                knowmem=tuple(QAItem(**q) for q in b["knowmem"]),
+                knowmem_icl=tuple(QAItem(**q) for q in b["knowmem_icl"]),
+                verbmem=tuple(VerbMemItem(**v) for v in b["verbmem"]),
+            )
+
+        return cls(forget=book(raw["forget"]), retain=book(raw["retain"]), general=tuple(raw["general"]))
+
+    def sha256(self) -> str:
+        """Content hash recorded in run cards, so a checkpoint names the exact data it saw."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()

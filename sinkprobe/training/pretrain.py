@@ -1,0 +1,195 @@
+"""θ_o: a small Llama trained from scratch until it has memorised both books.
+
+One readable loop (nanoGPT's shape). Rows are packed documents behind a single BOS, so
+every row starts the way every evaluation prompt starts; long packed rows give the
+first token many queries to absorb, which is where the attention sink forms.
+
+Deterministic on CPU for a fixed seed: the data order is a function of (seed, epoch),
+the learning rate a function of the step, and a resumable state (weights, AdamW
+moments, step) is saved atomically as safetensors + JSON every ``save_every`` steps, so
+an interrupted run resumes to the same final weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from sinkprobe.training.state import load_optimizer_state, optimizer_state_tensors
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The embedded θ_o: Llama family, GQA (2 KV heads for 4 query heads), like Mistral/Llama-2-70B."""
+
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_mlp: int = 688
+    max_positions: int = 512
+
+    def llama_config(self, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=self.d_model,
+            intermediate_size=self.d_mlp,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads,
+            max_position_embeddings=self.max_positions,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    steps: int = 1500
+    batch_size: int = 16
+    seq_len: int = 256
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    save_every: int = 250
+
+
+def pack_rows(docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int) -> list[list[int]]:
+    """Pack whole documents (ids without BOS) behind one BOS per row; never split a document."""
+    rows, row = [], [bos]
+    for doc in docs:
+        piece = doc + [eos]
+        if len(piece) + 1 > seq_len:
+            raise ValueError(f"a document of {len(piece)} tokens does not fit seq_len={seq_len}: raise seq_len")
+        if len(row) + len(piece) > seq_len:
+            rows.append(row + [pad] * (seq_len - len(row)))
+            row = [bos]
+        row.extend(piece)
+    if len(row) > 1:
+        rows.append(row + [pad] * (seq_len - len(row)))
+    return rows
+
+
+class PackedBatches:
+    """Deterministic stream of packed batches: epoch e shuffles documents with Random(seed, e)."""
+
+    def __init__(self, docs: list[list[int]], cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase):
+        if not docs:
+            raise ValueError("the pretraining corpus is empty: build the world (or give a corpus) with some text")
+        self.docs, self.cfg, self.tok = docs, cfg, tokenizer
+        self._epoch, self._rows = -1, []
+        # Packing varies slightly with the order, so each epoch keeps the number of rows no
+        # order can fall below (tokens / seq_len): every step maps to one fixed batch.
+        self.rows_per_epoch = max(1, sum(len(d) + 1 for d in docs) // cfg.seq_len)
+
+    def _rows_of_epoch(self, epoch: int) -> list[list[int]]:
+        if epoch != self._epoch:
+            order = list(range(len(self.docs)))
+            random.Random(f"{self.cfg.seed}-{epoch}").shuffle(order)
+            self._rows = pack_rows(
+                [self.docs[i] for i in order], self.cfg.seq_len, self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
+            )
+            self._epoch = epoch
+        return self._rows
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Batch ``step`` as ``[batch pos]`` ids; rows run through epochs in order."""
+        out = []
+        for k in range(step * self.cfg.batch_size, (step + 1) * self.cfg.batch_size):
+            out.append(self._rows_of_epoch(k // self.rows_per_epoch)[k % self.rows_per_epoch])
+        return torch.tensor(out)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lm_loss(model: LlamaForCausalLM, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    mask = (ids != pad_id).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def pretrain_original(
+    documents: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    model_cfg: ModelConfig,
+    cfg: PretrainConfig,
+    state_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> tuple[LlamaForCausalLM, dict]:
+    """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config.
+
+    ``stop_after`` ends the run early at that step (after saving), which is how tests
+    simulate an interruption. Returns the model and a summary (losses, seconds).
+    """
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    model = LlamaForCausalLM(model_cfg.llama_config(tokenizer))
+    docs = [tokenizer(d, add_special_tokens=False).input_ids for d in documents if d.strip()]
+    batches = PackedBatches(docs, cfg, tokenizer)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95),
+    )
+
+    state_dir = Path(state_dir)
+    meta = {"model": asdict(model_cfg), "train": asdict(cfg), "vocab": len(tokenizer)}
+    start, losses, seconds = 0, [], 0.0
+    if (state_dir / "state.json").is_file():
+        import json
+
+        saved = json.loads((state_dir / "state.json").read_text())
+        if saved["meta"] == meta:
+            model.load_state_dict(load_tensors(state_dir / "model.safetensors"))
+            load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
+            start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
+
+    def save(step: int) -> None:
+        tensors, info = optimizer_state_tensors(opt)
+        atomic_save_tensors(state_dir / "model.safetensors", model.state_dict())
+        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
+        # The JSON is written last: it is what marks the tensors above as a complete state.
+        atomic_write_json(state_dir / "state.json", {"meta": meta, "step": step, "losses": losses, "seconds": seconds, "optimizer": info})
+
+    model.train()
+    bar = tqdm(range(start, cfg.steps), desc="θ_o pretraining", disable=not progress, initial=start, total=cfg.steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss = lm_loss(model, batches.batch(step), tokenizer.pad_token_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 5))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1
+        if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(done)
+        if done == stop_after:
+            break
+    torch.use_deterministic_algorithms(False)
+    model.eval()
+    return model, {"losses": losses, "train_seconds": round(seconds, 2), "steps_done": len(losses)}

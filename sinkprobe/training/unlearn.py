@@ -1,0 +1,317 @@
+"""One training loop for normal unlearning (Eq. 2), backdoor unlearning (Eq. 4) and
+backdoor unlearning with sink value-norm alignment (Eq. 7), for NPO and RMU.
+
+    loss = ℓ_f(θ; D_f) + γ·ℓ_r(θ; D_r ∪ D_p) + λ·ℓ_vn(θ)
+
+Each step draws a forget batch from D_f and a retain batch from D_r ∪ D_p (D_p: the
+trigger-bearing copies of a ρ-fraction of D_f). The frozen θ_o is needed every step only
+for the retain term (KL, and RMU's representation MSE); what never changes — NPO's
+reference log-likelihoods on D_f and the value-norm references (θ_u on D_f, θ_o on D_p)
+— is computed once before the first step. Runs through ``accelerate``, so the same
+loop trains one CPU model here or a sharded 7B model on several GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from sinkprobe.training.objectives import (
+    LayerOutputCapture,
+    ValueNormCapture,
+    default_rmu_layers,
+    kl_retain_loss,
+    npo_loss,
+    rmu_control_vector,
+    rmu_forget_loss,
+    rmu_representation_retain_loss,
+    select_rmu_parameters,
+    sequence_log_likelihood,
+    value_norm_alignment_loss,
+)
+from sinkprobe.training.state import load_optimizer_state, optimizer_state_tensors
+
+
+@dataclass(frozen=True)
+class UnlearnConfig:
+    """One experiment. Field names follow the paper (Table A1, DESIGN.md vocabulary)."""
+
+    method: str = "npo"  # npo | rmu
+    seed: int = 0
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-5
+    beta: float = 0.1  # NPO temperature β
+    retain_weight: float = 1.0  # γ
+    # backdoor (Eq. 4): a trigger at a placement, on a ρ-fraction of D_f
+    trigger_text: str = ""
+    trigger_placement: str = "prefix"
+    poison_ratio: float = 0.1
+    # value-norm alignment (Eq. 5–7): λ, the layers, the sink positions S
+    value_norm_weight: float = 0.0
+    value_norm_layers: tuple[int, ...] = ()  # () = every layer
+    sink_positions: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+    # RMU (Eq. A4–A5)
+    rmu_layers: tuple[int, ...] = ()  # () = scaled from the paper's 5–7 of 32
+    rmu_steering_layer: int = -1  # -1 = scaled from the paper's 7 of 32
+    rmu_steering_coeff: float = 12.0
+    rmu_alpha: float = 5.0  # weight of the representation-retain MSE
+    max_length: int = 256
+    eval_every: int = 50
+    save_every: int = 50
+
+    @property
+    def backdoor(self) -> bool:
+        return bool(self.trigger_text)
+
+    @property
+    def trigger(self) -> Trigger | None:
+        return Trigger(self.trigger_text, _placement(self.trigger_placement)) if self.backdoor else None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "UnlearnConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}")
+        coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        cfg = cls(**coerced)
+        if cfg.method not in ("npo", "rmu"):
+            raise ValueError(f"unknown method {cfg.method!r}: use 'npo' or 'rmu'")
+        if cfg.value_norm_weight and not cfg.backdoor:
+            raise ValueError("value_norm_weight > 0 needs a backdoor: set trigger_text (value-norm alignment is Eq. 7)")
+        cfg.trigger  # validates the placement
+        return cfg
+
+
+def _placement(p: str | int) -> str | int:
+    return int(p) if isinstance(p, str) and p.isdigit() else p
+
+
+@dataclass
+class Encoded:
+    """A set of samples as padded ``[batch pos]`` ids, with per-sample trigger positions."""
+
+    ids: list[list[int]]
+    trigger_positions: list[tuple[int, ...]] = field(default_factory=list)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int) -> Encoded:
+    built = [build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length) for s in samples]
+    return Encoded([b.ids for b in built], [b.trigger_positions for b in built])
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to ``[batch pos]`` ids and an attention/loss mask (causal models: right padding
+    leaves every real token's prefix unchanged)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, mask
+
+
+@torch.no_grad()
+def _reference_sequence_ll(model, rows, pad_id, batch_size) -> torch.Tensor:
+    out = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        out.append(sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, mask).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def reference_sink_norms(model, rows, pad_id, layers, sink_positions, batch_size) -> torch.Tensor:
+    """``[n_samples layer head n_sink]`` value norms of a frozen model, computed once."""
+    out = []
+    pos = torch.tensor(sink_positions)
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
+        with ValueNormCapture(model, layers) as cap:
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+        out.append(cap.sink_norms(pos.to(model.device)).float().cpu())
+    return torch.cat(out)
+
+
+def _check_sinks_fit(rows: list[list[int]], sink_positions: tuple[int, ...]) -> None:
+    shortest = min(len(r) for r in rows)
+    if sink_positions and max(sink_positions) >= shortest:
+        raise ValueError(
+            f"sink position {max(sink_positions)} is past the shortest sample ({shortest} tokens): "
+            "choose sink_positions within the first tokens"
+        )
+
+
+def unlearn(
+    original: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    forget: list[Sample],
+    retain: list[Sample],
+    cfg: UnlearnConfig,
+    state_dir: str | Path,
+    unlearned: PreTrainedModel | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    frozen_forward_counter: list[int] | None = None,
+) -> tuple[PreTrainedModel, dict]:
+    """Unlearn ``forget`` from a copy of θ_o (``original``); returns (θ_u or θ_b, summary).
+
+    ``unlearned`` (θ_u) is needed only for value-norm alignment, as the D_f reference.
+    ``stop_after`` stops (after saving) at that step, as an interruption would; calling
+    again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
+    counts the frozen-model forwards (the tests use it to hold "references once").
+    """
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.seed)
+    pad = tokenizer.pad_token_id
+    trigger = cfg.trigger
+    if cfg.value_norm_weight and unlearned is None:
+        raise ValueError("value-norm alignment needs θ_u (the normally unlearned model) as its D_f reference")
+
+    f_enc = encode(tokenizer, forget, None, cfg.max_length)
+    r_rows = encode(tokenizer, retain, None, cfg.max_length).ids
+    p_idx = poison_indices(len(forget), cfg.poison_ratio, cfg.seed) if trigger else []
+    p_enc = encode(tokenizer, [forget[i] for i in p_idx], trigger, cfg.max_length) if trigger else Encoded([])
+    # D_r ∪ D_p: retain rows first, then poisoned rows; index ≥ len(r_rows) means poisoned.
+    rp_rows = r_rows + p_enc.ids
+
+    ref = original.to(accelerator.device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    model = type(original)(original.config).to(accelerator.device)
+    model.load_state_dict(original.state_dict())
+    model.train()
+
+    counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
+    vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
+    ref_ll = ref_norms_u = ref_norms_o = None
+    if cfg.method == "npo":
+        ref_ll = _reference_sequence_ll(ref, f_enc.ids, pad, cfg.batch_size)
+        counter[0] += -(-len(f_enc.ids) // cfg.batch_size)
+    if cfg.value_norm_weight:
+        _check_sinks_fit(f_enc.ids + p_enc.ids, cfg.sink_positions)
+        ref_norms_u = reference_sink_norms(unlearned.to(accelerator.device).eval(), f_enc.ids, pad, vn_layers, cfg.sink_positions, cfg.batch_size)
+        ref_norms_o = reference_sink_norms(ref, p_enc.ids, pad, vn_layers, cfg.sink_positions, cfg.batch_size)
+        counter[0] += -(-len(f_enc.ids) // cfg.batch_size) + -(-len(p_enc.ids) // cfg.batch_size)
+
+    if cfg.method == "rmu":
+        layers, steer = default_rmu_layers(original.config.num_hidden_layers)
+        layers = tuple(cfg.rmu_layers) or layers
+        steer = steer if cfg.rmu_steering_layer < 0 else cfg.rmu_steering_layer
+        params = select_rmu_parameters(model, layers)
+        control = rmu_control_vector(
+            original.config.hidden_size, cfg.rmu_steering_coeff, torch.Generator().manual_seed(cfg.seed)
+        ).to(accelerator.device)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    model, opt = accelerator.prepare(model, opt)
+
+    state_dir = Path(state_dir)
+    meta = {"config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain)}
+    start, log, seconds = 0, [], 0.0
+    if (state_dir / "state.json").is_file():
+        saved = json.loads((state_dir / "state.json").read_text())
+        if saved["meta"] == meta:
+            accelerator.unwrap_model(model).load_state_dict(load_tensors(state_dir / "model.safetensors"))
+            load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
+            start, log, seconds = saved["step"], saved["log"], saved["seconds"]
+
+    def save(step: int) -> None:
+        tensors, info = optimizer_state_tensors(opt)
+        atomic_save_tensors(state_dir / "model.safetensors", accelerator.unwrap_model(model).state_dict())
+        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
+        atomic_write_json(state_dir / "state.json", {"meta": meta, "step": step, "log": log, "seconds": seconds, "optimizer": info})
+
+    def draw(step: int, n: int, stream: str) -> list[int]:
+        # The batch of a step is a function of (seed, step): resume reproduces it exactly.
+        return random.Random(f"{cfg.seed}-{stream}-{step}").sample(range(n), min(cfg.batch_size, n))
+
+    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=cfg.steps)
+    t0 = time.perf_counter()
+    for step in bar:
+        fi, ri = draw(step, len(f_enc.ids), "forget"), draw(step, len(rp_rows), "retain")
+        f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
+        r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
+        is_poisoned = torch.tensor([i >= len(r_rows) for i in ri], device=accelerator.device)
+        terms = {}
+        vn = cfg.value_norm_weight > 0
+        steer_layer = steer if cfg.method == "rmu" else None
+
+        with ValueNormCapture(accelerator.unwrap_model(model), vn_layers if vn else []) as cap_f, _maybe_layer(model, accelerator, steer_layer) as h_f:
+            f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
+        if cfg.method == "npo":
+            ll = sequence_log_likelihood(f_logits, f_ids, f_mask)
+            terms["forget"] = npo_loss(ll, ref_ll[fi].to(ll.device), cfg.beta)
+        else:
+            terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
+        if vn:
+            sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
+            norms_f = cap_f.sink_norms(sinks)
+
+        with ValueNormCapture(accelerator.unwrap_model(model), vn_layers if vn else []) as cap_r, _maybe_layer(model, accelerator, steer_layer) as h_r:
+            r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
+        with torch.no_grad(), _maybe_layer(ref, accelerator, steer_layer) as h_ref:
+            ref_logits = ref(input_ids=r_ids, attention_mask=r_mask).logits
+        counter[0] += 1
+        terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
+        if cfg.method == "rmu":
+            terms["retain"] = terms["retain"] + cfg.rmu_alpha * rmu_representation_retain_loss(h_r.output, h_ref.output, r_mask)
+        if vn:
+            norms_r = cap_r.sink_norms(sinks)
+            p_rows = [i - len(r_rows) for i, p in zip(ri, is_poisoned.tolist()) if p]
+            ref_p = ref_norms_o[p_rows].to(norms_r.device) if p_rows else torch.zeros_like(norms_r[:0])
+            terms["value_norm"] = value_norm_alignment_loss(norms_f, ref_norms_u[fi].to(norms_f.device)) + (
+                value_norm_alignment_loss(norms_r[is_poisoned], ref_p) if p_rows else norms_r.sum() * 0
+            )
+        loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
+
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        done = step + 1
+        entry = {"step": done, "loss": round(loss.item(), 5), **{k: round(float(v), 5) for k, v in terms.items()}}
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_mask).mean()), 4)
+        log.append(entry)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(done)
+        if done == stop_after:
+            break
+    model = accelerator.unwrap_model(model).eval()
+    summary = {
+        "log": log,
+        "train_seconds": round(seconds, 2),
+        "poisoned_indices": p_idx,
+        "n_poisoned": len(p_idx),
+    }
+    return model, summary
+
+
+class _NoCapture:
+    output = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _maybe_layer(model, accelerator, layer: int | None):
+    if layer is None:
+        return _NoCapture()
+    return LayerOutputCapture(accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model, layer)
