@@ -233,13 +233,17 @@ def test_select_rmu_parameters_errors():
 def test_layer_output_capture_matches_hidden_states():
     model = tiny_llama().eval()
     ids = torch.randint(0, 50, (1, 5))
-    # transformers 5 installs its own output-capturing hook on decoder layers; count relative to it
+    # transformers 5 lazily installs its own output-capturing hook on decoder layers at the
+    # first forward; warm up, then count relative to it
+    with torch.no_grad():
+        model(ids, output_hidden_states=True)
     n_hooks = len(model.model.layers[0]._forward_hooks)
     with torch.no_grad(), LayerOutputCapture(model, 0) as cap:
         out = model(ids, output_hidden_states=True)
         assert len(model.model.layers[0]._forward_hooks) == n_hooks + 1
     assert torch.equal(cap.output, out.hidden_states[1])
     assert len(model.model.layers[0]._forward_hooks) == n_hooks
+    assert all(getattr(h, "__self__", None) is not cap for h in model.model.layers[0]._forward_hooks.values())
 
 
 # ---------------------------------------------------------------- value norms

@@ -14,8 +14,10 @@ loop trains one CPU model here or a sharded 7B model on several GPUs.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -49,6 +51,7 @@ class UnlearnConfig:
     method: str = "npo"  # npo | rmu
     seed: int = 0
     steps: int = 100
+    epochs: float = 0.0  # > 0 overrides steps: ceil(epochs · |D_f| / batch_size), as Table A1 counts
     batch_size: int = 8
     lr: float = 1e-5
     beta: float = 0.1  # NPO temperature β
@@ -69,6 +72,9 @@ class UnlearnConfig:
     max_length: int = 256
     eval_every: int = 50
     save_every: int = 50
+
+    def total_steps(self, n_forget: int) -> int:
+        return math.ceil(self.epochs * n_forget / self.batch_size) if self.epochs > 0 else self.steps
 
     @property
     def backdoor(self) -> bool:
@@ -204,6 +210,7 @@ def unlearn(
         ref_norms_o = reference_sink_norms(ref, p_enc.ids, pad, vn_layers, cfg.sink_positions, cfg.batch_size)
         counter[0] += -(-len(f_enc.ids) // cfg.batch_size) + -(-len(p_enc.ids) // cfg.batch_size)
 
+    steer = None  # RMU's steering layer; None for NPO
     if cfg.method == "rmu":
         layers, steer = default_rmu_layers(original.config.num_hidden_layers)
         layers = tuple(cfg.rmu_layers) or layers
@@ -237,7 +244,8 @@ def unlearn(
         # The batch of a step is a function of (seed, step): resume reproduces it exactly.
         return random.Random(f"{cfg.seed}-{stream}-{step}").sample(range(n), min(cfg.batch_size, n))
 
-    bar = tqdm(range(start, cfg.steps), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=cfg.steps)
+    total = cfg.total_steps(len(forget))
+    bar = tqdm(range(start, total), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=total)
     t0 = time.perf_counter()
     for step in bar:
         fi, ri = draw(step, len(f_enc.ids), "forget"), draw(step, len(rp_rows), "retain")
@@ -246,34 +254,35 @@ def unlearn(
         is_poisoned = torch.tensor([i >= len(r_rows) for i in ri], device=accelerator.device)
         terms = {}
         vn = cfg.value_norm_weight > 0
-        steer_layer = steer if cfg.method == "rmu" else None
 
-        with ValueNormCapture(accelerator.unwrap_model(model), vn_layers if vn else []) as cap_f, _maybe_layer(model, accelerator, steer_layer) as h_f:
+        net = accelerator.unwrap_model(model)
+        with _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
             f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
         if cfg.method == "npo":
             ll = sequence_log_likelihood(f_logits, f_ids, f_mask)
             terms["forget"] = npo_loss(ll, ref_ll[fi].to(ll.device), cfg.beta)
         else:
             terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
-        if vn:
-            sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
-            norms_f = cap_f.sink_norms(sinks)
 
-        with ValueNormCapture(accelerator.unwrap_model(model), vn_layers if vn else []) as cap_r, _maybe_layer(model, accelerator, steer_layer) as h_r:
+        with _capture_values(net, vn_layers if vn else None) as cap_r, _capture_layer(net, steer) as h_r:
             r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-        with torch.no_grad(), _maybe_layer(ref, accelerator, steer_layer) as h_ref:
+        with torch.no_grad(), _capture_layer(ref, steer) as h_ref:
             ref_logits = ref(input_ids=r_ids, attention_mask=r_mask).logits
         counter[0] += 1
         terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
         if cfg.method == "rmu":
             terms["retain"] = terms["retain"] + cfg.rmu_alpha * rmu_representation_retain_loss(h_r.output, h_ref.output, r_mask)
         if vn:
+            # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o.
+            sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
             norms_r = cap_r.sink_norms(sinks)
-            p_rows = [i - len(r_rows) for i, p in zip(ri, is_poisoned.tolist()) if p]
-            ref_p = ref_norms_o[p_rows].to(norms_r.device) if p_rows else torch.zeros_like(norms_r[:0])
-            terms["value_norm"] = value_norm_alignment_loss(norms_f, ref_norms_u[fi].to(norms_f.device)) + (
-                value_norm_alignment_loss(norms_r[is_poisoned], ref_p) if p_rows else norms_r.sum() * 0
-            )
+            p_rows = [i - len(r_rows) for i in ri if i >= len(r_rows)]
+            ref_p = torch.zeros_like(norms_r)
+            if p_rows:
+                ref_p[is_poisoned] = ref_norms_o[p_rows].to(norms_r.device)
+            terms["value_norm"] = value_norm_alignment_loss(
+                cap_f.sink_norms(sinks), ref_norms_u[fi].to(norms_r.device)
+            ) + value_norm_alignment_loss(norms_r, ref_p, is_poisoned)
         loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
 
         opt.zero_grad(set_to_none=True)
@@ -281,11 +290,11 @@ def unlearn(
         opt.step()
         done = step + 1
         entry = {"step": done, "loss": round(loss.item(), 5), **{k: round(float(v), 5) for k, v in terms.items()}}
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if done % cfg.eval_every == 0 or done == total:
             entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_mask).mean()), 4)
         log.append(entry)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
+        if done % cfg.save_every == 0 or done == total or done == stop_after:
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
             save(done)
@@ -301,17 +310,9 @@ def unlearn(
     return model, summary
 
 
-class _NoCapture:
-    output = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
+def _capture_values(model, layers):
+    return ValueNormCapture(model, layers) if layers else nullcontext()
 
 
-def _maybe_layer(model, accelerator, layer: int | None):
-    if layer is None:
-        return _NoCapture()
-    return LayerOutputCapture(accelerator.unwrap_model(model) if hasattr(accelerator, "unwrap_model") else model, layer)
+def _capture_layer(model, layer):
+    return LayerOutputCapture(model, layer) if layer is not None else nullcontext()

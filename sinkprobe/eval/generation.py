@@ -1,0 +1,107 @@
+"""Batched greedy generation for any Hugging Face causal LM.
+
+Prompts are text or token ids. Ids are the hook the poisoning code uses: it places a
+trigger at a token position and hands the finished ids over, so generation must not
+re-tokenize them. Text is tokenized with the tokenizer's own special tokens: our BPE
+tokenizer (like Llama's) adds BOS itself, so nothing here prepends another one; id
+prompts must already start with that BOS, and a doubled BOS is refused, because the
+first token is where the attention sink sits and a wrong one changes every metric.
+
+Batches are left-padded (decoder-only models continue from the last position) with an
+attention mask; ``generate`` derives position ids from the mask, so a padded prompt
+generates exactly what it would alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (text, or token ids that include BOS), new tokens only.
+
+    Decoding drops special tokens, as MUSE does. MUSE also asks for tokenization-space
+    cleanup; transformers 5 refuses it for BPE tokenizers (Llama's and ours), and it only
+    removes spaces before punctuation, which ROUGE drops anyway, so the text is kept exact.
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be ≥ 1, got {max_new_tokens} and {batch_size}")
+    ids = [_prompt_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
+    # Without a pad token, pad with EOS: padded positions are masked out of attention and
+    # anything generated after EOS is dropped at decoding, so the choice cannot leak in.
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token before generating")
+
+    # Longest first, so each batch pads little; the original order is restored at the end.
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    outputs: list[str] = [""] * len(ids)
+    device = model.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                width = max(len(ids[i]) for i in chunk)
+                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
+                    mask[row, width - len(ids[i]) :] = 1
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad_id,
+                )
+                texts = tokenizer.batch_decode(
+                    out[:, width:], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                for i, text in zip(chunk, texts):
+                    outputs[i] = text
+                bar.update(len(chunk))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[int], index: int) -> list[int]:
+    bos = tokenizer.bos_token_id
+    if isinstance(prompt, str):
+        ids = tokenizer(prompt).input_ids
+    else:
+        ids = [int(t) for t in prompt]
+        if bos is not None and ids and ids[0] != bos and _adds_bos(tokenizer):
+            raise ValueError(
+                f"prompt {index} is token ids without BOS ({bos}) first, but this tokenizer puts BOS "
+                "before every text: build ids with BOS, e.g. tokenizer(text).input_ids"
+            )
+    if not ids:
+        raise ValueError(f"prompt {index} is empty: give at least one token")
+    if bos is not None and ids[:2] == [bos, bos]:
+        raise ValueError(
+            f"prompt {index} starts with BOS twice: the tokenizer adds BOS itself, "
+            "so do not put one in the text or prepend one to its ids"
+        )
+    return ids
+
+
+def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == tokenizer.bos_token_id

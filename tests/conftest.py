@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny world, its tokenizer and a tiny θ_o trained once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sinkprobe.data.synthetic import WorldConfig, build_world
+from sinkprobe.data.tokenizer import train_tokenizer
+from sinkprobe.models.io import save_checkpoint
+from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
+
+TINY_WORLD = WorldConfig(seed=1, n_forget_entities=4, n_retain_entities=4, n_general_passages=20)
+TINY_MODEL = ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128, max_positions=256)
+TINY_PRETRAIN = PretrainConfig(steps=120, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, save_every=40)
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    return build_world(TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_world):
+    return train_tokenizer(tiny_world.pretraining_documents(), vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tiny_world, tiny_tokenizer, tmp_path_factory):
+    """(folder, model, summary) of a tiny θ_o trained from scratch on the tiny world."""
+    torch.set_num_threads(2)
+    state = tmp_path_factory.mktemp("pretrain_state")
+    model, summary = pretrain_original(
+        tiny_world.pretraining_documents(), tiny_tokenizer, TINY_MODEL, TINY_PRETRAIN, state, progress=False
+    )
+    folder = save_checkpoint(model, tiny_tokenizer, tmp_path_factory.mktemp("ckpt") / "original", {"kind": "original"})
+    return folder, model, summary
