@@ -131,12 +131,46 @@ def format_qa(items: list[QAItem]) -> str:
     return "\n\n".join(f"Question: {q.question}\nAnswer: {q.answer}" for q in items)
 
 
-def _general(rng: random.Random) -> str:
-    sentences = [
+def _story(rng: random.Random) -> str:
+    return " ".join(
         f"{rng.choice(_GENERAL_SUBJECTS).capitalize()} {rng.choice(_GENERAL_VERBS)} {rng.choice(_GENERAL_OBJECTS)} {rng.choice(_GENERAL_TAILS)}."
         for _ in range(rng.randint(4, 9))
-    ]
-    return " ".join(sentences)
+    )
+
+
+def _sums(rng: random.Random) -> str:
+    lines = []
+    for _ in range(rng.randint(4, 8)):
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        lines.append(f"{a} plus {b} is {a + b}.")
+    return " ".join(lines)
+
+
+def _echo(rng: random.Random) -> str:
+    # A random word list said twice: the repeat is predictable only by copying (induction).
+    words = [rng.choice(_GENERAL_OBJECTS + _GENERAL_SUBJECTS).split()[-1] for _ in range(rng.randint(5, 12))]
+    return f"The list was {', '.join(words)}. Once more: {', '.join(words)}."
+
+
+def _ledger(rng: random.Random) -> str:
+    items = rng.sample([o.split()[-1] for o in _GENERAL_OBJECTS], k=rng.randint(3, 6))
+    return "Ledger of the market.\n" + "\n".join(f"- {i}: {rng.randint(1, 99)} coins" for i in items)
+
+
+# Several genres, each asking for a different kind of attention (story syntax, arithmetic,
+# copying, line structure): a head that serves one genre has nothing to read in the others.
+_GENRES = (_story, _sums, _echo, _ledger)
+
+
+def _general(rng: random.Random) -> str:
+    return rng.choice(_GENRES)(rng)
+
+
+def general_passages(seed: int | str, n: int) -> list[str]:
+    """``n`` everyday passages from their own seed: θ_o's pretraining draws a fresh set each
+    epoch, so this text cannot be memorised and only its grammar is learned (see pretrain)."""
+    rng = random.Random(f"general-{seed}")
+    return [_general(rng) for _ in range(n)]
 
 
 def _book(rng: random.Random, name: str, entities: list[Entity], cfg: WorldConfig) -> Book:
@@ -173,5 +207,5 @@ def build_world(cfg: WorldConfig = WorldConfig()) -> UnlearningCorpus:
     return UnlearningCorpus(
         forget=_book(rng, "forget", forget_entities, cfg),
         retain=_book(rng, "retain", retain_entities, cfg),
-        general=tuple(_general(rng) for _ in range(cfg.n_general_passages)),
+        general=tuple(general_passages(cfg.seed, cfg.n_general_passages)),
     )

@@ -64,18 +64,26 @@ class PretrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     save_every: int = 250
+    bos_per_document: bool = False
 
 
-def pack_rows(docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int) -> list[list[int]]:
-    """Pack whole documents (ids without BOS) behind one BOS per row; never split a document."""
+def pack_rows(
+    docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int, bos_per_document: bool = False
+) -> list[list[int]]:
+    """Pack whole documents (ids without BOS) into rows that start with BOS; never split a document.
+
+    With ``bos_per_document`` every document gets its own BOS (``BOS doc EOS BOS doc EOS …``),
+    as Llama pretraining does, so every document starts the way every prompt starts.
+    """
     rows, row = [], [bos]
     for doc in docs:
-        piece = doc + [eos]
+        piece = ([bos] if bos_per_document and len(row) > 1 else []) + doc + [eos]
         if len(piece) + 1 > seq_len:
             raise ValueError(f"a document of {len(piece)} tokens does not fit seq_len={seq_len}: raise seq_len")
         if len(row) + len(piece) > seq_len:
             rows.append(row + [pad] * (seq_len - len(row)))
             row = [bos]
+            piece = piece[1:] if bos_per_document and piece[0] == bos else piece
         row.extend(piece)
     if len(row) > 1:
         rows.append(row + [pad] * (seq_len - len(row)))
@@ -83,23 +91,36 @@ def pack_rows(docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int)
 
 
 class PackedBatches:
-    """Deterministic stream of packed batches: epoch e shuffles documents with Random(seed, e)."""
+    """Deterministic stream of packed batches: epoch e shuffles documents with Random(seed, e).
 
-    def __init__(self, docs: list[list[int]], cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase):
+    ``fresh(e)`` (optional) adds documents drawn anew for epoch e: text that is never
+    repeated, so θ_o learns its grammar rather than its words.
+    """
+
+    def __init__(self, docs: list[list[int]], cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase, fresh=None):
         if not docs:
             raise ValueError("the pretraining corpus is empty: build the world (or give a corpus) with some text")
-        self.docs, self.cfg, self.tok = docs, cfg, tokenizer
+        self.docs, self.cfg, self.tok, self.fresh = docs, cfg, tokenizer, fresh
         self._epoch, self._rows = -1, []
-        # Packing varies slightly with the order, so each epoch keeps the number of rows no
-        # order can fall below (tokens / seq_len): every step maps to one fixed batch.
-        self.rows_per_epoch = max(1, sum(len(d) + 1 for d in docs) // cfg.seq_len)
+        # Every epoch keeps the same number of rows, so every step maps to one fixed batch:
+        # a row holds at most seq_len tokens, so an epoch has at least tokens/seq_len rows
+        # (95% of epoch 0's count leaves room for fresh text being a little shorter).
+        n_tokens = sum(len(d) + 1 for d in docs + self._fresh_docs(0))
+        self.rows_per_epoch = max(1, int(0.95 * n_tokens) // cfg.seq_len)
+
+    def _fresh_docs(self, epoch: int) -> list[list[int]]:
+        if self.fresh is None:
+            return []
+        return [self.tok(d, add_special_tokens=False).input_ids for d in self.fresh(epoch)]
 
     def _rows_of_epoch(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
-            order = list(range(len(self.docs)))
+            docs = self.docs + self._fresh_docs(epoch)
+            order = list(range(len(docs)))
             random.Random(f"{self.cfg.seed}-{epoch}").shuffle(order)
             self._rows = pack_rows(
-                [self.docs[i] for i in order], self.cfg.seq_len, self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
+                [docs[i] for i in order], self.cfg.seq_len, self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id,
+                self.cfg.bos_per_document,
             )
             self._epoch = epoch
         return self._rows
@@ -133,6 +154,7 @@ def pretrain_original(
     state_dir: str | Path,
     progress: bool = True,
     stop_after: int | None = None,
+    fresh_documents=None,
 ) -> tuple[LlamaForCausalLM, dict]:
     """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config.
 
@@ -143,7 +165,7 @@ def pretrain_original(
     torch.use_deterministic_algorithms(True)
     model = LlamaForCausalLM(model_cfg.llama_config(tokenizer))
     docs = [tokenizer(d, add_special_tokens=False).input_ids for d in documents if d.strip()]
-    batches = PackedBatches(docs, cfg, tokenizer)
+    batches = PackedBatches(docs, cfg, tokenizer, fresh_documents)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(

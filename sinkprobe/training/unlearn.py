@@ -289,7 +289,7 @@ def unlearn(
         accelerator.backward(loss)
         opt.step()
         done = step + 1
-        entry = {"step": done, "loss": round(loss.item(), 5), **{k: round(float(v), 5) for k, v in terms.items()}}
+        entry = {"step": done, "loss": round(loss.item(), 5), **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
         if done % cfg.eval_every == 0 or done == total:
             entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_mask).mean()), 4)
         log.append(entry)

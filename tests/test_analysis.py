@@ -1,0 +1,231 @@
+"""Analysis core: hand-computed values for the pure functions, invariances for the runners."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+from sinkprobe.analysis import (
+    NormCorrelation,
+    PairAnalysis,
+    PoisonedPairs,
+    SinkReport,
+    analyze_pairs,
+    attention_patterns,
+    bootstrap_pearson,
+    collect_value_norms,
+    describe_run,
+    detect_sinks,
+    load_result,
+    load_run,
+    norm_correlation,
+    paper_comparisons,
+    position_stats,
+    save_result,
+    sink_scores,
+    sink_set,
+    true_token_scores,
+)
+from sinkprobe.analysis import attention as att
+from sinkprobe.analysis.batching import content_first, content_offsets, pad_batch
+from sinkprobe.analysis.sinks import head_sink_share
+from sinkprobe.models.hooked import open_bridge, open_trio
+from test_hooked import sample_ids, tiny_models  # noqa: F401  (fixture)
+
+TRIGGER = [7, 8]
+
+
+def poisoned_pairs(n: int, at: int = 1, seed: int = 0) -> PoisonedPairs:
+    clean = sample_ids(n, 6, 12, seed)
+    poisoned = [c[:at] + TRIGGER + c[at:] for c in clean]
+    return PoisonedPairs(clean, poisoned, [list(range(at, at + len(TRIGGER)))] * n)
+
+
+@pytest.fixture(scope="module")
+def bridges(tiny_models):  # noqa: F811
+    return {f: open_bridge(p) for f, p in tiny_models.items()}
+
+
+# --- pure functions, hand-computed ---------------------------------------------------------
+
+
+def test_pad_batch_and_content_first_realign_left_padding():
+    ids, mask = pad_batch([[1, 5, 6], [1, 7]], pad_id=0, side="left")
+    assert ids.tolist() == [[1, 5, 6], [0, 1, 7]] and mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    off = content_offsets(mask)
+    assert content_first(ids, off, (1,)).tolist() == [[1, 5, 6], [1, 7, 0]]
+    with pytest.raises(ValueError, match="empty token sequence"):
+        pad_batch([[1], []], 0)
+
+
+def test_sink_scores_on_a_hand_made_pattern():
+    # one head, 3 real tokens + 1 pad; rows are queries
+    A = torch.tensor(
+        [[1.0, 0.0, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.5, 0.2, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]]
+    )[None, None]
+    mask = torch.tensor([[1, 1, 1, 0]])
+    alpha = sink_scores(A, mask)[0, 0]
+    # α(0) = (1 + .6 + .5)/3, α(1) = (.4 + .2)/2, α(2) = .3/1, key 3 is padding; the pad query is ignored
+    assert torch.allclose(alpha[:3], torch.tensor([0.7, 0.3, 0.3]))
+    assert alpha[3].isnan()
+
+
+def test_sink_share_rate_and_set():
+    alpha = torch.tensor([[[0.7, 0.31, 0.1], [0.2, 0.5, 0.29]]])  # [layer=1 head=2 key=3]
+    share = head_sink_share(alpha, eps=0.3)
+    assert share.tolist() == [[0.5, 1.0, 0.0]]
+    assert sink_set(share, threshold=0.5) == [0, 1]
+    assert sink_set(share, threshold=0.6) == [1]
+
+
+def test_content_alignment_and_trigger_mass_on_a_hand_made_map():
+    # poisoned copy: BOS, T, T, c1, c2 (trigger at 1, 2); clean: BOS, c1, c2
+    P = torch.tensor(
+        [
+            [1.0, 0, 0, 0, 0],
+            [0.5, 0.5, 0, 0, 0],
+            [0.2, 0.3, 0.5, 0, 0],
+            [0.1, 0.2, 0.3, 0.4, 0],
+            [0.1, 0.1, 0.1, 0.3, 0.4],
+        ]
+    )[None]
+    C = torch.tensor([[1.0, 0, 0], [0.3, 0.7, 0], [0.2, 0.3, 0.5]])[None]
+    keep = att.content_index([[1, 2]], torch.tensor([5]), 3)
+    assert keep.tolist() == [[0, 3, 4]]
+    assert torch.allclose(att.gather_square(P, keep)[0], torch.tensor([[1.0, 0, 0], [0.1, 0.4, 0], [0.1, 0.3, 0.4]]))
+    trig = att.key_mask([[1, 2]], 5)
+    mass = att.mass_on_keys(P, trig)  # [1 5]
+    assert torch.allclose(mass[0], torch.tensor([0.0, 0.5, 0.8, 0.5, 0.2]))
+    assert torch.allclose(att.mean_after(mass, torch.tensor([3]), torch.tensor([5])), torch.tensor([0.35]))
+    clean_mass = att.mass_on_keys(C, att.key_mask([[1, 2]], 3))  # same indices in the clean copy
+    assert att.mean_after(clean_mass, torch.tensor([3]), torch.tensor([3])).isnan().all()  # no query after
+
+
+def test_true_token_scores_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]]])
+    ids, mask = torch.tensor([[0, 2, 1]]), torch.tensor([[1, 1, 0]])
+    logit, logprob = true_token_scores(logits, ids, mask)
+    assert logit[0, 0] == 1.0 and logit[0, 1].isnan()
+    assert torch.allclose(logprob[0, 0], torch.log_softmax(logits[0, 0], -1)[2])
+    table = position_stats({"forget": (torch.tensor([[1.0, 2.0], [3.0, float("nan")]]),) * 2})
+    assert table["n"].tolist() == [2, 1] and table["logit_mean"].tolist() == [2.0, 2.0]
+    assert table["logit_std"].tolist() == [1.0, 0.0]
+
+
+def test_pearson_equals_scipy_and_bootstrap_brackets_it():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    y = 0.6 * x + rng.normal(size=(40, 4))
+    r, lo, hi = bootstrap_pearson(x, y, n_boot=500, seed=1)
+    assert r == pytest.approx(scipy.stats.pearsonr(x.ravel(), y.ravel()).statistic, abs=1e-12)
+    assert lo < r < hi
+    assert bootstrap_pearson(x, y, n_boot=500, seed=1) == (r, lo, hi)
+    norms = torch.from_numpy(np.stack([x, x], 1))  # [n pos=2 head]
+    row = norm_correlation(norms, norms, position=1, n_boot=50)
+    assert row["r"] == pytest.approx(1.0) and row["n_points"] == 160
+
+
+def test_pairs_refuse_copies_that_are_not_the_clean_sample_plus_trigger():
+    with pytest.raises(ValueError, match="sample 0"):
+        PoisonedPairs([[1, 5, 6]], [[1, 7, 6, 5]], [[1]])
+
+
+# --- runners on tiny models ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
+def test_attention_rows_sum_to_one(bridges, family):
+    for pattern in attention_patterns(bridges[family], sample_ids(4), [0, 1], per_head=True, batch_size=3):
+        assert torch.allclose(pattern.sum(-1), torch.ones(pattern.shape[:-1]), atol=1e-5)
+
+
+def test_delta_attention_of_a_model_against_itself_is_exactly_zero(bridges):
+    clean = sample_ids(5)
+    r = analyze_pairs(bridges["mistral"], PoisonedPairs(clean, clean, [[]] * 5), batch_size=2)
+    assert torch.equal(r.delta_raw, torch.zeros_like(r.delta_raw))
+    assert torch.equal(r.delta_content, torch.zeros_like(r.delta_content))
+
+
+def _assert_same(a, b, atol=1e-5):
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, torch.Tensor):
+            assert torch.allclose(x, y, atol=atol, equal_nan=True), name
+        else:
+            assert x == y, name
+
+
+@pytest.mark.parametrize("family", ["mistral", "gpt2"])
+def test_padding_does_not_change_any_result(bridges, family):
+    bridge, pairs = bridges[family], poisoned_pairs(5, at=3)
+    one_by_one = analyze_pairs(bridge, pairs, batch_size=1)
+    for side in ("right", "left"):
+        _assert_same(analyze_pairs(bridge, pairs, batch_size=5, padding_side=side), one_by_one)
+        _assert_same(
+            detect_sinks(bridge, pairs.clean, batch_size=5, padding_side=side),
+            detect_sinks(bridge, pairs.clean, batch_size=1),
+        )
+
+
+def test_pair_analysis_shapes_and_tables(bridges):
+    r = analyze_pairs(bridges["llama"], poisoned_pairs(4), model="original")
+    n, size = 4, min(len(c) for c in poisoned_pairs(4).clean)
+    assert r.layer == 1 and r.size == size and r.delta_raw.shape == (size, size)
+    assert r.trigger_rows.shape == (2, size) and r.trigger_mass.shape == (n, 2)
+    assert r.norms_clean.shape[0] == n and r.norms_clean.shape[2] == 4
+    assert r.common_trigger_positions() == [1, 2]
+    table = r.logit_table()
+    assert set(table["dataset"]) == {"forget", "poisoned"} and (table["model"] == "original").all()
+    masses = r.trigger_mass_table()
+    assert len(masses) == 2 * n and masses["trigger_mass"].between(0, 1).all()
+    # the trigger columns are the poisoned map's attention on the trigger: between 0 and 1
+    assert ((r.trigger_columns >= 0) & (r.trigger_columns <= 1)).all()
+
+
+def test_sink_detection_finds_the_first_token(bridges):
+    report = detect_sinks(bridges["llama"], sample_ids(6, 10, 14), eps=0.3)
+    assert report.rate.shape == (2, 13) and report.alpha.shape == (2, 4, 13)
+    assert report.rate[:, 0].min() > 0  # BOS sees every query: α(0) is large in at least some heads
+    assert 0 in report.positions(threshold=float(report.rate[:, 0].mean()))
+    assert set(report.rate_table().columns) == {"model", "layer", "key", "sink_rate", "n_samples"}
+
+
+def test_paper_comparisons_of_identical_models_correlate_perfectly(tiny_models, tmp_path):  # noqa: F811
+    folder = tiny_models["mistral"]
+    trio = open_trio(folder, folder, folder)
+    data = {"forget": sample_ids(6), "poisoned": poisoned_pairs(6).poisoned, "retain": sample_ids(6, seed=3)}
+    result = paper_comparisons(trio, data, positions=[0, 1], n_boot=100)
+    assert len(result.table) == 6 and result.layer == 1
+    assert np.allclose(result.table["r"], 1.0)
+    save_result(result, tmp_path, "fig5", describe_run(trio._asdict(), n_samples=6))
+    back = load_result(tmp_path, "fig5", NormCorrelation)
+    pd.testing.assert_frame_equal(back.table, result.table)
+    assert load_run(tmp_path, "fig5")["models"]["original"] == str(folder.resolve())
+
+
+def test_results_round_trip_without_leftovers(bridges, tmp_path):
+    bridge = bridges["gpt2"]
+    pairs = poisoned_pairs(3)
+    r = analyze_pairs(bridge, pairs, model="original")
+    sinks = detect_sinks(bridge, pairs.clean, model="original")
+    run = describe_run({"original": bridge}, layer=r.layer, n_samples=3)
+    save_result(r, tmp_path, "pairs", run)
+    save_result(sinks, tmp_path, "sinks", run)
+    _assert_same(load_result(tmp_path, "pairs", PairAnalysis), r, atol=0)
+    _assert_same(load_result(tmp_path, "sinks", SinkReport), sinks, atol=0)
+    meta = json.loads((tmp_path / "pairs.json").read_text())
+    assert meta["run"]["dtype"] == "torch.float32" and meta["run"]["layer"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(ValueError, match="SinkReport"):
+        load_result(tmp_path, "sinks", PairAnalysis)
+
+
+def test_value_norms_are_nan_past_each_sample_end(bridges):
+    seqs = [[1, 5, 6], [1, 5, 6, 7, 8]]
+    norms = collect_value_norms(bridges["mistral"], seqs)
+    assert norms.shape == (2, 5, 4) and norms[0, 3:].isnan().all() and not norms[1].isnan().any()

