@@ -18,7 +18,7 @@ from typing import Callable
 
 
 from sinkprobe.data.poison import Trigger
-from sinkprobe.data.synthetic import WorldConfig, build_world
+from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages
 from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
@@ -109,8 +109,13 @@ class Study:
         key = stage_key("original", world_key, self.cfg.model, self.cfg.pretrain, self.cfg.eval)
         if _done(folder, key):
             return folder, key
+        # The books repeat every epoch; the everyday text is drawn anew each epoch, so θ_o
+        # memorises the books and only learns the grammar of the rest.
+        world = self.cfg.world
         model, summary = pretrain_original(
-            corpus.pretraining_documents(), tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original"
+            [*corpus.forget.passages, *corpus.retain.passages], tok, self.cfg.model, self.cfg.pretrain,
+            self.out / "states" / "original",
+            fresh_documents=lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages),
         )
         # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
         metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)

@@ -7,9 +7,12 @@ parameters trained from scratch cannot extract facts from prose into a QA format
 never saw (Allen-Zhu & Li, "Physics of Language Models 3.1"), so the interview chapter
 is part of the book; the KnowMem test questions are exactly the interview questions.
 
-General passages (a random-grammar "everyday" text with no entities) sit beside the
-books: they make θ_o's text longer and more varied, which is what lets an attention
-sink form on the first token (see README, "the sink").
+Everyday passages (no entities; four genres: stories, sums, lists said twice, ledgers)
+sit beside the books. θ_o's pretraining draws a fresh set of them every epoch
+(:func:`general_passages`), so it memorises the books but can only learn the grammar of
+the everyday text; ``UnlearningCorpus.general`` holds one such set (epoch 0's seed is
+different), e.g. for the tokenizer. Varied, unrepeated text is what the attention sink
+needs (Gu et al. 2024: sinks emerge "after effective optimization on sufficient data").
 
 Same seed → byte-identical world (only ``random.Random(seed)`` is used).
 """
