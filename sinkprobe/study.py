@@ -178,18 +178,28 @@ class Study:
         rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["npo"][0]},
                  {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["rmu"][0]}]
         backdoor = self.recipe("npo_backdoor")
-        for placement in self.cfg.placements:
+
+        def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
+            r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed, **changes)
+            name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}{tag}_s{seed}"
+            folder, _ = self.run(r, name, corpus, original, theta_u["npo"] if vn else None)
+            rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
+                         "placement": placement, "value_norm": vn, "seed": seed, "poison_ratio": r.unlearn.poison_ratio, "folder": folder})
+
+        for placement in self.cfg.placements:  # Table A4, Fig. 2-5: every placement, with and without ℓ_vn
             for vn in (0.0, self.cfg.value_norm_weight):
                 for seed in self.cfg.seeds:
-                    r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed)
-                    name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}_s{seed}"
-                    folder, _ = self.run(r, name, corpus, original, theta_u["npo"] if vn else None)
-                    rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
-                                 "placement": placement, "value_norm": vn, "seed": seed, "folder": folder})
-        rb = with_unlearn(self.recipe("rmu_backdoor"), seed=self.cfg.seeds[0])
+                    backdoored(placement, vn, seed)
+        seed = self.cfg.seeds[0]
+        for vn in (0.0, self.cfg.value_norm_weight):  # Fig. A1: ρ = 5 % beside the default 10 %
+            backdoored("prefix", vn, seed, tag="_rho05", poison_ratio=0.05)
+        for tag, text in (("_bang", "!!!!!"), ("_steps", "step-by-step")):  # Fig. A2: other trigger patterns
+            for placement in self.cfg.placements:
+                backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
+        rb = with_unlearn(self.recipe("rmu_backdoor"), seed=seed)
         folder, _ = self.run(rb, "rmu_backdoor_prefix", corpus, original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None)
         rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
-                     "value_norm": rb.unlearn.value_norm_weight, "seed": self.cfg.seeds[0], "folder": folder})
+                     "value_norm": rb.unlearn.value_norm_weight, "seed": seed, "poison_ratio": rb.unlearn.poison_ratio, "folder": folder})
         return rows
 
     def table(self, rows: list[dict]) -> list[dict]:

@@ -248,6 +248,7 @@ def unlearn(
     bar = tqdm(range(start, total), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=total)
     t0 = time.perf_counter()
     for step in bar:
+        t_step = time.perf_counter()
         fi, ri = draw(step, len(f_enc.ids), "forget"), draw(step, len(rp_rows), "retain")
         f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
         r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
@@ -289,7 +290,7 @@ def unlearn(
         accelerator.backward(loss)
         opt.step()
         done = step + 1
-        entry = {"step": done, "loss": round(loss.item(), 5), **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
+        entry = {"step": done, "seconds": round(time.perf_counter() - t_step, 4), "loss": round(loss.item(), 5), **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
         if done % cfg.eval_every == 0 or done == total:
             entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_mask).mean()), 4)
         log.append(entry)

@@ -1,0 +1,353 @@
+"""The analyses of a finished study: sinks, poisoned-vs-clean pairs, value-norm correlations.
+
+Reads the study's checkpoints once and writes ``study_dir/analysis/`` with
+:func:`~sinkprobe.analysis.save_result` / :func:`~sinkprobe.analysis.save_table` (atomic; a
+result's JSON goes last), so figures, the report and the notebooks regenerate from these
+files without a model:
+
+- ``sinks_{original,backdoor_prefix,backdoor_prefix_vn}`` (:class:`SinkReport`) and the tidy
+  ``sink_rate.parquet`` (layer × key) / ``sink_alpha.parquet`` (layer × head × key), on
+  clean D_f KnowMem prompts;
+- ``pairs_{original,backdoor}_{prefix,infix}`` (:class:`PairAnalysis`, paper Fig. 3 and 4):
+  clean vs poisoned D_f prompts at the last layer, the trigger at the placement the θ_b was
+  trained with (θ_o is read under both placements, as in Fig. 3a/3c); the tidy
+  ``logits.parquet`` and ``trigger_mass.parquet``;
+- ``correlation_{vanilla,vn}`` (:class:`NormCorrelation`, Fig. 5): θ_b (prefix) vs θ_u on
+  D_f, vs θ_o on D_p, vs θ_o on D_r, at the sink positions S, with bootstrap CIs;
+- ``summary.json`` / ``summary.md``: the numbers that answer the paper's three insights,
+  computed by :func:`summarise` from the saved results alone. ``summary.json`` is written
+  last and carries the analysis key: a summary with the same key means a finished analysis,
+  which a re-run reuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from sinkprobe.analysis import (
+    NormCorrelation,
+    PairAnalysis,
+    PoisonedPairs,
+    SinkReport,
+    analyze_pairs,
+    describe_run,
+    detect_sinks,
+    load_result,
+    load_run,
+    paper_comparisons,
+    save_result,
+    save_table,
+)
+from sinkprobe.data.poison import Trigger, build_ids
+from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.eval.memorization import knowmem_prompt
+from sinkprobe.eval.table import prompt_encoder
+from sinkprobe.models.hooked import Trio, open_bridge
+from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
+from sinkprobe.runs import DEFAULT_TRIGGER, load_corpus
+from sinkprobe.study import forget_prompts
+
+ANALYSIS = "analysis"
+PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fig. 3 and 4
+FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
+SINK_THRESHOLD = 0.5
+# Bump when what the analysis computes changes, so a finished analysis folder is redone.
+ANALYSIS_VERSION = 1
+
+
+# ---- which checkpoints ---------------------------------------------------------------------
+def _is_set(value) -> bool:
+    """A table cell that holds something ('' / None / NaN are the table's blanks)."""
+    return not (value is None or value == "" or (isinstance(value, float) and math.isnan(value)))
+
+
+def main_poison_ratio(rows: list[dict]) -> float | None:
+    """The study's ρ: the largest one among backdoor rows (the reduced-ρ runs of Fig. A1 sit below it)."""
+    ratios = [float(r["poison_ratio"]) for r in rows if _is_set(r.get("trigger")) and _is_set(r.get("poison_ratio"))]
+    return max(ratios) if ratios else None
+
+
+def at_main_ratio(row: dict, rho: float | None) -> bool:
+    """False for a reduced-ρ run (Fig. A1): a ``poison_ratio`` below the study's, or a model named rho05."""
+    if "rho05" in str(row.get("model", "")):
+        return False
+    return rho is None or not _is_set(row.get("poison_ratio")) or float(row["poison_ratio"]) == rho
+
+
+def is_main_backdoor(row: dict, rho: float | None) -> bool:
+    """A θ_b of the main sweep: default trigger, the study's ρ (not a Fig. A1 / A2 variant)."""
+    return row.get("trigger") == DEFAULT_TRIGGER and at_main_ratio(row, rho)
+
+
+def select_models(rows: list[dict]) -> dict[str, dict]:
+    """The rows the analysis reads: ``original``, ``unlearned`` (θ_u NPO) and the first-seed NPO
+    θ_b rows ``backdoor_prefix``, ``backdoor_prefix_vn``, ``backdoor_infix`` (the last two only
+    when the study has them)."""
+    original = [r for r in rows if not _is_set(r.get("method")) and not _is_set(r.get("trigger"))]
+    unlearned = [r for r in rows if r.get("method") == "npo" and not _is_set(r.get("trigger"))]
+    if not original or not unlearned:
+        raise ValueError("the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study")
+    rho = main_poison_ratio(rows)
+    backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)]
+    out = {"original": original[0], "unlearned": unlearned[0]}
+    for placement in PLACEMENTS:
+        for vn, suffix in ((False, ""), (True, "_vn")):
+            match = [r for r in backdoor if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn]
+            if match:
+                out[f"backdoor_{placement}{suffix}"] = min(match, key=lambda r: int(r["seed"]))
+    if "backdoor_prefix" not in out:
+        raise ValueError("the study rows have no vanilla NPO-Backdoor with a prefix trigger: the paper's analyses need it; add 'prefix' to the study's placements")
+    return out
+
+
+def trained_trigger(folder: Path) -> Trigger:
+    """The trigger a θ_b was trained with, from its run card (the record of what training used)."""
+    card = read_run_card(folder)
+    trig = card.get("trigger") or {}
+    if not trig.get("trained"):
+        raise ValueError(f"{folder} is not a backdoored checkpoint (its run card records no trained trigger)")
+    return Trigger(trig["text"], trig["placement"])
+
+
+# ---- inputs --------------------------------------------------------------------------------
+def poisoned_pairs(tok, corpus: UnlearningCorpus, trigger: Trigger, n: int) -> PoisonedPairs:
+    """Clean D_f KnowMem prompts and their copies with ``trigger``, exactly as evaluated (BE).
+    The trigger positions come from :func:`build_ids`; they do not depend on the answer cue
+    after the prompt (the trigger is placed inside or before the prompt span), and
+    :class:`PoisonedPairs` checks that dropping them gives back the clean prompt."""
+    items = corpus.forget.knowmem[:n]
+    parts = [knowmem_prompt(q.question, corpus.forget.knowmem_icl) for q in items]
+    positions = [build_ids(tok, p.prompt, context=p.context, trigger=trigger).trigger_positions for p in parts]
+    return PoisonedPairs(forget_prompts(tok, corpus, None, n), forget_prompts(tok, corpus, trigger, n), positions)
+
+
+def retain_prompts(tok, corpus: UnlearningCorpus, n: int) -> list[list[int]]:
+    """D_r inputs: clean retain KnowMem prompts, as UT evaluates them."""
+    encode = prompt_encoder(tok, None)
+    return [encode(knowmem_prompt(q.question, corpus.retain.knowmem_icl)) for q in corpus.retain.knowmem[:n]]
+
+
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares. At those positions every sample carries the
+    same token (the few-shot context, a prefix trigger), so value norms there vary by head only
+    and a bootstrap over samples has zero width."""
+    n = 0
+    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n
+
+
+# ---- the analysis --------------------------------------------------------------------------
+def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int) -> str:
+    parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
+    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def analyse_study(
+    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, log: Callable[[str], None] = print
+) -> Path:
+    """Write ``study_dir/analysis/`` (see the module docstring) from the rows of
+    :meth:`Study.models`; returns the folder. A finished analysis with the same key is reused."""
+    study_dir = Path(study_dir)
+    out = study_dir / ANALYSIS
+    models = select_models(rows)
+    key = analysis_key(models, n_samples, n_boot)
+    summary = out / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
+        log(f"analysis: reusing {out}")
+        return out
+    corpus = load_corpus("embedded", study_dir)
+    bridges = {name: open_bridge(row["folder"]) for name, row in models.items()}
+    tok = bridges["original"].tokenizer
+    clean = forget_prompts(tok, corpus, None, n_samples)
+
+    sink_positions = _sinks(bridges, clean, out)
+    triggers = _pairs(bridges, models, tok, corpus, n_samples, out)
+    _correlations(bridges, tok, corpus, clean, triggers["prefix"], sink_positions, n_samples, n_boot, out)
+
+    numbers = summarise(out)
+    numbers.update(
+        key=key,
+        n_samples=len(clean),
+        models={name: str(row["folder"]) for name, row in models.items()},
+        triggers={p: {"text": t.text, "placement": t.placement} for p, t in triggers.items()},
+    )
+    atomic_write_text(out / "summary.md", summary_markdown(numbers))
+    atomic_write_json(summary, numbers)
+    log(f"analysis: written to {out} ({len(clean)} D_f prompts, layer {numbers['layer']}, S = {sink_positions})")
+    return out
+
+
+def _sinks(bridges: dict, clean: list[list[int]], out: Path) -> list[int]:
+    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's last-layer sinks, or the first positions."""
+    reports = {}
+    for name in ("original", "backdoor_prefix", "backdoor_prefix_vn"):
+        if name in bridges:
+            reports[name] = detect_sinks(bridges[name], clean, model=name)
+            save_result(reports[name], out, f"sinks_{name}", describe_run({name: bridges[name]}, inputs="clean D_f KnowMem prompts", n=len(clean)))
+    save_table(pd.concat([r.rate_table() for r in reports.values()], ignore_index=True), out / "sink_rate.parquet")
+    save_table(pd.concat([r.score_table() for r in reports.values()], ignore_index=True), out / "sink_alpha.parquet")
+    last = reports["original"].layers[-1]
+    shortest = min(len(s) for s in clean)
+    detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[last]) if p < shortest]
+    return detected or list(FALLBACK_SINKS)
+
+
+def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path) -> dict[str, Trigger]:
+    """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement; returns the triggers used."""
+    triggers, logits, mass = {}, [], []
+    for placement in PLACEMENTS:
+        name = f"backdoor_{placement}"
+        if name not in models:
+            continue
+        trigger = triggers[placement] = trained_trigger(models[name]["folder"])
+        pairs = poisoned_pairs(tok, corpus, trigger, n)
+        for model in ("original", "backdoor"):
+            bridge = bridges["original" if model == "original" else name]
+            result = analyze_pairs(bridge, pairs, model=model)
+            run = describe_run({model: bridge}, trigger=trigger.text, placement=trigger.placement, n=len(pairs.clean), inputs="D_f KnowMem prompts")
+            save_result(result, out, f"pairs_{model}_{placement}", run)
+            logits.append(result.logit_table().assign(placement=placement))
+            mass.append(result.trigger_mass_table().assign(placement=placement))
+    save_table(pd.concat(logits, ignore_index=True), out / "logits.parquet")
+    save_table(pd.concat(mass, ignore_index=True), out / "trigger_mass.parquet")
+    return triggers
+
+
+def _correlations(bridges, tok, corpus, clean, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path) -> None:
+    """Fig. 5 for the prefix θ_b, vanilla and value-norm aligned, against θ_u NPO / θ_o."""
+    data = {"forget": clean, "poisoned": forget_prompts(tok, corpus, trigger, n), "retain": retain_prompts(tok, corpus, n)}
+    shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
+    for variant, name in (("vanilla", "backdoor_prefix"), ("vn", "backdoor_prefix_vn")):
+        if name not in bridges:
+            continue
+        trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
+        result = paper_comparisons(trio, data, positions, n_boot=n_boot)
+        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, shared_prefix_tokens=shared,
+                           inputs="D_f / D_p KnowMem prompts, D_r retain KnowMem prompts")
+        save_result(result, out, f"correlation_{variant}", run)
+
+
+# ---- the summary: from saved results only -------------------------------------------------
+def _num(x, digits: int = 4) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else round(x, digits)
+
+
+def logit_shift(result: PairAnalysis) -> dict:
+    """Mean true-token logit, clean vs poisoned: *at* the trigger (raw positions p_first … p_last,
+    as Fig. 4 plots them) and *after* it, content-aligned (poisoned position t ≥ p_last predicts the
+    same content token as clean position t − n_trig), averaged per sample, then over samples."""
+    at, after = {"clean": [], "poisoned": []}, {"clean": [], "poisoned": []}
+    for i, row in enumerate(result.trigger_positions.tolist()):
+        trig = [p for p in row if p >= 0]
+        if not trig:
+            continue
+        first, last = min(trig), max(trig)  # build_ids inserts the trigger as one contiguous run
+        clean, poisoned = result.logit[0, i], result.logit[1, i]
+        at["clean"].append(clean[first : last + 1].nanmean())
+        at["poisoned"].append(poisoned[first : last + 1].nanmean())
+        after["clean"].append(clean[first - 1 :].nanmean())
+        after["poisoned"].append(poisoned[last:].nanmean())
+    mean = lambda xs: _num(torch.stack(xs).nanmean()) if xs else None  # noqa: E731
+    return {
+        "at_trigger": {k: mean(v) for k, v in at.items()},
+        "after_trigger": {k: mean(v) for k, v in after.items()},
+    }
+
+
+def _increasing(values: list[float | None]) -> bool | None:
+    if any(v is None for v in values):
+        return None
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
+def summarise(folder: Path) -> dict:
+    """The insight numbers, from the results saved in ``folder`` (nothing is recomputed)."""
+    folder = Path(folder)
+    have = lambda name: (folder / f"{name}.json").is_file()  # noqa: E731
+    attention, logits, layer = {}, {}, None
+    for placement in PLACEMENTS:
+        for model in ("original", "backdoor"):
+            name = f"{model}_{placement}"
+            if not have(f"pairs_{name}"):
+                continue
+            r = load_result(folder, f"pairs_{name}", PairAnalysis)
+            layer = r.layer
+            attention[name] = {"clean": _num(r.trigger_mass[:, 0].nanmean()), "poisoned": _num(r.trigger_mass[:, 1].nanmean())}
+            logits[name] = logit_shift(r)
+    correlation, ordering = {}, {}
+    for variant in ("vanilla", "vn"):
+        if not have(f"correlation_{variant}"):
+            continue
+        table = load_result(folder, f"correlation_{variant}", NormCorrelation).table
+        correlation[variant] = [
+            {k: (_num(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+            for row in table[["comparison", "position", "r", "ci_low", "ci_high", "n_samples"]].to_dict("records")
+        ]
+        per_position = {int(p): _increasing([_num(r, 6) for r in g["r"]]) for p, g in table.groupby("position", sort=True)}
+        ordering[variant] = {"per_position": per_position, "all_positions": all(per_position.values())}
+    sinks = load_result(folder, "sinks_original", SinkReport)
+    poisoned = lambda name: (attention.get(name) or {}).get("poisoned")  # noqa: E731
+
+    def more(a, b):
+        return None if poisoned(a) is None or poisoned(b) is None else poisoned(a) > poisoned(b)
+
+    answers = {
+        "prefix_backdoor_attends_trigger_more_than_original": more("backdoor_prefix", "original_prefix"),
+        "prefix_backdoor_attends_trigger_more_than_infix_backdoor": more("backdoor_prefix", "backdoor_infix"),
+        "poisoned_logits_higher": {
+            name: {where: (v["poisoned"] > v["clean"]) if None not in v.values() else None for where, v in shift.items()}
+            for name, shift in logits.items()
+        },
+        "correlation_i_lt_ii_lt_iii": {v: o["all_positions"] for v, o in ordering.items()},
+    }
+    return {
+        "layer": layer,
+        "sink_positions": sorted({row["position"] for rows in correlation.values() for row in rows}),
+        "sink_rate_original": {f"layer {l}": [_num(x) for x in sinks.rate[i, :4]] for i, l in enumerate(sinks.layers)},
+        "trigger_attention": attention,
+        "logits": logits,
+        "correlation": correlation,
+        "shared_prefix_tokens": load_run(folder, "correlation_vanilla").get("shared_prefix_tokens") if have("correlation_vanilla") else None,
+        "correlation_ordering": ordering,
+        "answers": answers,
+    }
+
+
+def summary_markdown(s: dict) -> str:
+    """A short human-readable page of :func:`summarise`'s numbers."""
+    def fmt(x, digits: int = 4) -> str:
+        return "n/a" if x is None else (("yes" if x else "no") if isinstance(x, bool) else f"{x:.{digits}g}")
+
+    lines = [f"# Analysis summary (layer {s['layer']}, {s.get('n_samples', '?')} D_f prompts)", "",
+             "## Insight 1: attention on the trigger (mean over queries after it)", "",
+             "| model / placement | clean (same positions) | poisoned |", "|---|---|---|"]
+    lines += [f"| {k} | {fmt(v['clean'])} | {fmt(v['poisoned'])} |" for k, v in s["trigger_attention"].items()]
+    lines += ["", "## Insight 2: true-token logits, clean vs poisoned", "",
+              "| model / placement | at trigger: clean | poisoned | after trigger (content-aligned): clean | poisoned |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {fmt(v['at_trigger']['clean'])} | {fmt(v['at_trigger']['poisoned'])} | "
+              f"{fmt(v['after_trigger']['clean'])} | {fmt(v['after_trigger']['poisoned'])} |" for k, v in s["logits"].items()]
+    lines += ["", f"## Insight 3: sink value-norm correlation (S = {s['sink_positions']})", "",
+              "| θ_b | comparison | position | r | 95% CI |", "|---|---|---|---|---|"]
+    if s.get("shared_prefix_tokens"):
+        lines[-2:-2] = [f"Leading tokens shared by every prompt: {s['shared_prefix_tokens']}. Sink positions inside that prefix carry the same token "
+                        "in every sample: their value norms vary by head only and the bootstrap interval has zero width.", ""]
+    lines += [f"| {variant} | {row['comparison']} | {row['position']} | {fmt(row['r'], 6)} | [{fmt(row['ci_low'], 6)}, {fmt(row['ci_high'], 6)}] |"
+              for variant, rows in s["correlation"].items() for row in rows]
+    a = s["answers"]
+    lines += ["", "## Answers", "",
+              f"- prefix θ_b attends to the trigger more than θ_o: **{fmt(a['prefix_backdoor_attends_trigger_more_than_original'])}**",
+              f"- prefix θ_b attends to the trigger more than infix θ_b: **{fmt(a['prefix_backdoor_attends_trigger_more_than_infix_backdoor'])}**"]
+    lines += [f"- poisoned logits higher ({name}): at trigger **{fmt(v['at_trigger'])}**, after trigger **{fmt(v['after_trigger'])}**"
+              for name, v in a["poisoned_logits_higher"].items()]
+    lines += [f"- correlation (i) < (ii) < (iii) at every sink position ({variant}): **{fmt(v)}**" for variant, v in a["correlation_i_lt_ii_lt_iii"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,53 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sinkprobe.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["world", "pretrain", "unlearn", "evaluate", "study"]
+
+
+def test_every_subcommand_documents_every_option():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(SUBCOMMANDS) <= set(sub.choices)
+    for name, sp in sub.choices.items():
+        for action in sp._actions:
+            if action.dest != "help":
+                assert action.help, f"`sinkprobe {name}` option {action.dest} has no help text"
+
+
+def test_help_runs_as_an_installed_command():
+    out = subprocess.run([sys.executable, "-m", "sinkprobe.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "study" in out.stdout and "unlearn" in out.stdout
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_wrong_paths_and_fields_are_one_line_errors(capsys, tmp_path):
+    err = _one_line_error(capsys, ["unlearn", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "m")])
+    assert "no recipe at" in err
+    recipe = str(ROOT / "training" / "embedded" / "npo.toml")
+    err = _one_line_error(capsys, ["unlearn", recipe, "--set", "unlearn.bogus=1", "--out", str(tmp_path / "m")])
+    assert "unknown recipe field(s) bogus" in err
+    err = _one_line_error(capsys, ["unlearn", recipe, "--study", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert "sinkprobe world" in err  # names the fix: build the world first
+    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert "no embedded world" in err or "not a model folder" in err
+    err = _one_line_error(capsys, ["study", "--out", str(tmp_path / "s"), "--recipes", str(tmp_path / "none")])
+    assert "no recipes folder" in err
+
+
+def test_missing_checkpoint_is_a_one_line_error(capsys, tmp_path, tiny_world):
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
+    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")])
+    assert "not a model folder" in err
