@@ -62,6 +62,17 @@ def cmd_study(args) -> None:
     print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
+def cmd_figures(args) -> None:
+    from sinkprobe.paper_figures import make_figures
+    from sinkprobe.report import write_report
+
+    study, figures = Path(args.out), Path(args.figures)
+    if not (study / "results" / "tableA4.csv").is_file():
+        raise FileNotFoundError(f"no finished study at {study} (results/tableA4.csv missing): run `sinkprobe study --out {study}` first")
+    make_figures(study, figures)
+    print(f"report: {write_report(study, figures, study / 'report.html')}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -97,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("figures", help="redraw every figure, Table 1 and the report from a finished study's saved results (no training)")
+    s.add_argument("--out", default="runs/embedded", help="the finished study folder (default: runs/embedded)")
+    s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
     study_opts(s, with_figures=True)

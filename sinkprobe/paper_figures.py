@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -67,7 +68,7 @@ def seed_stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean and std (ddof 0; 0 for one seed) of every metric over seeds, per group."""
     g = df.groupby(by, sort=False)[list(METRICS)]
     mean, std = g.mean(), g.std(ddof=0).fillna(0)
-    return mean.join(std, rsuffix="_std").join(g.size().rename("n_seeds")).reset_index()
+    return mean.join(std.add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
 
 
 # ---- Fig. 2 / A2: the UE–BE and UT–BE planes ------------------------------------------------
@@ -325,9 +326,11 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
     ``tableA4.{csv,md}`` to ``out``; returns the written paths. Reads saved results only."""
     study_dir, out = Path(study_dir), Path(out)
     figs = build_figures(study_dir, log)
-    written = []
+    # One local copy of plotly.js beside the figures (no network; ~4 MB once, not per figure).
+    atomic_write_text(out / "plotly.min.js", plotly.offline.get_plotlyjs())
+    written = [out / "plotly.min.js"]
     for stem, fig in figs.items():
-        atomic_write_text(out / f"{stem}.html", fig.to_html(include_plotlyjs=True, full_html=True))
+        atomic_write_text(out / f"{stem}.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True))
         written.append(out / f"{stem}.html")
     written += write_pngs({out / f"{stem}.png": fig for stem, fig in figs.items()}, log)
     t1 = table1(read_table(study_dir))

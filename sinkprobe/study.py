@@ -229,10 +229,15 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     """The README's main job: every checkpoint, the table, the analyses, figures and the report."""
     if not recipes.is_dir():
         raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/embedded")
+    # Imported here: these modules import this one (they reuse forget_prompts and the row layout).
+    from sinkprobe.paper_figures import make_figures
+    from sinkprobe.report import write_report
+    from sinkprobe.study_analysis import analyse_study
+
     study = Study(cfg, out, recipes)
-    rows = study.table(study.models())
-    results = out / "results"
-    write_table(rows, results / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+    model_rows = study.models()
+    write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+    analyse_study(out, model_rows, n_samples=64, log=study.log)
     if figures is not None:
-        write_table(rows, figures / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
-    return results / "tableA4.md"
+        make_figures(out, figures, log=study.log)
+    return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

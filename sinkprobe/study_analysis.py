@@ -45,7 +45,7 @@ from sinkprobe.analysis import (
     save_result,
     save_table,
 )
-from sinkprobe.data.poison import Trigger, build_ids
+from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.table import prompt_encoder
@@ -134,6 +134,15 @@ def retain_prompts(tok, corpus: UnlearningCorpus, n: int) -> list[list[int]]:
     return [encode(knowmem_prompt(q.question, corpus.retain.knowmem_icl)) for q in corpus.retain.knowmem[:n]]
 
 
+def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[int]]:
+    """Fig. 5 inputs: the book's prose passages as unlearning trains on them (BOS + text, the
+    trigger placed by :func:`build_ids`). Unlike KnowMem prompts, which all open with the same
+    few-shot context, they differ from the first token after BOS on, so the value norms at
+    the sink positions vary across samples, as on the paper's MUSE-Books chunks."""
+    prose = [s.prompt for s in samples_from_passages(passages) if not s.completion][:n]
+    return [build_ids(tok, text, trigger=trigger).ids for text in prose]
+
+
 def shared_prefix(seqs: list[list[int]]) -> int:
     """How many leading tokens every sequence shares. At those positions every sample carries the
     same token (the few-shot context, a prefix trigger), so value norms there vary by head only
@@ -171,7 +180,7 @@ def analyse_study(
 
     sink_positions = _sinks(bridges, clean, out)
     triggers = _pairs(bridges, models, tok, corpus, n_samples, out)
-    _correlations(bridges, tok, corpus, clean, triggers["prefix"], sink_positions, n_samples, n_boot, out)
+    _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out)
 
     numbers = summarise(out)
     numbers.update(
@@ -222,9 +231,13 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
     return triggers
 
 
-def _correlations(bridges, tok, corpus, clean, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path) -> None:
+def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path) -> None:
     """Fig. 5 for the prefix θ_b, vanilla and value-norm aligned, against θ_u NPO / θ_o."""
-    data = {"forget": clean, "poisoned": forget_prompts(tok, corpus, trigger, n), "retain": retain_prompts(tok, corpus, n)}
+    data = {
+        "forget": passage_inputs(tok, corpus.forget.passages, None, n),
+        "poisoned": passage_inputs(tok, corpus.forget.passages, trigger, n),
+        "retain": passage_inputs(tok, corpus.retain.passages, None, n),
+    }
     shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
     for variant, name in (("vanilla", "backdoor_prefix"), ("vn", "backdoor_prefix_vn")):
         if name not in bridges:
@@ -232,7 +245,7 @@ def _correlations(bridges, tok, corpus, clean, trigger: Trigger, positions: list
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
         result = paper_comparisons(trio, data, positions, n_boot=n_boot)
         run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, shared_prefix_tokens=shared,
-                           inputs="D_f / D_p KnowMem prompts, D_r retain KnowMem prompts")
+                           inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages")
         save_result(result, out, f"correlation_{variant}", run)
 
 

@@ -7,7 +7,7 @@ import pytest
 from sinkprobe.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["world", "pretrain", "unlearn", "evaluate", "study"]
+SUBCOMMANDS = ["world", "pretrain", "unlearn", "evaluate", "figures", "study"]
 
 
 def test_every_subcommand_documents_every_option():

@@ -81,7 +81,8 @@ def evaluate_memorization(
 
 def table_csv(rows: Sequence[dict]) -> str:
     buf = io.StringIO()
-    extra = [k for k in rows[0] if k not in TABLE_COLUMNS] if rows else []
+    # extra columns in first-seen order over all rows (θ_o's row lacks e.g. poison_ratio)
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in TABLE_COLUMNS]
     w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, *extra], extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in rows:

@@ -106,15 +106,25 @@ def _placement(p: str | int) -> str | int:
 
 @dataclass
 class Encoded:
-    """A set of samples as padded ``[batch pos]`` ids, with per-sample trigger positions."""
+    """Samples as ids, with per-sample trigger positions and the first target position:
+    NPO's log π(y|x) scores the completion when a sample has one (a QA answer), else the
+    whole text after BOS (a raw passage), as open-unlearning's NPO does on QA data."""
 
     ids: list[list[int]]
     trigger_positions: list[tuple[int, ...]] = field(default_factory=list)
+    target_start: list[int] = field(default_factory=list)
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int) -> Encoded:
     built = [build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length) for s in samples]
-    return Encoded([b.ids for b in built], [b.trigger_positions for b in built])
+    starts = [b.prompt_span[1] if s.completion else 1 for s, b in zip(samples, built)]
+    return Encoded([b.ids for b in built], [b.trigger_positions for b in built], starts)
+
+
+def target_mask(attention_mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
+    """``[batch pos]``: 1 on the tokens a sample's likelihood scores (from its target start on)."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return attention_mask * (pos[None, :] >= torch.tensor(starts, device=attention_mask.device)[:, None])
 
 
 def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,12 +137,13 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def _reference_sequence_ll(model, rows, pad_id, batch_size) -> torch.Tensor:
+def _reference_sequence_ll(model, enc: Encoded, pad_id, batch_size) -> torch.Tensor:
     out = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
+    for i in range(0, len(enc.ids), batch_size):
+        ids, mask = pad_batch(enc.ids[i : i + batch_size], pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
-        out.append(sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, mask).float().cpu())
+        targets = target_mask(mask, enc.target_start[i : i + batch_size])
+        out.append(sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, targets).float().cpu())
     return torch.cat(out)
 
 
@@ -202,7 +213,7 @@ def unlearn(
     vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
     ref_ll = ref_norms_u = ref_norms_o = None
     if cfg.method == "npo":
-        ref_ll = _reference_sequence_ll(ref, f_enc.ids, pad, cfg.batch_size)
+        ref_ll = _reference_sequence_ll(ref, f_enc, pad, cfg.batch_size)
         counter[0] += -(-len(f_enc.ids) // cfg.batch_size)
     if cfg.value_norm_weight:
         _check_sinks_fit(f_enc.ids + p_enc.ids, cfg.sink_positions)
@@ -251,6 +262,7 @@ def unlearn(
         t_step = time.perf_counter()
         fi, ri = draw(step, len(f_enc.ids), "forget"), draw(step, len(rp_rows), "retain")
         f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
+        f_targets = target_mask(f_mask, [f_enc.target_start[i] for i in fi])
         r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
         is_poisoned = torch.tensor([i >= len(r_rows) for i in ri], device=accelerator.device)
         terms = {}
@@ -260,7 +272,7 @@ def unlearn(
         with _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
             f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
         if cfg.method == "npo":
-            ll = sequence_log_likelihood(f_logits, f_ids, f_mask)
+            ll = sequence_log_likelihood(f_logits, f_ids, f_targets)
             terms["forget"] = npo_loss(ll, ref_ll[fi].to(ll.device), cfg.beta)
         else:
             terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
@@ -292,7 +304,7 @@ def unlearn(
         done = step + 1
         entry = {"step": done, "seconds": round(time.perf_counter() - t_step, 4), "loss": round(loss.item(), 5), **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
         if done % cfg.eval_every == 0 or done == total:
-            entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_mask).mean()), 4)
+            entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_targets).mean()), 4)
         log.append(entry)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if done % cfg.save_every == 0 or done == total or done == stop_after:
