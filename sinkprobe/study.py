@@ -221,7 +221,8 @@ def quick_config() -> StudyConfig:
         vocab_size=512,
         seeds=(0,),
         eval=EvalSettings(max_items=8, n_boot=200),
-        overrides=("unlearn.steps=6", "unlearn.batch_size=4"),
+        # RMU's layers fall back to the depth-scaled default: the embedded recipe names layers of the 4-layer θ_o.
+        overrides=("unlearn.steps=6", "unlearn.batch_size=4", "unlearn.rmu_layers=[]", "unlearn.rmu_steering_layer=-1"),
     )
 
 
