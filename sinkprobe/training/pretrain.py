@@ -22,8 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
-from sinkprobe.training.state import load_optimizer_state, optimizer_state_tensors
+from sinkprobe.training.state import resume_state, save_state
 
 
 @dataclass(frozen=True)
@@ -179,22 +178,11 @@ def pretrain_original(
 
     state_dir = Path(state_dir)
     meta = {"model": asdict(model_cfg), "train": asdict(cfg), "vocab": len(tokenizer)}
-    start, losses, seconds = 0, [], 0.0
-    if (state_dir / "state.json").is_file():
-        import json
-
-        saved = json.loads((state_dir / "state.json").read_text())
-        if saved["meta"] == meta:
-            model.load_state_dict(load_tensors(state_dir / "model.safetensors"))
-            load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
-            start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
+    saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
+    start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
     def save(step: int) -> None:
-        tensors, info = optimizer_state_tensors(opt)
-        atomic_save_tensors(state_dir / "model.safetensors", model.state_dict())
-        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
-        # The JSON is written last: it is what marks the tensors above as a complete state.
-        atomic_write_json(state_dir / "state.json", {"meta": meta, "step": step, "losses": losses, "seconds": seconds, "optimizer": info})
+        save_state(state_dir, model, opt, {"meta": meta, "step": step, "losses": losses, "seconds": seconds})
 
     model.train()
     bar = tqdm(range(start, cfg.steps), desc="θ_o pretraining", disable=not progress, initial=start, total=cfg.steps)

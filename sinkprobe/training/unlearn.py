@@ -13,7 +13,6 @@ loop trains one CPU model here or a sharded 7B model on several GPUs.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -27,7 +26,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
@@ -41,7 +39,7 @@ from sinkprobe.training.objectives import (
     sequence_log_likelihood,
     value_norm_alignment_loss,
 )
-from sinkprobe.training.state import load_optimizer_state, optimizer_state_tensors
+from sinkprobe.training.state import resume_state, save_state
 
 
 @dataclass(frozen=True)
@@ -237,23 +235,20 @@ def unlearn(
 
     state_dir = Path(state_dir)
     meta = {"config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain)}
-    start, log, seconds = 0, [], 0.0
-    if (state_dir / "state.json").is_file():
-        saved = json.loads((state_dir / "state.json").read_text())
-        if saved["meta"] == meta:
-            accelerator.unwrap_model(model).load_state_dict(load_tensors(state_dir / "model.safetensors"))
-            load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
-            start, log, seconds = saved["step"], saved["log"], saved["seconds"]
+    saved = resume_state(state_dir, meta, accelerator.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
+    start, log, seconds = saved["step"], saved["log"], saved["seconds"]
 
     def save(step: int) -> None:
-        tensors, info = optimizer_state_tensors(opt)
-        atomic_save_tensors(state_dir / "model.safetensors", accelerator.unwrap_model(model).state_dict())
-        atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
-        atomic_write_json(state_dir / "state.json", {"meta": meta, "step": step, "log": log, "seconds": seconds, "optimizer": info})
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # one writer; the ranks hold the same weights
+            save_state(state_dir, accelerator.unwrap_model(model), opt, {"meta": meta, "step": step, "log": log, "seconds": seconds})
+
+    # Under several processes (accelerate launch) each rank draws its own batch.
+    rank = f"-{accelerator.process_index}" if accelerator.num_processes > 1 else ""
 
     def draw(step: int, n: int, stream: str) -> list[int]:
         # The batch of a step is a function of (seed, step): resume reproduces it exactly.
-        return random.Random(f"{cfg.seed}-{stream}-{step}").sample(range(n), min(cfg.batch_size, n))
+        return random.Random(f"{cfg.seed}-{stream}-{step}{rank}").sample(range(n), min(cfg.batch_size, n))
 
     total = cfg.total_steps(len(forget))
     bar = tqdm(range(start, total), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=total)
