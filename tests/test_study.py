@@ -1,9 +1,9 @@
-"""The study command's stage cache: a second run reuses every finished stage."""
+"""The study's stage cache (a second run reuses every finished stage) and the per-run commands."""
 
 from dataclasses import replace
 from pathlib import Path
 
-from sinkprobe.study import run_study
+from sinkprobe.study import Study
 
 from tiny_study import RECIPES, tiny_config, tiny_study
 
@@ -22,8 +22,9 @@ def test_second_run_retrains_nothing(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr("sinkprobe.study.pretrain_original", no_training)
     monkeypatch.setattr("sinkprobe.study.train_and_save", no_training)
-    report = run_study(tiny_config(), study.folder, RECIPES, None)
-    assert report.is_file() and _stamps(study.folder) == before
+    rows = Study(tiny_config(), study.folder, RECIPES, log=lambda _: None).models()
+    assert {str(r["folder"]) for r in rows} >= {str(Path(p).parent) for p in before}
+    assert _stamps(study.folder) == before
 
 
 def test_changed_recipe_field_reruns_only_that_stage(monkeypatch, tmp_path_factory):
@@ -38,7 +39,7 @@ def test_changed_recipe_field_reruns_only_that_stage(monkeypatch, tmp_path_facto
     cfg = tiny_config()
     cfg = replace(cfg, overrides=cfg.overrides + ("unlearn.beta=0.2",))
     try:
-        run_study(cfg, study.folder, RECIPES, None)
+        Study(cfg, study.folder, RECIPES, log=lambda _: None).models()
     except RuntimeError:
         pass
     # θ_o and the world are reused; the first unlearning stage (NPO θ_u) is the first to redo

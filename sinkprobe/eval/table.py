@@ -91,8 +91,8 @@ def table_csv(rows: Sequence[dict]) -> str:
 
 
 def table_markdown(rows: Sequence[dict], title: str = "") -> str:
-    head = ["model", "trigger", "placement", "value_norm", "seed", "UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑"]
-    keys = ["model", "trigger", "placement", "value_norm", "seed", "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"]
+    head = ["model", "trigger", "placement", "value_norm", "ρ", "seed", "UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑"]
+    keys = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
