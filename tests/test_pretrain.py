@@ -3,7 +3,7 @@ import torch
 
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.io import load_checkpoint, read_run_card, save_checkpoint
-from sinkprobe.training.pretrain import ModelConfig, PackedBatches, PretrainConfig, lr_at, pack_rows, pretrain_original
+from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, lr_at, pack_rows, pretrain_original
 
 from conftest import TINY_MODEL
 
