@@ -83,6 +83,13 @@ def _figures(study_dir: Path, figures: Path, out: Path, log: Callable[[str], Non
     return "\n".join(parts)
 
 
+def _table2(study_dir: Path) -> str:
+    path = study_dir / "results" / "table2.csv"
+    if not path.is_file():
+        return ""
+    return "<h2>Table 2: multiple-choice accuracy (UE / BE / UT)</h2>" + _table(pd.read_csv(path))
+
+
 def write_report(study_dir: Path, figures: Path, out: Path, log: Callable[[str], None] = print) -> Path:
     """Write the study report to the HTML file ``out`` (atomically) and return it. ``figures`` is the
     folder :func:`~sinkprobe.paper_figures.make_figures` wrote: the report links its files."""
@@ -94,6 +101,7 @@ def write_report(study_dir: Path, figures: Path, out: Path, log: Callable[[str],
         "<p>Reproduction of <i>Forgetting to Forget: Attention Sink as A Gateway for Backdooring LLM Unlearning</i> (arXiv 2510.17021).</p>"
         "<h2>Original model θ_o</h2>" + _original_card(study_dir)
         + "<h2>Table 1</h2>" + _table(t1)
+        + _table2(study_dir)
         + "<h2>Table A4: UE / BE / UT per model × seed</h2>" + _table(a4.drop(columns=["vn"]))
         + "<h2>Analysis summary</h2>" + _summary(study_dir)
         + "<h2>Figures</h2>" + _figures(study_dir, figures, out, log)
