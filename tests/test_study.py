@@ -84,3 +84,38 @@ def test_table2_is_multiple_choice_accuracy_of_each_checkpoint(tmp_path_factory)
     corpus = UnlearningCorpus.from_json((study.folder / "world" / "corpus.json").read_text())
     model, tok = load_checkpoint(study.folder / "models" / "original")
     assert float(rows[0]["ut_acc"]) == round(mc_accuracy(model, tok, multiple_choice(corpus.retain)).acc, 2)
+
+
+def test_a_paper_recipe_runs_end_to_end_on_muse_layout_data(tmp_path, tiny_original, tiny_world):
+    """The MUSE-Books recipe of Table A1, pointed at local MUSE-layout files and a local θ_o
+    (here: the tiny world written in MUSE's layout and the tiny θ_o), trains, evaluates and
+    writes a checkpoint; `evaluate --source muse` tabulates it."""
+    import json
+
+    from sinkprobe.cli import main
+
+    root = tmp_path / "MUSE" / "books"
+    for sub in ("raw", "knowmem", "verbmem"):
+        (root / sub).mkdir(parents=True)
+    (root / "raw" / "forget.txt").write_text("\n\n".join(tiny_world.forget.passages))
+    (root / "raw" / "retain1.txt").write_text("\n\n".join(tiny_world.retain.passages))
+    qa = lambda items: json.dumps([{"question": q.question, "answer": q.answer} for q in items])  # noqa: E731
+    (root / "knowmem" / "forget_qa.json").write_text(qa(tiny_world.forget.knowmem))
+    (root / "knowmem" / "forget_qa_icl.json").write_text(qa(tiny_world.forget.knowmem_icl))
+    (root / "knowmem" / "retain_qa.json").write_text(qa(tiny_world.retain.knowmem))
+    (root / "knowmem" / "retain_qa_icl.json").write_text(qa(tiny_world.retain.knowmem_icl))
+    (root / "verbmem" / "forget.json").write_text(json.dumps([{"prompt": v.prompt, "gt": v.gt} for v in tiny_world.forget.verbmem]))
+    original, _, _ = tiny_original
+    recipe = Path(__file__).resolve().parents[1] / "training" / "paper" / "muse_books_npo_backdoor.toml"
+    first = tmp_path / "npo"
+    assert main(["unlearn", str(recipe), "--out", str(first), "--set", f"original={original}", "--set", f"data.path={root}",
+                 "--set", "unlearn.trigger_text=''", "--set", "unlearn.value_norm_weight=0", "--set", "unlearn.epochs=0",
+                 "--set", "unlearn.steps=2", "--set", "unlearn.max_length=256"]) == 0
+    out = tmp_path / "bd"
+    assert main(["unlearn", str(recipe), "--out", str(out), "--set", f"original={original}", "--set", f"unlearned={first}",
+                 "--set", f"data.path={root}", "--set", "unlearn.epochs=0", "--set", "unlearn.steps=2",
+                 "--set", "unlearn.poison_ratio=0.2", "--set", "unlearn.max_length=256"]) == 0
+    card = json.loads((out / "run_card.json").read_text())
+    assert card["config"]["value_norm_weight"] == 3e-4 and card["config"]["beta"] == 0.7  # Table A1's MUSE-Books row
+    assert card["unlearned_reference"] == str(first) and set(card["metrics"]) >= {"ue_knowmem", "be_verbmem", "ut_knowmem"}
+    assert main(["evaluate", str(out), "--source", "muse", "--data", str(root), "--max-items", "2", "--out", str(tmp_path / "t")]) == 0
