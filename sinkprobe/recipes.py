@@ -16,6 +16,9 @@ DATA_SOURCES = ("embedded", "muse", "wmdp")
 class DataSpec:
     source: str = "embedded"
     path: str = ""
+    # Multiple-choice test files, for corpora without KnowMem/VerbMem sets (WMDP):
+    eval_forget: str = ""  # e.g. WMDP-bio questions: UE (clean) and BE (with the trigger)
+    eval_utility: str = ""  # e.g. MMLU: UT
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,10 @@ def recipe_from_dict(raw: dict, name: str = "recipe") -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: top-level fields are {', '.join(sorted(allowed))}")
     data = dict(raw.get("data", {}))
-    unknown = sorted(set(data) - {"source", "path"})
+    allowed_data = {"source", "path", "eval_forget", "eval_utility"}
+    unknown = sorted(set(data) - allowed_data)
     if unknown:
-        raise ValueError(f"unknown [data] field(s) {', '.join(unknown)}: use source and path")
+        raise ValueError(f"unknown [data] field(s) {', '.join(unknown)}: use {', '.join(sorted(allowed_data))}")
     spec = DataSpec(**data)
     if spec.source not in DATA_SOURCES:
         raise ValueError(f"unknown data source {spec.source!r}: use one of {', '.join(DATA_SOURCES)}")

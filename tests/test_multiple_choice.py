@@ -78,3 +78,47 @@ def test_trigger_in_mc_prompts_sits_where_training_put_it(tiny_tokenizer, tiny_w
     t = build_ids(tiny_tokenizer, train.prompt, tail=train.completion, trigger=trig, add_eos=True)
     (ctx, _), *_ = choice_sequences(tiny_tokenizer, item, "texts", trig)
     assert ctx == t.ids[: len(ctx)]  # the same ids up to the answer: same trigger positions
+
+
+def _wmdp_fixture(root, world):
+    from sinkprobe.data.synthetic import multiple_choice
+
+    root.mkdir(parents=True)
+    (root / "bio-forget-corpus.jsonl").write_text("".join(json.dumps({"title": "t", "text": p}) + "\n" for p in world.forget.passages))
+    (root / "bio-retain-corpus.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in world.retain.passages))
+    rows = lambda items: "".join(json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items)  # noqa: E731
+    (root / "wmdp-bio.jsonl").write_text(rows(multiple_choice(world.forget)))
+    (root / "mmlu").mkdir()
+    (root / "mmlu" / "test.jsonl").write_text(rows(multiple_choice(world.retain)))
+
+
+def test_wmdp_corpora_load_into_the_common_types(tmp_path, tiny_world):
+    from sinkprobe.data.wmdp import load_wmdp
+
+    _wmdp_fixture(tmp_path / "wmdp", tiny_world)
+    corpus = load_wmdp(tmp_path / "wmdp")
+    assert corpus.forget.passages == tiny_world.forget.passages and corpus.retain.passages == tiny_world.retain.passages
+    assert corpus.forget.knowmem == ()
+    with pytest.raises(FileNotFoundError, match="no WMDP data folder"):
+        load_wmdp(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks a forget corpus"):
+        load_wmdp(tmp_path / "empty")
+
+
+def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_original):
+    from pathlib import Path
+
+    from sinkprobe.cli import main
+
+    root = tmp_path / "wmdp"
+    _wmdp_fixture(root, tiny_world)
+    original, _, _ = tiny_original
+    recipe = Path(__file__).resolve().parents[1] / "training" / "paper" / "wmdp_npo.toml"
+    out = tmp_path / "m"
+    assert main(["unlearn", str(recipe), "--out", str(out), "--set", f"original={original}", "--set", f"data.path={root}",
+                 "--set", f"data.eval_forget={root / 'wmdp-bio.jsonl'}", "--set", f"data.eval_utility={root / 'mmlu'}",
+                 "--set", "unlearn.value_norm_weight=0", "--set", "unlearn.epochs=0", "--set", "unlearn.steps=2",
+                 "--set", "unlearn.poison_ratio=0.2"]) == 0
+    metrics = json.loads((out / "run_card.json").read_text())["metrics"]
+    assert set(metrics) == {"ue_acc", "be_acc", "ut_acc"} and all(0 <= v <= 100 for v in metrics.values())
