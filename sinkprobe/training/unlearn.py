@@ -68,6 +68,8 @@ class UnlearnConfig:
     rmu_steering_coeff: float = 12.0
     rmu_alpha: float = 5.0  # weight of the representation-retain MSE
     max_length: int = 256
+    bf16: bool = False  # bf16 autocast (7B runs); the frozen references stay in the dtype they were loaded in
+    gradient_checkpointing: bool = False  # recompute activations in backward (7B runs)
     eval_every: int = 50
     save_every: int = 50
 
@@ -186,7 +188,7 @@ def unlearn(
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
     """
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id
     trigger = cfg.trigger
@@ -205,6 +207,8 @@ def unlearn(
         p.requires_grad_(False)
     model = type(original)(original.config).to(accelerator.device)
     model.load_state_dict(original.state_dict())
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
 
     counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
