@@ -188,7 +188,10 @@ def unlearn(
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
     """
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.bf16 else "no")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # bf16 by autocast here rather than Accelerator(mixed_precision=…): accelerate's state is
+    # process-global and set by the first Accelerator (or by `accelerate launch`'s config).
+    amp = (lambda: torch.autocast(accelerator.device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
     torch.manual_seed(cfg.seed)
     pad = tokenizer.pad_token_id
     trigger = cfg.trigger
@@ -268,7 +271,7 @@ def unlearn(
         vn = cfg.value_norm_weight > 0
 
         net = accelerator.unwrap_model(model)
-        with _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
+        with amp(), _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
             f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
         if cfg.method == "npo":
             ll = sequence_log_likelihood(f_logits, f_ids, f_targets)
@@ -276,9 +279,9 @@ def unlearn(
         else:
             terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
 
-        with _capture_values(net, vn_layers if vn else None) as cap_r, _capture_layer(net, steer) as h_r:
+        with amp(), _capture_values(net, vn_layers if vn else None) as cap_r, _capture_layer(net, steer) as h_r:
             r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-        with torch.no_grad(), _capture_layer(ref, steer) as h_ref:
+        with torch.no_grad(), amp(), _capture_layer(ref, steer) as h_ref:
             ref_logits = ref(input_ids=r_ids, attention_mask=r_mask).logits
         counter[0] += 1
         terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
