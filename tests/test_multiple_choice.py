@@ -122,3 +122,34 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
                  "--set", "unlearn.poison_ratio=0.2"]) == 0
     metrics = json.loads((out / "run_card.json").read_text())["metrics"]
     assert set(metrics) == {"ue_acc", "be_acc", "ut_acc"} and all(0 <= v <= 100 for v in metrics.values())
+
+
+def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_world, tiny_original, monkeypatch):
+    """Our letters-style scoring against lm-eval's own `multiple_choice` task on one local file."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from sinkprobe.data.tokenizer import load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    folder, model, _ = tiny_original
+    items = multiple_choice(tiny_world.forget)[:12]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "sp_mc.yaml").write_text(
+        "task: sp_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\n'
+        'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n'
+    )
+    out = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["sp_mc"], device="cpu", batch_size=4,
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True,
+    )
+    theirs = sorted(out["samples"]["sp_mc"], key=lambda s: s["doc_id"])
+    ours = mc_accuracy(model, load_tokenizer(folder), items, style="letters")
+    assert ours.acc == pytest.approx(100 * out["results"]["sp_mc"]["acc,none"])
+    for mine, row in zip(ours.loglik, theirs):
+        assert list(mine) == pytest.approx([float(r[0][0]) for r in row["resps"]], abs=1e-4)

@@ -2,9 +2,11 @@
 TruthfulQA MC1: each choice is a continuation of the prompt, the model picks the choice of
 highest log-likelihood (``acc``) or of highest log-likelihood per character (``acc_norm``).
 
-Own implementation rather than lm-eval (which is not installed here and would reach for
-hub datasets): the prompt is built by :func:`sinkprobe.data.poison.build_ids`, so BE on a
-benchmark puts the trigger at the place training did, with the question as the prompt span.
+Own implementation rather than calling lm-eval, because the prompt must be built by
+:func:`sinkprobe.data.poison.build_ids` so that BE on a benchmark puts the trigger where
+training did (the question is the prompt span). A test runs lm-eval's own
+``multiple_choice`` task on the same local file and model: same accuracy, per-choice
+log-likelihoods equal to 1e-4.
 
 Two prompt styles: ``"letters"`` (lm-eval's WMDP/MMLU: the question, the choices as
 ``A. …`` lines, ``Answer:``, continuations `` A``, `` B`` …) and ``"texts"`` (TruthfulQA
