@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -84,7 +83,6 @@ class Study:
     out: Path
     recipes: Path
     log: Callable[[str], None] = print
-    timings: dict[str, float] = field(default_factory=dict)
 
     # ---- world -------------------------------------------------------------------------
     def world(self) -> tuple[UnlearningCorpus, object, str]:
@@ -94,13 +92,11 @@ class Study:
         if card.is_file() and json.loads(card.read_text()).get("stage_key") == key:
             corpus = UnlearningCorpus.from_json((folder / "corpus.json").read_text())
             return corpus, load_tokenizer(folder / "tokenizer"), key
-        t0 = time.perf_counter()
         corpus = build_world(self.cfg.world)
         tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
         tok.save_pretrained(folder / "tokenizer")
         atomic_write_text(folder / "corpus.json", corpus.to_json())
         atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
-        self.timings["world"] = time.perf_counter() - t0
         self.log(f"world: {len(corpus.forget.knowmem)} forget / {len(corpus.retain.knowmem)} retain QA, {len(tok)} tokens")
         return corpus, tok, key
 
@@ -142,7 +138,6 @@ class Study:
         save_checkpoint(model, tok, folder, card)
         card.update(first_token_sink(folder, corpus))
         atomic_write_json(folder / RUN_CARD, card)
-        self.timings["original"] = summary["train_seconds"]
         self.log(f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, VerbMem {card['forget_verbmem']:.1f}")
         return folder, key
 
@@ -157,7 +152,6 @@ class Study:
             self.cfg.eval, extra_card={"stage_key": key, "name": name},
         )
         metrics = card["metrics"]
-        self.timings[name] = card["train_seconds"]
         self.log(f"{name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)")
         return folder, key
 
@@ -216,14 +210,14 @@ class Study:
 TABLE2_MODELS = ("θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor")
 
 
-def table2(out: Path, model_rows: list[dict]) -> list[dict]:
+def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
     """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
     forget book's questions, BE with the trigger at the trained placement, UT on the retain
     book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
     corpus = UnlearningCorpus.from_json((out / "world" / "corpus.json").read_text())
     forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
     picked = [r for r in model_rows if r["model"] in TABLE2_MODELS and r["placement"] in ("", "prefix")
-              and r["seed"] == model_rows[1]["seed"] and r.get("poison_ratio", 0.1) in ("", 0.1) and r["trigger"] in ("", DEFAULT_TRIGGER)]
+              and (r["model"] == "θ_o" or r["seed"] == seed) and r.get("poison_ratio", 0.1) in ("", 0.1) and r["trigger"] in ("", DEFAULT_TRIGGER)]
     rows = []
     for r in picked:
         card = read_run_card(r["folder"])
@@ -277,7 +271,7 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     study = Study(cfg, out, recipes)
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
-    write_table2(table2(out, model_rows), out / "results" / "table2")
+    write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
     analyse_study(out, model_rows, n_samples=64, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)

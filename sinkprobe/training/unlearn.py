@@ -106,19 +106,18 @@ def _placement(p: str | int) -> str | int:
 
 @dataclass
 class Encoded:
-    """Samples as ids, with per-sample trigger positions and the first target position:
+    """Samples as ids, with the first target position of each:
     NPO's log π(y|x) scores the completion when a sample has one (a QA answer), else the
     whole text after BOS (a raw passage), as open-unlearning's NPO does on QA data."""
 
     ids: list[list[int]]
-    trigger_positions: list[tuple[int, ...]] = field(default_factory=list)
     target_start: list[int] = field(default_factory=list)
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int) -> Encoded:
     built = [build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length) for s in samples]
     starts = [b.prompt_span[1] if s.completion else 1 for s, b in zip(samples, built)]
-    return Encoded([b.ids for b in built], [b.trigger_positions for b in built], starts)
+    return Encoded([b.ids for b in built], starts)
 
 
 def target_mask(attention_mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
@@ -183,7 +182,9 @@ def unlearn(
 ) -> tuple[PreTrainedModel, dict]:
     """Unlearn ``forget`` from a copy of θ_o (``original``); returns (θ_u or θ_b, summary).
 
-    ``unlearned`` (θ_u) is needed only for value-norm alignment, as the D_f reference.
+    ``original`` is used, frozen in place (eval mode, no gradients), as the reference θ_o; the
+    trained model is a copy. ``unlearned`` (θ_u) is needed only for value-norm alignment, as
+    the D_f reference.
     ``stop_after`` stops (after saving) at that step, as an interruption would; calling
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
