@@ -135,6 +135,25 @@ def test_batched_equals_one_by_one(tiny):
     assert as_ids == batched
 
 
+def test_stop_strings_end_rows_early_without_changing_the_cut_text(tiny):
+    model, tok = tiny
+    prompts = [knowmem_prompt(q.question, ICL).text for q in QA] + [v.prompt for v in VERB]
+    full = greedy_generate(model, tok, prompts, 24, batch_size=3, progress=False)
+    # stop strings taken from the model's own outputs, so some rows surely meet one early
+    stops = tuple({f[3:6] for f in full[:2] if len(f) >= 6})
+    assert stops
+    early = greedy_generate(model, tok, prompts, 24, batch_size=3, progress=False, stop_strings=stops)
+    met = [f for f in full if any(s in f for s in stops)]
+    assert met
+    for f, e in zip(full, early):
+        assert f.startswith(e)  # the same greedy text, only shorter
+        assert cut_at_stop_strings(e, stops) == cut_at_stop_strings(f, stops)
+        if any(s in f for s in stops):
+            assert any(s in e for s in stops) and len(tok(e, add_special_tokens=False).input_ids) < 24
+        else:
+            assert e == f
+
+
 def test_pad_falls_back_to_eos_and_training_mode_is_restored(tiny):
     model, tok = tiny
     prompts = [v.prompt for v in VERB]

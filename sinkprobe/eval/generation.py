@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 def greedy_generate(
@@ -30,8 +30,13 @@ def greedy_generate(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "generate",
+    stop_strings: Sequence[str] = (),
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (text, or token ids that include BOS), new tokens only.
+
+    With ``stop_strings``, a row stops growing once its text holds one of them and a batch
+    ends when every row has: a caller that cuts at those strings gets the same text as
+    from the full ``max_new_tokens``, in a fraction of the steps (KnowMem answers are short).
 
     Decoding drops special tokens, as MUSE does. MUSE also asks for tokenization-space
     cleanup; transformers 5 refuses it for BPE tokenizers (Llama's and ours), and it only
@@ -69,6 +74,7 @@ def greedy_generate(
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
+                    stopping_criteria=StoppingCriteriaList([_HoldsStopString(tokenizer, width, stop_strings)]) if stop_strings else None,
                 )
                 texts = tokenizer.batch_decode(
                     out[:, width:], skip_special_tokens=True, clean_up_tokenization_spaces=False
@@ -105,3 +111,14 @@ def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[int],
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     ids = tokenizer("a").input_ids
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+class _HoldsStopString(StoppingCriteria):
+    """Per row: does the text generated after the ``width``-token prompt hold a stop string?"""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, width: int, stops: Sequence[str]):
+        self.tokenizer, self.width, self.stops = tokenizer, width, tuple(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)

@@ -129,7 +129,7 @@ def knowmem(
     """KnowMem: few-shot QA with ``icl`` as the in-context examples, scored against each answer."""
     items = _first(items, max_items, "KnowMem")
     parts = [knowmem_prompt(it.question, icl) for it in items]
-    raw = _generate(model, tokenizer, parts, max_new_tokens, batch_size, encode, prompt_transform, progress, "KnowMem")
+    raw = _generate(model, tokenizer, parts, max_new_tokens, batch_size, encode, prompt_transform, progress, "KnowMem", KNOWMEM_STOP_STRINGS)
     outputs = [cut_at_stop_strings(o).strip() for o in raw]
     return _score("knowmem", outputs, [it.answer for it in items], n_boot, seed)
 
@@ -175,6 +175,7 @@ def _generate(
     prompt_transform: PromptTransform | None,
     progress: bool,
     desc: str,
+    stop_strings: Sequence[str] = (),
 ) -> list[str]:
     if encode is None and prompt_transform is None:
         prompts: list = [p.text for p in parts]
@@ -182,7 +183,9 @@ def _generate(
         prompts = [list(encode(p)) if encode else tokenizer(p.text).input_ids for p in parts]
         if prompt_transform is not None:
             prompts = [list(prompt_transform(list(ids))) for ids in prompts]
-    return greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)
+    return greedy_generate(
+        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=desc, stop_strings=stop_strings
+    )
 
 
 def _first_tokens(tokenizer: PreTrainedTokenizerBase, text: str, n: int) -> str:

@@ -1,0 +1,74 @@
+"""Does θ_o's first-token sink grow with training? α(0) per layer along one long run.
+
+Trains the embedded θ_o (same world, model and data stream as `sinkprobe study`) for
+``--steps`` steps, stopping every ``--every`` steps to measure Gu et al.'s α(0) per layer
+and the sink rate (ε = 0.3) on the study's clean D_f KnowMem prompts. The run resumes
+from its own state between checkpoints, so the curve is that of one uninterrupted run
+with a cosine schedule over ``--steps``. Writes benchmarks/results/sink_emergence.json.
+
+    python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from sinkprobe.data.synthetic import general_passages
+from sinkprobe.data.tokenizer import load_tokenizer
+from sinkprobe.models.io import atomic_write_json, save_checkpoint
+from sinkprobe.runs import load_corpus
+from sinkprobe.study import StudyConfig, first_token_sink
+from sinkprobe.training.pretrain import pretrain_original
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--study", default="runs/embedded", help="study folder whose world/ is used")
+    ap.add_argument("--steps", type=int, default=3600, help="total steps of the run (cosine schedule over these)")
+    ap.add_argument("--every", type=int, default=600, help="measure α(0) every this many steps")
+    ap.add_argument("--out", default="benchmarks/results/sink_emergence.json")
+    args = ap.parse_args()
+    study, cfg = Path(args.study), StudyConfig()
+    corpus = load_corpus("embedded", study)
+    tok = load_tokenizer(study / "world" / "tokenizer")
+    pretrain = replace(cfg.pretrain, steps=args.steps, save_every=args.every)
+    world = cfg.world
+    curve = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stop in range(args.every, args.steps + 1, args.every):
+            model, summary = pretrain_original(
+                [*corpus.forget.passages, *corpus.retain.passages], tok, cfg.model, pretrain, Path(tmp) / "state",
+                fresh_documents=lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages),
+                stop_after=stop,
+            )
+            save_checkpoint(model, tok, Path(tmp) / "model", {"kind": "original", "steps": stop})
+            sink = first_token_sink(Path(tmp) / "model", corpus)
+            point = {
+                "step": stop,
+                "tokens": stop * pretrain.batch_size * pretrain.seq_len,
+                "train_seconds": summary["train_seconds"],
+                "loss": summary["losses"][-1],
+                "alpha0_per_layer": sink["sink_score_per_layer"],
+                "strongest_head": max(max(row) for row in sink["sink_score_per_head"]),
+                "sink_rate_per_layer": sink["sink_rate_per_layer"],
+            }
+            curve.append(point)
+            print(json.dumps(point), flush=True)
+            result = {
+                "model": asdict(cfg.model),
+                "pretrain": asdict(pretrain),
+                "torch_threads": torch.get_num_threads(),
+                "sink_inputs": sink["sink_inputs"],
+                "curve": curve,
+            }
+            atomic_write_json(Path(args.out), result)  # written after every point: a stopped run keeps its curve
+
+
+if __name__ == "__main__":
+    main()
