@@ -41,8 +41,11 @@ def cmd_pretrain(args) -> None:
 def cmd_unlearn(args) -> None:
     from sinkprobe.runs import run_recipe
 
+    from accelerate import PartialState
+
     folder = run_recipe(args.recipe, args.set or [], Path(args.out), study_dir=Path(args.study) if args.study else None)
-    print(f"checkpoint written to {folder}")
+    if PartialState().is_main_process:
+        print(f"checkpoint written to {folder}")
 
 
 def cmd_evaluate(args) -> None:

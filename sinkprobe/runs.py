@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from accelerate import PartialState
+
 from sinkprobe.data.multiple_choice import load_multiple_choice
 from sinkprobe.data.muse import load_muse
 from sinkprobe.data.wmdp import load_wmdp
@@ -71,6 +73,8 @@ def train_and_save(
     forget = samples_from_passages(corpus.forget.passages)
     retain = samples_from_passages(corpus.retain.passages)
     model, summary = unlearn(model_o, tok, forget, retain, recipe.unlearn, state_dir, unlearned=theta_u, progress=progress)
+    if not PartialState().is_main_process:  # under `accelerate launch` / torchrun one rank evaluates and writes
+        return out, {}
     trigger = recipe.unlearn.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
     metrics = evaluate_model(model, tok, corpus, trigger, recipe.data, eval_settings)
     card = {
@@ -84,6 +88,7 @@ def train_and_save(
         "trigger": {"text": trigger.text, "placement": trigger.placement, "trained": recipe.unlearn.backdoor},
         "train_seconds": summary["train_seconds"],
         "n_poisoned": summary["n_poisoned"],
+        "n_processes": PartialState().num_processes,
         "log": summary["log"],
         "metrics": metrics,
     }

@@ -4,7 +4,7 @@ import torch
 from sinkprobe.data.poison import samples_from_passages
 from sinkprobe.recipes import load_recipe, recipe_from_dict
 from sinkprobe.training.objectives import sequence_log_likelihood
-from sinkprobe.training.unlearn import UnlearnConfig, encode, pad_batch, unlearn
+from sinkprobe.training.unlearn import UnlearnConfig, encode, pad_batch, shard, unlearn
 
 FAST = dict(steps=6, batch_size=4, lr=1e-3, save_every=3, eval_every=3, max_length=256)
 
@@ -38,6 +38,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_original, tiny_tokenizer, se
     full, _ = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "a", unlearned=u, progress=False)
     unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False, stop_after=3)
     resumed, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False)
+    assert summary["resumed_from"] == 3  # it did resume (a restart would also end at the same weights)
     assert [e["step"] for e in summary["log"]] == list(range(1, 7))
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
@@ -65,6 +66,21 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     # θ_o: NPO references on D_f + value-norm references on D_p once, then one KL forward per step
     assert calls["frozen"] == batches(n_f) + batches(n_p) + cfg.steps
     assert counter[0] == calls["frozen"] + calls["u"]
+    # interrupted and resumed: the references are read back, not recomputed
+    calls.clear(), calls.setdefault("frozen", 0)
+    unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False, stop_after=2)
+    calls.clear(), calls.setdefault("frozen", 0)
+    _, summary = unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False)
+    assert summary["resumed_from"] == 2
+    assert calls == {"frozen": cfg.steps - 2}  # the KL forwards of the remaining steps only
+
+
+def test_shards_partition_the_data():
+    assert shard(7, 0, 1) == list(range(7))
+    parts = [shard(7, r, 3) for r in range(3)]
+    assert parts == [[0, 3, 6], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="launch fewer processes"):
+        shard(2, 0, 3)
 
 
 def test_rmu_trains_only_the_selected_parameters(tmp_path, tiny_original, tiny_tokenizer, sets):

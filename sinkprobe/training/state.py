@@ -28,11 +28,16 @@ def resume_state(state_dir: Path, meta: dict, model: torch.nn.Module, opt: torch
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    if saved.get("meta") != meta:
+    if not same_meta(saved.get("meta"), meta):
         return None
     model.load_state_dict(load_tensors(state_dir / "model.safetensors"))
     load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
     return saved
+
+
+def same_meta(saved, meta: dict) -> bool:
+    """Is a ``meta`` read back from JSON the one given? (Compared as JSON: tuples come back as lists.)"""
+    return saved == json.loads(json.dumps(meta))
 
 
 def optimizer_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

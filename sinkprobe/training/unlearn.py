@@ -13,6 +13,7 @@ loop trains one CPU model here or a sharded 7B model on several GPUs.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -39,7 +40,8 @@ from sinkprobe.training.objectives import (
     sequence_log_likelihood,
     value_norm_alignment_loss,
 )
-from sinkprobe.training.state import resume_state, save_state
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from sinkprobe.training.state import resume_state, same_meta, save_state
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,12 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def _reference_sequence_ll(model, enc: Encoded, pad_id, batch_size) -> torch.Tensor:
+def _reference_sequence_ll(model, rows: list[list[int]], starts: list[int], pad_id, batch_size) -> torch.Tensor:
     out = []
-    for i in range(0, len(enc.ids), batch_size):
-        ids, mask = pad_batch(enc.ids[i : i + batch_size], pad_id)
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
-        targets = target_mask(mask, enc.target_start[i : i + batch_size])
+        targets = target_mask(mask, starts[i : i + batch_size])
         out.append(sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, targets).float().cpu())
     return torch.cat(out)
 
@@ -157,6 +159,52 @@ def reference_sink_norms(model, rows, pad_id, layers, sink_positions, batch_size
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
         out.append(cap.sink_norms(pos.to(model.device)).float().cpu())
     return torch.cat(out)
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """The sample indices rank ``rank`` of ``world`` trains on (all of them in one process)."""
+    if n < world:
+        raise ValueError(f"{n} samples cannot be shared among {world} processes: launch fewer processes or give more data")
+    return list(range(rank, n, world))
+
+
+def _scatter(values: torch.Tensor, rows: list[int], n: int) -> torch.Tensor:
+    # Full-size table, NaN outside this rank's rows: a rank only ever reads its own shard.
+    full = torch.full((n, *values.shape[1:]), float("nan"))
+    full[rows] = values
+    return full
+
+
+@torch.no_grad()
+def frozen_references(
+    ref, unlearned, f_enc: Encoded, p_enc: Encoded, f_rows: list[int], p_rows: list[int],
+    cfg: UnlearnConfig, pad_id: int, vn_layers: list[int], cache: Path, meta: dict, counter: list[int],
+) -> dict[str, torch.Tensor]:
+    """What the frozen models contribute that never changes, for this rank's shard only:
+    NPO's log π_θo(y|x) on D_f, and the value-norm references (θ_u on D_f, θ_o on D_p).
+
+    Computed once and kept in ``cache`` (safetensors + JSON, the JSON written last), so a
+    resumed run reads them back instead of running the frozen models again.
+    """
+    card = cache.with_suffix(".json")
+    if card.is_file() and same_meta(json.loads(card.read_text()), meta) and cache.is_file():
+        return load_tensors(cache)
+    refs, bs = {}, cfg.batch_size
+    if cfg.method == "npo":
+        ll = _reference_sequence_ll(ref, [f_enc.ids[i] for i in f_rows], [f_enc.target_start[i] for i in f_rows], pad_id, bs)
+        refs["ll_f"] = _scatter(ll, f_rows, len(f_enc.ids))
+        counter[0] += -(-len(f_rows) // bs)
+    if cfg.value_norm_weight:
+        norms_u = reference_sink_norms(unlearned, [f_enc.ids[i] for i in f_rows], pad_id, vn_layers, cfg.sink_positions, bs)
+        refs["norms_u_f"] = _scatter(norms_u, f_rows, len(f_enc.ids))
+        counter[0] += -(-len(f_rows) // bs)
+        if p_rows:
+            norms_o = reference_sink_norms(ref, [p_enc.ids[i] for i in p_rows], pad_id, vn_layers, cfg.sink_positions, bs)
+            refs["norms_o_p"] = _scatter(norms_o, p_rows, len(p_enc.ids))
+            counter[0] += -(-len(p_rows) // bs)
+    atomic_save_tensors(cache, refs)
+    atomic_write_json(card, meta)
+    return refs
 
 
 def _check_sinks_fit(rows: list[list[int]], sink_positions: tuple[int, ...]) -> None:
@@ -212,20 +260,26 @@ def unlearn(
     model = type(original)(original.config).to(accelerator.device)
     model.load_state_dict(original.state_dict())
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # recent transformers 5 releases renamed it; earlier ones only have the gradient_ name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.train()
 
     counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
     vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
-    ref_ll = ref_norms_u = ref_norms_o = None
-    if cfg.method == "npo":
-        ref_ll = _reference_sequence_ll(ref, f_enc, pad, cfg.batch_size)
-        counter[0] += -(-len(f_enc.ids) // cfg.batch_size)
     if cfg.value_norm_weight:
         _check_sinks_fit(f_enc.ids + p_enc.ids, cfg.sink_positions)
-        ref_norms_u = reference_sink_norms(unlearned.to(accelerator.device).eval(), f_enc.ids, pad, vn_layers, cfg.sink_positions, cfg.batch_size)
-        ref_norms_o = reference_sink_norms(ref, p_enc.ids, pad, vn_layers, cfg.sink_positions, cfg.batch_size)
-        counter[0] += -(-len(f_enc.ids) // cfg.batch_size) + -(-len(p_enc.ids) // cfg.batch_size)
+    # Under several processes (accelerate launch) each rank trains on its own shard of D_f
+    # and of D_r ∪ D_p, so it needs — and computes — the references of that shard only.
+    rank, world = accelerator.process_index, accelerator.num_processes
+    f_rows, rp_rows_mine = shard(len(f_enc.ids), rank, world), shard(len(rp_rows), rank, world)
+    p_rows = [i - len(r_rows) for i in rp_rows_mine if i >= len(r_rows)]
+    state_dir = Path(state_dir)
+    meta = {"config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain)}
+    refs = frozen_references(
+        ref, unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None, f_enc, p_enc, f_rows, p_rows,
+        cfg, pad, vn_layers, state_dir / f"references-rank{rank}-of-{world}.safetensors", meta, counter,
+    )
 
     steer = None  # RMU's steering layer; None for NPO
     if cfg.method == "rmu":
@@ -241,8 +295,6 @@ def unlearn(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     model, opt = accelerator.prepare(model, opt)
 
-    state_dir = Path(state_dir)
-    meta = {"config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain)}
     saved = resume_state(state_dir, meta, accelerator.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
     start, log, seconds = saved["step"], saved["log"], saved["seconds"]
 
@@ -251,19 +303,18 @@ def unlearn(
         if accelerator.is_main_process:  # one writer; the ranks hold the same weights
             save_state(state_dir, accelerator.unwrap_model(model), opt, {"meta": meta, "step": step, "log": log, "seconds": seconds})
 
-    # Under several processes (accelerate launch) each rank draws its own batch.
-    rank = f"-{accelerator.process_index}" if accelerator.num_processes > 1 else ""
+    tag = f"-{rank}" if world > 1 else ""
 
-    def draw(step: int, n: int, stream: str) -> list[int]:
-        # The batch of a step is a function of (seed, step): resume reproduces it exactly.
-        return random.Random(f"{cfg.seed}-{stream}-{step}{rank}").sample(range(n), min(cfg.batch_size, n))
+    def draw(step: int, pool: list[int], stream: str) -> list[int]:
+        # The batch of a step is a function of (seed, step, rank): resume reproduces it exactly.
+        return random.Random(f"{cfg.seed}-{stream}-{step}{tag}").sample(pool, min(cfg.batch_size, len(pool)))
 
     total = cfg.total_steps(len(forget))
     bar = tqdm(range(start, total), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=total)
     t0 = time.perf_counter()
     for step in bar:
         t_step = time.perf_counter()
-        fi, ri = draw(step, len(f_enc.ids), "forget"), draw(step, len(rp_rows), "retain")
+        fi, ri = draw(step, f_rows, "forget"), draw(step, rp_rows_mine, "retain")
         f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
         f_targets = target_mask(f_mask, [f_enc.target_start[i] for i in fi])
         r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
@@ -276,7 +327,7 @@ def unlearn(
             f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
         if cfg.method == "npo":
             ll = sequence_log_likelihood(f_logits, f_ids, f_targets)
-            terms["forget"] = npo_loss(ll, ref_ll[fi].to(ll.device), cfg.beta)
+            terms["forget"] = npo_loss(ll, refs["ll_f"][fi].to(ll.device), cfg.beta)
         else:
             terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
 
@@ -292,12 +343,12 @@ def unlearn(
             # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o.
             sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
             norms_r = cap_r.sink_norms(sinks)
-            p_rows = [i - len(r_rows) for i in ri if i >= len(r_rows)]
+            p_batch = [i - len(r_rows) for i in ri if i >= len(r_rows)]
             ref_p = torch.zeros_like(norms_r)
-            if p_rows:
-                ref_p[is_poisoned] = ref_norms_o[p_rows].to(norms_r.device)
+            if p_batch:
+                ref_p[is_poisoned] = refs["norms_o_p"][p_batch].to(norms_r.device)
             terms["value_norm"] = value_norm_alignment_loss(
-                cap_f.sink_norms(sinks), ref_norms_u[fi].to(norms_r.device)
+                cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(norms_r.device)
             ) + value_norm_alignment_loss(norms_r, ref_p, is_poisoned)
         loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
 
@@ -320,6 +371,7 @@ def unlearn(
     summary = {
         "log": log,
         "train_seconds": round(seconds, 2),
+        "resumed_from": start,
         "poisoned_indices": p_idx,
         "n_poisoned": len(p_idx),
     }
