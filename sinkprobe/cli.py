@@ -19,7 +19,7 @@ def _study_config(args):
     from sinkprobe.study import StudyConfig, quick_config
 
     cfg = quick_config() if getattr(args, "quick", False) else StudyConfig()
-    return replace(cfg, overrides=tuple(getattr(args, "set", None) or ()))
+    return replace(cfg, overrides=cfg.overrides + tuple(getattr(args, "set", None) or ()))  # --quick's own, then the user's
 
 
 def cmd_world(args) -> None:
@@ -59,10 +59,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_study(args) -> None:
-    from sinkprobe.study import run_study
+    from sinkprobe.study import default_jobs, run_study
 
+    if args.jobs < 0:
+        raise ValueError(f"--jobs must be ≥ 0 (0 = automatic), got {args.jobs}")
     t0 = time.perf_counter()
-    report = run_study(_study_config(args), Path(args.out), Path(args.recipes), Path(args.figures) if args.figures else None)
+    report = run_study(_study_config(args), Path(args.out), Path(args.recipes), Path(args.figures) if args.figures else None,
+                       jobs=args.jobs or default_jobs())
     print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
     study_opts(s, with_figures=True)
+    s.add_argument("--jobs", type=int, default=0,
+                   help="unlearning runs trained at once, sharing the cores (default 0: one per core up to 4 on CPU, 1 on a GPU)")
     s.set_defaults(func=cmd_study)
     return p
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
+import torch
+from tqdm.auto import tqdm
 
 from sinkprobe.data.poison import Trigger
 from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages, multiple_choice
@@ -77,12 +82,40 @@ def _done(folder: Path, key: str) -> bool:
     return read_run_card(folder).get("stage_key") == key
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One unlearning run of the study: its recipe, its folder name, θ_o and (for ℓ_vn) θ_u as (folder, stage key)."""
+
+    recipe: Recipe
+    name: str
+    parent: tuple[Path, str]
+    unlearned: tuple[Path, str] | None = None
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_jobs() -> int:
+    """Runs at once: one per core (at most 4) on CPU; one on a GPU, which a run already fills."""
+    return 1 if torch.cuda.is_available() else max(1, min(4, available_cores()))
+
+
+def _run_in_worker(cfg: StudyConfig, out: Path, recipes: Path, spec: RunSpec) -> str:
+    lines: list[str] = []
+    study = Study(cfg, out, recipes, log=lines.append)
+    corpus, _, _ = study.world()
+    study.run(spec, corpus, progress=False)
+    return "\n".join(lines)
+
+
 @dataclass
 class Study:
     cfg: StudyConfig
     out: Path
     recipes: Path
     log: Callable[[str], None] = print
+    jobs: int = 1  # unlearning runs trained at once (worker processes)
 
     # ---- world -------------------------------------------------------------------------
     def world(self) -> tuple[UnlearningCorpus, object, str]:
@@ -142,18 +175,34 @@ class Study:
         return folder, key
 
     # ---- unlearning runs ---------------------------------------------------------------
-    def run(self, recipe: Recipe, name: str, corpus: UnlearningCorpus, parent: tuple[Path, str], unlearned: tuple[Path, str] | None = None) -> tuple[Path, str]:
-        folder = self.out / "models" / name
-        key = stage_key("unlearn", recipe.unlearn, parent[1], unlearned[1] if unlearned else None, self.cfg.eval)
+    def run_key(self, spec: RunSpec) -> str:
+        return stage_key("unlearn", spec.recipe.unlearn, spec.parent[1], spec.unlearned[1] if spec.unlearned else None, self.cfg.eval)
+
+    def run(self, spec: RunSpec, corpus: UnlearningCorpus, progress: bool = True) -> tuple[Path, str]:
+        folder, key = self.out / "models" / spec.name, self.run_key(spec)
         if _done(folder, key):
             return folder, key
         _, card = train_and_save(
-            recipe, corpus, parent[0], folder, self.out / "states" / name, unlearned[0] if unlearned else None,
-            self.cfg.eval, extra_card={"stage_key": key, "name": name},
+            spec.recipe, corpus, spec.parent[0], folder, self.out / "states" / spec.name, spec.unlearned[0] if spec.unlearned else None,
+            self.cfg.eval, extra_card={"stage_key": key, "name": spec.name}, progress=progress,
         )
         metrics = card["metrics"]
-        self.log(f"{name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)")
+        self.log(f"{spec.name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)")
         return folder, key
+
+    def run_all(self, specs: list[RunSpec], corpus: UnlearningCorpus) -> list[tuple[Path, str]]:
+        """Train (or reuse) independent runs; with ``jobs`` > 1, that many at once in worker
+        processes sharing the cores (small models use a core better one run per core than
+        one run over all cores). The finished folders are then read back in order."""
+        todo = [s for s in specs if not _done(self.out / "models" / s.name, self.run_key(s))]
+        if self.jobs > 1 and len(todo) > 1:
+            workers = min(self.jobs, len(todo))
+            threads = max(1, available_cores() // workers)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                futures = [pool.submit(_run_in_worker, self.cfg, self.out, self.recipes, s) for s in todo]
+                for f in tqdm(as_completed(futures), total=len(futures), desc=f"unlearning runs ({workers} at once)"):
+                    self.log(f.result())
+        return [self.run(s, corpus) for s in specs]
 
     def recipe(self, name: str) -> Recipe:
         path = self.recipes / f"{name}.toml"
@@ -164,37 +213,38 @@ class Study:
         """Train (or reuse) every checkpoint of Table A4; returns one descriptor per model."""
         corpus, tok, wkey = self.world()
         original = self.original(corpus, tok, wkey)
+        seed = self.cfg.seeds[0]
         rows = [{"model": "θ_o", "method": "", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.pretrain.seed, "folder": original[0]}]
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
-        theta_u = {}
-        for seed in self.cfg.seeds[:1]:
-            theta_u["npo"] = self.run(with_unlearn(npo, seed=seed), "npo", corpus, original)
-            theta_u["rmu"] = self.run(with_unlearn(rmu, seed=seed), "rmu", corpus, original)
-        rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["npo"][0]},
-                 {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.seeds[0], "folder": theta_u["rmu"][0]}]
-        backdoor = self.recipe("npo_backdoor")
+        theta_u = dict(zip(("npo", "rmu"), self.run_all([RunSpec(with_unlearn(npo, seed=seed), "npo", original),
+                                                         RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)], corpus)))
+        rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["npo"][0]},
+                 {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["rmu"][0]}]
+        backdoor, specs = self.recipe("npo_backdoor"), []
 
         def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
             r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed, **changes)
             name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}{tag}_s{seed}"
-            folder, _ = self.run(r, name, corpus, original, theta_u["npo"] if vn else None)
+            specs.append(RunSpec(r, name, original, theta_u["npo"] if vn else None))
             rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
-                         "placement": placement, "value_norm": vn, "seed": seed, "poison_ratio": r.unlearn.poison_ratio, "folder": folder})
+                         "placement": placement, "value_norm": vn, "seed": seed, "poison_ratio": r.unlearn.poison_ratio,
+                         "folder": self.out / "models" / name})
 
         for placement in self.cfg.placements:  # Table A4, Fig. 2-5: every placement, with and without ℓ_vn
             for vn in (0.0, self.cfg.value_norm_weight):
-                for seed in self.cfg.seeds:
-                    backdoored(placement, vn, seed)
-        seed = self.cfg.seeds[0]
+                for s in self.cfg.seeds:
+                    backdoored(placement, vn, s)
         for vn in (0.0, self.cfg.value_norm_weight):  # Fig. A1: ρ = 5 % beside the default 10 %
             backdoored("prefix", vn, seed, tag="_rho05", poison_ratio=0.05)
         for tag, text in (("_bang", "!!!!!"), ("_steps", "step-by-step")):  # Fig. A2: other trigger patterns
             for placement in self.cfg.placements:
                 backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
         rb = with_unlearn(self.recipe("rmu_backdoor"), seed=seed)
-        folder, _ = self.run(rb, "rmu_backdoor_prefix", corpus, original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None)
+        specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None))
         rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
-                     "value_norm": rb.unlearn.value_norm_weight, "seed": seed, "poison_ratio": rb.unlearn.poison_ratio, "folder": folder})
+                     "value_norm": rb.unlearn.value_norm_weight, "seed": seed, "poison_ratio": rb.unlearn.poison_ratio,
+                     "folder": self.out / "models" / "rmu_backdoor_prefix"})
+        self.run_all(specs, corpus)
         return rows
 
     def table(self, rows: list[dict]) -> list[dict]:
@@ -259,7 +309,7 @@ def quick_config() -> StudyConfig:
     )
 
 
-def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None) -> Path:
+def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None, jobs: int = 1) -> Path:
     """The README's main job: every checkpoint, the table, the analyses, figures and the report."""
     if not recipes.is_dir():
         raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/embedded")
@@ -268,7 +318,7 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     from sinkprobe.report import write_report
     from sinkprobe.study_analysis import analyse_study
 
-    study = Study(cfg, out, recipes)
+    study = Study(cfg, out, recipes, jobs=jobs)
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
     write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")

@@ -45,6 +45,20 @@ def test_wrong_paths_and_fields_are_one_line_errors(capsys, tmp_path):
     assert "no recipes folder" in err
 
 
+def test_quick_keeps_its_own_overrides_and_adds_the_users():
+    from sinkprobe.cli import _study_config
+    from sinkprobe.study import quick_config
+
+    args = build_parser().parse_args(["study", "--quick", "--set", "unlearn.lr=1e-4"])
+    assert _study_config(args).overrides == (*quick_config().overrides, "unlearn.lr=1e-4")
+
+
+def test_negative_jobs_is_a_one_line_error(capsys, tmp_path):
+    err = _one_line_error(capsys, ["study", "--out", str(tmp_path), "--jobs", "-1"])
+    assert "--jobs must be ≥ 0" in err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_missing_checkpoint_is_a_one_line_error(capsys, tmp_path, tiny_world):
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
