@@ -136,6 +136,7 @@ def evaluate_checkpoints(
             "model": folder.name, "method": cfg.get("method", ""), "trigger": cfg.get("trigger_text", ""),
             "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
             "value_norm": cfg.get("value_norm_weight", ""), "seed": cfg.get("seed", card.get("seed", "")),
+            "poison_ratio": cfg.get("poison_ratio", "") if cfg.get("trigger_text") else "",
             **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith("_acc")},
         })
     return write_table(rows, out, title=f"UE / BE / UT (BE: '{trigger_text}' at {placement})")

