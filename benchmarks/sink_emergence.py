@@ -7,6 +7,7 @@ from its own state between checkpoints, so the curve is that of one uninterrupte
 with a cosine schedule over ``--steps``. Writes benchmarks/results/sink_emergence.json.
 
     python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
+    python benchmarks/sink_emergence.py --steps 1200 --every 600 --lr 1e-2 --out benchmarks/results/sink_emergence_lr1e-2.json
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def main() -> None:
     ap.add_argument("--study", default="runs/embedded", help="study folder whose world/ is used")
     ap.add_argument("--steps", type=int, default=3600, help="total steps of the run (cosine schedule over these)")
     ap.add_argument("--every", type=int, default=600, help="measure α(0) every this many steps")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the study's θ_o)")
+    ap.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the study's θ_o)")
     ap.add_argument("--out", default="benchmarks/results/sink_emergence.json")
     args = ap.parse_args()
     study, cfg = Path(args.study), StudyConfig()
     corpus = load_corpus("embedded", study)
     tok = load_tokenizer(study / "world" / "tokenizer")
-    pretrain = replace(cfg.pretrain, steps=args.steps, save_every=args.every)
+    changes = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
+    pretrain = replace(cfg.pretrain, steps=args.steps, save_every=args.every, **changes)
     world = cfg.world
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
