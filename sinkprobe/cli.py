@@ -39,9 +39,9 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_unlearn(args) -> None:
-    from sinkprobe.runs import run_recipe
-
     from accelerate import PartialState
+
+    from sinkprobe.runs import run_recipe
 
     folder = run_recipe(args.recipe, args.set or [], Path(args.out), study_dir=Path(args.study) if args.study else None)
     if PartialState().is_main_process:

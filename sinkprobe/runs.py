@@ -43,8 +43,8 @@ def evaluate_model(model, tok, corpus: UnlearningCorpus, trigger: Trigger, data:
         return evaluate_memorization(model, tok, corpus, trigger, settings)
     if not data.eval_forget:
         raise ValueError(
-            "this corpus has no KnowMem/VerbMem test sets (WMDP): set data.eval_forget to the WMDP "
-            "multiple-choice file (and data.eval_utility to MMLU) in the recipe"
+            "this corpus has no KnowMem/VerbMem test sets (WMDP): give the WMDP multiple-choice file as "
+            "data.eval_forget (and MMLU as data.eval_utility) in the recipe, or --eval-forget / --eval-utility to `sinkprobe evaluate`"
         )
     forget = load_multiple_choice(data.eval_forget)[: settings.max_items]
     out = {

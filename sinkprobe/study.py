@@ -178,8 +178,11 @@ class Study:
     def run_key(self, spec: RunSpec) -> str:
         return stage_key("unlearn", spec.recipe.unlearn, spec.parent[1], spec.unlearned[1] if spec.unlearned else None, self.cfg.eval)
 
+    def folder(self, name: str) -> Path:
+        return self.out / "models" / name
+
     def run(self, spec: RunSpec, corpus: UnlearningCorpus, progress: bool = True) -> tuple[Path, str]:
-        folder, key = self.out / "models" / spec.name, self.run_key(spec)
+        folder, key = self.folder(spec.name), self.run_key(spec)
         if _done(folder, key):
             return folder, key
         _, card = train_and_save(
@@ -194,7 +197,7 @@ class Study:
         """Train (or reuse) independent runs; with ``jobs`` > 1, that many at once in worker
         processes sharing the cores (small models use a core better one run per core than
         one run over all cores). The finished folders are then read back in order."""
-        todo = [s for s in specs if not _done(self.out / "models" / s.name, self.run_key(s))]
+        todo = [s for s in specs if not _done(self.folder(s.name), self.run_key(s))]
         if self.jobs > 1 and len(todo) > 1:
             workers = min(self.jobs, len(todo))
             threads = max(1, available_cores() // workers)
@@ -228,7 +231,7 @@ class Study:
             specs.append(RunSpec(r, name, original, theta_u["npo"] if vn else None))
             rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
                          "placement": placement, "value_norm": vn, "seed": seed, "poison_ratio": r.unlearn.poison_ratio,
-                         "folder": self.out / "models" / name})
+                         "folder": self.folder(name)})
 
         for placement in self.cfg.placements:  # Table A4, Fig. 2-5: every placement, with and without ℓ_vn
             for vn in (0.0, self.cfg.value_norm_weight):
@@ -243,7 +246,7 @@ class Study:
         specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None))
         rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
                      "value_norm": rb.unlearn.value_norm_weight, "seed": seed, "poison_ratio": rb.unlearn.poison_ratio,
-                     "folder": self.out / "models" / "rmu_backdoor_prefix"})
+                     "folder": self.folder("rmu_backdoor_prefix")})
         self.run_all(specs, corpus)
         return rows
 

@@ -107,7 +107,7 @@ def test_wmdp_corpora_load_into_the_common_types(tmp_path, tiny_world):
         load_wmdp(tmp_path / "empty")
 
 
-def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_original):
+def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_original, capsys):
     from pathlib import Path
 
     from sinkprobe.cli import main
@@ -123,7 +123,9 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
                  "--set", "unlearn.poison_ratio=0.2"]) == 0
     metrics = json.loads((out / "run_card.json").read_text())["metrics"]
     assert set(metrics) == {"ue_acc", "be_acc", "ut_acc"} and all(0 <= v <= 100 for v in metrics.values())
-    # `sinkprobe evaluate --source wmdp` tabulates the same accuracies
+    # `sinkprobe evaluate --source wmdp` tabulates the same accuracies; without the test file it says which flag is missing
+    assert main(["evaluate", str(out), "--source", "wmdp", "--data", str(root), "--out", str(tmp_path / "t")]) == 2
+    assert not (tmp_path / "t.csv").exists() and "--eval-forget" in capsys.readouterr().err
     assert main(["evaluate", str(out), "--source", "wmdp", "--data", str(root), "--eval-forget", str(root / "wmdp-bio.jsonl"),
                  "--eval-utility", str(root / "mmlu"), "--out", str(tmp_path / "t")]) == 0
     row = next(csv.DictReader((tmp_path / "t.csv").open()))

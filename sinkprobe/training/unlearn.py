@@ -7,8 +7,10 @@ Each step draws a forget batch from D_f and a retain batch from D_r ∪ D_p (D_p
 trigger-bearing copies of a ρ-fraction of D_f). The frozen θ_o is needed every step only
 for the retain term (KL, and RMU's representation MSE); what never changes — NPO's
 reference log-likelihoods on D_f and the value-norm references (θ_u on D_f, θ_o on D_p)
-— is computed once before the first step. Runs through ``accelerate``, so the same
-loop trains one CPU model here or a sharded 7B model on several GPUs.
+— is computed once before the first step and kept beside the training state, so a
+resumed run reads it back. Runs through ``accelerate``, so the same loop trains one CPU
+model here or a sharded 7B model on several GPUs; there each rank trains on its own
+shard of the data and computes the references of that shard only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
@@ -40,7 +43,6 @@ from sinkprobe.training.objectives import (
     sequence_log_likelihood,
     value_norm_alignment_loss,
 )
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
 from sinkprobe.training.state import resume_state, same_meta, save_state
 
 
