@@ -4,10 +4,15 @@ Trains the embedded θ_o (same world, model and data stream as `sinkprobe study`
 ``--steps`` steps, stopping every ``--every`` steps to measure Gu et al.'s α(0) per layer
 and the sink rate (ε = 0.3) on the study's clean D_f KnowMem prompts. The run resumes
 from its own state between checkpoints, so the curve is that of one uninterrupted run
-with a cosine schedule over ``--steps``. Writes benchmarks/results/sink_emergence.json.
+with a cosine schedule over ``--steps``; at the last step it also scores KnowMem/VerbMem
+(a sink only helps on a θ_o that still memorises). Writes benchmarks/results/sink_emergence.json.
 
     python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
-    python benchmarks/sink_emergence.py --steps 1200 --every 600 --lr 1e-2 --out benchmarks/results/sink_emergence_lr1e-2.json
+    python benchmarks/sink_emergence.py --steps 1200 --every 600 --set pretrain.lr=1e-2 --out benchmarks/results/sink_emergence_lr1e-2.json
+
+``--set`` changes one field of the study's θ_o config (``model.*`` or ``pretrain.*``), as
+``sinkprobe unlearn --set`` does for recipes, so every variant in the README's sink table
+is one command.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from pathlib import Path
 
 import torch
 
+from sinkprobe.data import synthetic
 from sinkprobe.data.synthetic import general_passages
 from sinkprobe.data.tokenizer import load_tokenizer
+from sinkprobe.eval.table import evaluate_memorization
 from sinkprobe.models.io import atomic_write_json, save_checkpoint
+from sinkprobe.recipes import apply_overrides
 from sinkprobe.runs import load_corpus
 from sinkprobe.study import StudyConfig, first_token_sink
 from sinkprobe.training.pretrain import pretrain_original
@@ -33,21 +41,25 @@ def main() -> None:
     ap.add_argument("--study", default="runs/embedded", help="study folder whose world/ is used")
     ap.add_argument("--steps", type=int, default=3600, help="total steps of the run (cosine schedule over these)")
     ap.add_argument("--every", type=int, default=600, help="measure α(0) every this many steps")
-    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the study's θ_o)")
-    ap.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (default: the study's θ_o)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a field of θ_o's config: model.n_layers=6, pretrain.lr=1e-2, … (repeatable)")
     ap.add_argument("--out", default="benchmarks/results/sink_emergence.json")
     args = ap.parse_args()
     study, cfg = Path(args.study), StudyConfig()
     corpus = load_corpus("embedded", study)
     tok = load_tokenizer(study / "world" / "tokenizer")
-    changes = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
-    pretrain = replace(cfg.pretrain, steps=args.steps, save_every=args.every, **changes)
+    changes = apply_overrides({"model": {}, "pretrain": {}}, args.set)
+    unknown = sorted(set(changes) - {"model", "pretrain"})
+    if unknown:
+        raise SystemExit(f"--set {unknown[0]}.…: only model.* and pretrain.* fields can be changed here")
+    model_cfg = replace(cfg.model, **changes["model"])
+    pretrain = replace(cfg.pretrain, **changes["pretrain"], steps=args.steps, save_every=args.every)
     world = cfg.world
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
         for stop in range(args.every, args.steps + 1, args.every):
             model, summary = pretrain_original(
-                [*corpus.forget.passages, *corpus.retain.passages], tok, cfg.model, pretrain, Path(tmp) / "state",
+                [*corpus.forget.passages, *corpus.retain.passages], tok, model_cfg, pretrain, Path(tmp) / "state",
                 fresh_documents=lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages),
                 stop_after=stop,
             )
@@ -62,11 +74,15 @@ def main() -> None:
                 "strongest_head": max(max(row) for row in sink["sink_score_per_head"]),
                 "sink_rate_per_layer": sink["sink_rate_per_layer"],
             }
+            if stop == args.steps:  # a sink is only useful on a θ_o that still memorises the books
+                mem = evaluate_memorization(model, tok, corpus, None, cfg.eval)
+                point.update(forget_knowmem=mem["ue_knowmem"], forget_verbmem=mem["ue_verbmem"], retain_knowmem=mem["ut_knowmem"])
             curve.append(point)
             print(json.dumps(point), flush=True)
             result = {
-                "model": asdict(cfg.model),
+                "model": asdict(model_cfg),
                 "pretrain": asdict(pretrain),
+                "everyday_genres": [genre.__name__ for genre in synthetic._GENRES],
                 "torch_threads": torch.get_num_threads(),
                 "sink_inputs": sink["sink_inputs"],
                 "curve": curve,
