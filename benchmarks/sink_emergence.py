@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -33,7 +33,26 @@ from sinkprobe.models.io import atomic_write_json, save_checkpoint
 from sinkprobe.recipes import apply_overrides
 from sinkprobe.runs import load_corpus
 from sinkprobe.study import StudyConfig, first_token_sink
-from sinkprobe.training.pretrain import pretrain_original
+from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
+
+
+def variant(cfg: StudyConfig, overrides: list[str], **run) -> tuple[ModelConfig, PretrainConfig]:
+    """The study's θ_o configs with ``--set`` overrides; ``run`` (steps, save_every) belongs to this script's own flags."""
+    try:
+        changes = apply_overrides({"model": {}, "pretrain": {}}, overrides)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
+    configs = {"model": cfg.model, "pretrain": cfg.pretrain}
+    for section, fields_changed in changes.items():
+        if section not in configs:
+            raise SystemExit(f"--set {section}.…: only model.* and pretrain.* fields can be changed here")
+        known = {f.name for f in fields(configs[section])}
+        for name in fields_changed:
+            if name in run:
+                raise SystemExit(f"--set {section}.{name}: give it as --{'every' if name == 'save_every' else name} instead")
+            if name not in known:
+                raise SystemExit(f"--set {section}.{name}: unknown field; {section} fields are {', '.join(sorted(known))}")
+    return replace(cfg.model, **changes["model"]), replace(cfg.pretrain, **changes["pretrain"], **run)
 
 
 def main() -> None:
@@ -46,14 +65,9 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/sink_emergence.json")
     args = ap.parse_args()
     study, cfg = Path(args.study), StudyConfig()
+    model_cfg, pretrain = variant(cfg, args.set, steps=args.steps, save_every=args.every)  # before any work: bad flags fail fast
     corpus = load_corpus("embedded", study)
     tok = load_tokenizer(study / "world" / "tokenizer")
-    changes = apply_overrides({"model": {}, "pretrain": {}}, args.set)
-    unknown = sorted(set(changes) - {"model", "pretrain"})
-    if unknown:
-        raise SystemExit(f"--set {unknown[0]}.…: only model.* and pretrain.* fields can be changed here")
-    model_cfg = replace(cfg.model, **changes["model"])
-    pretrain = replace(cfg.pretrain, **changes["pretrain"], steps=args.steps, save_every=args.every)
     world = cfg.world
     curve = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,50 @@
+"""The sink probes' command line: --set builds the variant, bad flags fail in one line before any work."""
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sinkprobe.study import StudyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+PROBE = ROOT / "benchmarks" / "sink_emergence.py"
+
+
+def test_set_changes_only_the_named_fields():
+    variant = runpy.run_path(str(PROBE))["variant"]
+    cfg = StudyConfig()
+    model, pretrain = variant(cfg, ["pretrain.lr=1e-2", "model.n_layers=6"], steps=600, save_every=300)
+    assert (pretrain.lr, pretrain.steps, pretrain.save_every) == (0.01, 600, 300)
+    assert pretrain.weight_decay == cfg.pretrain.weight_decay and pretrain.seed == cfg.pretrain.seed
+    assert model.n_layers == 6 and model.d_model == cfg.model.d_model
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("model.n_layer=6", "--set model.n_layer: unknown field; model fields are d_mlp, d_model"),
+        ("pretrain.steps=10", "--set pretrain.steps: give it as --steps instead"),
+        ("pretrain.save_every=5", "--set pretrain.save_every: give it as --every instead"),
+        ("world.seed=1", "--set world.…: only model.* and pretrain.* fields can be changed here"),
+        ("lr", "--set: override 'lr' is not key=value"),
+    ],
+)
+def test_bad_set_names_the_fix(flag, message):
+    variant = runpy.run_path(str(PROBE))["variant"]
+    with pytest.raises(SystemExit) as err:
+        variant(StudyConfig(), [flag], steps=600, save_every=300)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_bad_set_fails_before_any_work(tmp_path):
+    # The study folder does not exist: the flag must be refused before the world is read or a result written.
+    out = tmp_path / "result.json"
+    run = subprocess.run(
+        [sys.executable, str(PROBE), "--study", str(tmp_path / "missing"), "--set", "model.n_layer=6", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 1 and run.stderr.strip().startswith("--set model.n_layer: unknown field")
+    assert not out.exists()
