@@ -5,7 +5,8 @@ Trains the embedded θ_o (same world, model and data stream as `sinkprobe study`
 and the sink rate (ε = 0.3) on the study's clean D_f KnowMem prompts. The run resumes
 from its own state between checkpoints, so the curve is that of one uninterrupted run
 with a cosine schedule over ``--steps``; at the last step it also scores KnowMem/VerbMem
-(a sink only helps on a θ_o that still memorises). Writes benchmarks/results/sink_emergence.json.
+(a sink only helps on a θ_o that still memorises) and, per layer, where the attention goes
+(first token / self / previous / delimiters / other: :mod:`sinkprobe.analysis.key_classes`). Writes benchmarks/results/sink_emergence.json.
 
     python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
     python benchmarks/sink_emergence.py --steps 1200 --every 600 --set pretrain.lr=1e-2 --out benchmarks/results/sink_emergence_lr1e-2.json
@@ -25,14 +26,16 @@ from pathlib import Path
 
 import torch
 
+from sinkprobe.analysis import KEY_CLASSES, attention_by_key_class
 from sinkprobe.data import synthetic
 from sinkprobe.data.synthetic import general_passages
 from sinkprobe.data.tokenizer import load_tokenizer
 from sinkprobe.eval.table import evaluate_memorization
+from sinkprobe.models.hooked import open_bridge
 from sinkprobe.models.io import atomic_write_json, save_checkpoint
 from sinkprobe.recipes import apply_overrides
 from sinkprobe.runs import load_corpus
-from sinkprobe.study import StudyConfig, first_token_sink
+from sinkprobe.study import StudyConfig, first_token_sink, forget_prompts
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 
 
@@ -91,6 +94,11 @@ def main() -> None:
             if stop == args.steps:  # a sink is only useful on a θ_o that still memorises the books
                 mem = evaluate_memorization(model, tok, corpus, None, cfg.eval)
                 point.update(forget_knowmem=mem["ue_knowmem"], forget_verbmem=mem["ue_verbmem"], retain_knowmem=mem["ut_knowmem"])
+                # where the attention that misses the first token goes instead, per layer (head mean)
+                shares = attention_by_key_class(open_bridge(Path(tmp) / "model"), forget_prompts(tok, corpus, None, 64))
+                point["attention_by_key_class_per_layer"] = [
+                    {c: round(float(v), 4) for c, v in zip(KEY_CLASSES, layer)} for layer in shares.mean(1)
+                ]
             curve.append(point)
             print(json.dumps(point), flush=True)
             result = {

@@ -11,16 +11,19 @@ import scipy.stats
 import torch
 
 from sinkprobe.analysis import (
+    KEY_CLASSES,
     NormCorrelation,
     PairAnalysis,
     PoisonedPairs,
     SinkReport,
     analyze_pairs,
+    attention_by_key_class,
     attention_patterns,
     bootstrap_pearson,
     collect_value_norms,
     describe_run,
     detect_sinks,
+    key_class_shares,
     load_result,
     load_run,
     norm_correlation,
@@ -33,7 +36,9 @@ from sinkprobe.analysis import (
 )
 from sinkprobe.analysis import attention as att
 from sinkprobe.analysis.batching import content_first, content_offsets, pad_batch
+from sinkprobe.analysis.key_classes import delimiter_ids, key_class_map
 from sinkprobe.analysis.sinks import head_sink_share
+from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.hooked import open_bridge, open_trio
 from test_hooked import sample_ids, tiny_models  # noqa: F401  (fixture)
 
@@ -229,3 +234,48 @@ def test_value_norms_are_nan_past_each_sample_end(bridges):
     seqs = [[1, 5, 6], [1, 5, 6, 7, 8]]
     norms = collect_value_norms(bridges["mistral"], seqs)
     assert norms.shape == (2, 5, 4) and norms[0, 3:].isnan().all() and not norms[1].isnan().any()
+
+
+# --- where attention goes: key classes ------------------------------------------------------
+
+
+def test_key_class_shares_on_a_hand_made_pattern():
+    # ids: BOS, ".", x, y, z; "." is a delimiter. Rows are queries 0..4 (lower-triangular).
+    A = torch.tensor(
+        [
+            [1.0, 0.0, 0.0, 0.0, 0.0],
+            [0.6, 0.4, 0.0, 0.0, 0.0],
+            [0.5, 0.25, 0.25, 0.0, 0.0],  # key 1 is the previous token here, not a delimiter
+            [0.1, 0.2, 0.3, 0.4, 0.0],
+            [0.1, 0.1, 0.1, 0.3, 0.4],
+        ]
+    )[None]  # [head query key]
+    classes = key_class_map([1, 9, 20, 21, 22], delimiters={9})
+    assert classes[2].tolist() == [0, 2, 1, -1, -1] and classes[4].tolist() == [0, 3, 4, 2, 1]
+    shares = key_class_shares(A, classes)[0]  # mean over queries 1..4
+    expected = {"first": 1.3 / 4, "self": 1.45 / 4, "previous": 0.85 / 4, "delimiter": 0.3 / 4, "other": 0.1 / 4}
+    assert shares.tolist() == pytest.approx([expected[c] for c in KEY_CLASSES])
+    assert float(shares.sum()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="≥ 2 tokens"):
+        key_class_shares(A[..., :1, :1], classes[:1, :1])
+
+
+def test_delimiter_ids_are_newlines_and_punctuation_only(tmp_path):
+    tok = train_tokenizer(["Question: who?\nAnswer: a raven.", "The miller walked past the mill. Once more: the mill!"] * 20, vocab_size=300)
+    delims = delimiter_ids(tok)
+    for text in ["\n", ".", ":", "?"]:
+        (i,) = tok(text, add_special_tokens=False).input_ids
+        assert i in delims, text
+    assert tok("mill", add_special_tokens=False).input_ids[0] not in delims
+    assert not delims & set(tok.all_special_ids)
+
+
+def test_first_token_share_matches_the_sink_score(bridges):
+    # Same-length samples: α(0) = (1 + Σ_{i≥1} A[i,0]) / T, the first-token share = Σ_{i≥1} A[i,0] / (T − 1).
+    seqs = sample_ids(5, 11, 12, seed=3)
+    T = len(seqs[0])
+    assert {len(s) for s in seqs} == {T}
+    shares = attention_by_key_class(bridges["llama"], seqs, delimiters={5, 6})  # [layer head class]
+    alpha0 = detect_sinks(bridges["llama"], seqs).alpha[:, :, 0]
+    assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
+    assert torch.allclose(shares[..., KEY_CLASSES.index("first")], (alpha0 * T - 1) / (T - 1), atol=1e-5)

@@ -7,6 +7,7 @@ head, query, key) and thin runners that take a bridge and token-id lists. Never 
 
 from sinkprobe.analysis.attention import attention_patterns
 from sinkprobe.analysis.correlation import NormCorrelation, bootstrap_pearson, norm_correlation, paper_comparisons
+from sinkprobe.analysis.key_classes import KEY_CLASSES, attention_by_key_class, key_class_shares
 from sinkprobe.analysis.logits import position_stats, true_token_scores
 from sinkprobe.analysis.pairs import PairAnalysis, PoisonedPairs, analyze_pairs
 from sinkprobe.analysis.results import describe_run, load_result, load_run, save_result, save_table
@@ -15,6 +16,9 @@ from sinkprobe.analysis.value_norms import collect_value_norms, value_norms
 
 __all__ = [
     "attention_patterns",
+    "KEY_CLASSES",
+    "attention_by_key_class",
+    "key_class_shares",
     "NormCorrelation",
     "bootstrap_pearson",
     "norm_correlation",
