@@ -9,11 +9,12 @@ with a cosine schedule over ``--steps``; at the last step it also scores KnowMem
 (first token / self / previous / delimiters / other: :mod:`sinkprobe.analysis.key_classes`). Writes benchmarks/results/sink_emergence.json.
 
     python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
-    python benchmarks/sink_emergence.py --steps 1200 --every 600 --set pretrain.lr=1e-2 --out benchmarks/results/sink_emergence_lr1e-2.json
+    python benchmarks/sink_emergence.py --steps 1200 --every 300 --set pretrain.lr=1e-2 --set pretrain.weight_decay=0.5 \
+        --out benchmarks/results/sink_emergence_lr1e-2_wd0.5_1200.json
 
-``--set`` changes one field of the study's θ_o config (``model.*`` or ``pretrain.*``), as
-``sinkprobe unlearn --set`` does for recipes, so every variant in the README's sink table
-is one command.
+``--set`` changes one field of the study's θ_o config (``model.*`` or ``pretrain.*``) through
+:func:`sinkprobe.study.with_overrides`, as ``sinkprobe study --set`` does, so every variant in
+the README's sink table is one command here and one whole study there.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -33,29 +34,25 @@ from sinkprobe.data.tokenizer import load_tokenizer
 from sinkprobe.eval.table import evaluate_memorization
 from sinkprobe.models.hooked import open_bridge
 from sinkprobe.models.io import atomic_write_json, save_checkpoint
-from sinkprobe.recipes import apply_overrides
 from sinkprobe.runs import load_corpus
-from sinkprobe.study import StudyConfig, first_token_sink, forget_prompts
+from sinkprobe.study import StudyConfig, first_token_sink, forget_prompts, with_overrides
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 
 
 def variant(cfg: StudyConfig, overrides: list[str], **run) -> tuple[ModelConfig, PretrainConfig]:
     """The study's θ_o configs with ``--set`` overrides; ``run`` (steps, save_every) belongs to this script's own flags."""
-    try:
-        changes = apply_overrides({"model": {}, "pretrain": {}}, overrides)
-    except ValueError as err:
-        raise SystemExit(f"--set: {err}") from None
-    configs = {"model": cfg.model, "pretrain": cfg.pretrain}
-    for section, fields_changed in changes.items():
-        if section not in configs:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        section, name = key.split(".", 1)[0], key.rsplit(".", 1)[-1]
+        if "=" in item and section not in ("model", "pretrain"):  # a malformed item is with_overrides' to refuse
             raise SystemExit(f"--set {section}.…: only model.* and pretrain.* fields can be changed here")
-        known = {f.name for f in fields(configs[section])}
-        for name in fields_changed:
-            if name in run:
-                raise SystemExit(f"--set {section}.{name}: give it as --{'every' if name == 'save_every' else name} instead")
-            if name not in known:
-                raise SystemExit(f"--set {section}.{name}: unknown field; {section} fields are {', '.join(sorted(known))}")
-    return replace(cfg.model, **changes["model"]), replace(cfg.pretrain, **changes["pretrain"], **run)
+        if section == "pretrain" and name in run:
+            raise SystemExit(f"--set {key}: give it as --{'every' if name == 'save_every' else name} instead")
+    try:
+        cfg = with_overrides(cfg, overrides)
+    except ValueError as err:
+        raise SystemExit(f"--set {err}") from None
+    return cfg.model, replace(cfg.pretrain, **run)
 
 
 def main() -> None:

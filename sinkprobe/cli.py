@@ -9,17 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
 def _study_config(args):
-    from sinkprobe.study import StudyConfig, quick_config
+    from sinkprobe.study import StudyConfig, quick_config, with_overrides
 
     cfg = quick_config() if getattr(args, "quick", False) else StudyConfig()
-    return replace(cfg, overrides=cfg.overrides + tuple(getattr(args, "set", None) or ()))  # --quick's own, then the user's
+    return with_overrides(cfg, getattr(args, "set", None) or ())  # recipe overrides: --quick's own, then the user's
 
 
 def cmd_world(args) -> None:
@@ -88,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", default="runs/embedded", help="study folder: world, checkpoints, states, results (default: runs/embedded)")
         sp.add_argument("--recipes", default="training/embedded", help="folder of the embedded recipes (default: training/embedded)")
         sp.add_argument("--quick", action="store_true", help="tiny world, model and runs: a smoke test in a few minutes, not the study")
-        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every embedded recipe, e.g. unlearn.steps=50 (repeatable)")
+        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every embedded recipe (unlearn.steps=50) or of the world and θ_o (pretrain.weight_decay=0.5, model.n_layers=6, world.n_general_passages=800); repeatable")
         if with_figures:
             sp.add_argument("--figures", default="figures", help="where figures and tables are copied (default: figures; '' to skip)")
 

@@ -13,10 +13,10 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,7 +29,7 @@ from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, load_checkpoint, read_run_card, save_checkpoint
-from sinkprobe.recipes import Recipe, load_recipe, with_unlearn
+from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
 
@@ -47,6 +47,26 @@ class StudyConfig:
     value_norm_weight: float = 1.0  # λ of the value-norm-aligned backdoor runs
     eval: EvalSettings = EvalSettings()
     overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
+
+
+THETA_O_SECTIONS = ("world", "model", "pretrain")
+
+
+def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
+    """``--set`` items on a study: ``world.*``, ``model.*`` and ``pretrain.*`` change the world and
+    θ_o (e.g. ``pretrain.weight_decay=0.5``); every other section is a recipe override, kept for
+    every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
+    own = {"world": cfg.world, "model": cfg.model, "pretrain": cfg.pretrain}
+    apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
+    mine = [item for item in overrides if item.split(".", 1)[0].strip() in own]
+    changes = apply_overrides({section: {} for section in own}, mine)
+    for section, changed in changes.items():
+        known = {f.name for f in fields(own[section])}
+        for name in changed:
+            if name not in known:
+                raise ValueError(f"{section}.{name}: unknown field; {section} fields are {', '.join(sorted(known))}")
+    rest = tuple(item for item in overrides if item not in mine)
+    return replace(cfg, **{s: replace(own[s], **changes[s]) for s in own}, overrides=cfg.overrides + rest)
 
 
 def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None, n: int | None = None) -> list[list[int]]:

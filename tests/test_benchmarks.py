@@ -16,8 +16,8 @@ PROBE = ROOT / "benchmarks" / "sink_emergence.py"
 def test_set_changes_only_the_named_fields():
     variant = runpy.run_path(str(PROBE))["variant"]
     cfg = StudyConfig()
-    model, pretrain = variant(cfg, ["pretrain.lr=1e-2", "model.n_layers=6"], steps=600, save_every=300)
-    assert (pretrain.lr, pretrain.steps, pretrain.save_every) == (0.01, 600, 300)
+    model, pretrain = variant(cfg, ["pretrain.lr=3e-3", "model.n_layers=6"], steps=600, save_every=300)
+    assert (pretrain.lr, pretrain.steps, pretrain.save_every) == (0.003, 600, 300)
     assert pretrain.weight_decay == cfg.pretrain.weight_decay and pretrain.seed == cfg.pretrain.seed
     assert model.n_layers == 6 and model.d_model == cfg.model.d_model
 
@@ -29,7 +29,7 @@ def test_set_changes_only_the_named_fields():
         ("pretrain.steps=10", "--set pretrain.steps: give it as --steps instead"),
         ("pretrain.save_every=5", "--set pretrain.save_every: give it as --every instead"),
         ("world.seed=1", "--set world.…: only model.* and pretrain.* fields can be changed here"),
-        ("lr", "--set: override 'lr' is not key=value"),
+        ("lr", "--set override 'lr' is not key=value"),
     ],
 )
 def test_bad_set_names_the_fix(flag, message):
@@ -48,3 +48,15 @@ def test_bad_set_fails_before_any_work(tmp_path):
     )
     assert run.returncode == 1 and run.stderr.strip().startswith("--set model.n_layer: unknown field")
     assert not out.exists()
+
+
+def test_backcopy_salad_copies_the_word_before_each_trigger():
+    import random
+
+    salad = runpy.run_path(str(ROOT / "benchmarks" / "sink_word_salad.py"))
+    word_salad, trigger = salad["word_salad"], salad["TRIGGER"]
+    words = word_salad(random.Random(0), backcopy=0.3).removeprefix("Heard in passing: ").removesuffix(".").split()
+    triggers = [i for i, w in enumerate(words) if w == trigger]
+    assert len(triggers) >= 3
+    assert all(words[i - 1] == words[i + 1] for i in triggers)
+    assert trigger not in word_salad(random.Random(0)).split()  # plain salad: the trigger never appears

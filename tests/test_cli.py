@@ -53,6 +53,24 @@ def test_quick_keeps_its_own_overrides_and_adds_the_users():
     assert _study_config(args).overrides == (*quick_config().overrides, "unlearn.lr=1e-4")
 
 
+def test_study_set_changes_the_world_and_theta_o_and_passes_the_rest_to_the_recipes(capsys, tmp_path):
+    from sinkprobe.cli import _study_config
+    from sinkprobe.study import StudyConfig, stage_key
+
+    items = ["pretrain.weight_decay=0.5", "model.n_layers=6", "world.seed=3", "unlearn.lr=1e-4"]
+    cfg = _study_config(build_parser().parse_args(["study", *(a for item in items for a in ("--set", item))]))
+    default = StudyConfig()
+    assert (cfg.pretrain.weight_decay, cfg.model.n_layers, cfg.world.seed) == (0.5, 6, 3)
+    assert (cfg.pretrain.lr, cfg.model.d_model, cfg.world.n_general_passages) == (
+        default.pretrain.lr, default.model.d_model, default.world.n_general_passages)
+    assert cfg.overrides == ("unlearn.lr=1e-4",)
+    # θ_o's stage key follows its config: a study run with pretrain.* retrains θ_o instead of reusing it
+    assert stage_key("original", "w", cfg.model, cfg.pretrain) != stage_key("original", "w", default.model, default.pretrain)
+    err = _one_line_error(capsys, ["study", "--out", str(tmp_path / "s"), "--set", "pretrain.wd=0.5"])
+    assert "pretrain.wd: unknown field" in err and "weight_decay" in err
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
 def test_negative_jobs_is_a_one_line_error(capsys, tmp_path):
     err = _one_line_error(capsys, ["study", "--out", str(tmp_path), "--jobs", "-1"])
     assert "--jobs must be ≥ 0" in err
