@@ -179,3 +179,13 @@ def test_fig_a1_and_table1_from_a_table_with_poison_ratios(tmp_path):
     assert list(bars[2].y) == [40, 30]  # BE panel, vanilla: seed means per ρ
     t = table1(read_table(tmp_path)).set_index("model")
     assert t.loc["NPO-Backdoor", "n_seeds"] == 2 and t.loc["NPO-Backdoor", "ue_knowmem"] == 8.5  # ρ = 5 % runs kept out
+
+
+def test_table_stem_keeps_its_dots(tmp_path):
+    from sinkprobe.eval.table import write_table
+
+    rows = [{"model": "θ_u NPO", "seed": 0, "ue_knowmem": 17.0}]
+    csv_path, md_path = write_table(rows, tmp_path / "eval_wd0.5")
+    assert (csv_path.name, md_path.name) == ("eval_wd0.5.csv", "eval_wd0.5.md")
+    assert "| θ_u NPO |" in md_path.read_text() and "17.0" in csv_path.read_text()
+    assert [p.name for p in write_table(rows, tmp_path / "t.md")] == ["t.csv", "t.md"]  # an extension given is not doubled

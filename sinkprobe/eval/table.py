@@ -108,8 +108,12 @@ def table_markdown(rows: Sequence[dict], title: str = "") -> str:
 
 
 def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tuple[Path, Path]:
-    """``stem.csv`` and ``stem.md``, written atomically."""
+    """``stem.csv`` and ``stem.md``, written atomically. A dot inside the stem stays
+    (``eval_wd0.5`` → ``eval_wd0.5.csv``); a ``.csv`` / ``.md`` ending is taken off first."""
     stem = Path(stem)
-    atomic_write_text(stem.with_suffix(".csv"), table_csv(rows))
-    atomic_write_text(stem.with_suffix(".md"), table_markdown(rows, title))
-    return stem.with_suffix(".csv"), stem.with_suffix(".md")
+    if stem.suffix in (".csv", ".md"):
+        stem = stem.with_suffix("")
+    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    atomic_write_text(csv_path, table_csv(rows))
+    atomic_write_text(md_path, table_markdown(rows, title))
+    return csv_path, md_path
