@@ -15,7 +15,8 @@ every other flag is sink_emergence.py's.
         --set pretrain.weight_decay=0.5 --out benchmarks/results/sink_emergence_lr1e-2_wd0.5_backcopy.json
 
 Measured (README, "The attention sink at this scale"): plain salad moves the sink from
-layer 0 to layer 1 and does not spread, so the genre is not part of the world.
+layer 0 to layer 1; backcopy splits it over layer 0 and one deeper layer (25 % of its heads
+at most); neither gives two sink layers, so the genre is not part of the world.
 """
 
 from __future__ import annotations

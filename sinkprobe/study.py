@@ -56,17 +56,15 @@ def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
     """``--set`` items on a study: ``world.*``, ``model.*`` and ``pretrain.*`` change the world and
     θ_o (e.g. ``pretrain.weight_decay=0.5``); every other section is a recipe override, kept for
     every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
-    own = {"world": cfg.world, "model": cfg.model, "pretrain": cfg.pretrain}
-    apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
-    mine = [item for item in overrides if item.split(".", 1)[0].strip() in own]
-    changes = apply_overrides({section: {} for section in own}, mine)
+    parsed = apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
+    changes = {section: parsed.get(section, {}) for section in THETA_O_SECTIONS}
     for section, changed in changes.items():
-        known = {f.name for f in fields(own[section])}
+        known = {f.name for f in fields(getattr(cfg, section))}
         for name in changed:
             if name not in known:
                 raise ValueError(f"{section}.{name}: unknown field; {section} fields are {', '.join(sorted(known))}")
-    rest = tuple(item for item in overrides if item not in mine)
-    return replace(cfg, **{s: replace(own[s], **changes[s]) for s in own}, overrides=cfg.overrides + rest)
+    rest = tuple(item for item in overrides if item.split(".", 1)[0].strip() not in THETA_O_SECTIONS)
+    return replace(cfg, **{s: replace(getattr(cfg, s), **changes[s]) for s in THETA_O_SECTIONS}, overrides=cfg.overrides + rest)
 
 
 def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None, n: int | None = None) -> list[list[int]]:
