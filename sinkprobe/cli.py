@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+RUNS_MODELS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
 
 
 def _study_config(args):
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in RUNS_MODELS:
+            from sinkprobe.models.io import default_device
+
+            default_device()  # a bad $SINKPROBE_DEVICE is refused before any stage writes
         args.func(args)
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

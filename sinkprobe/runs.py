@@ -13,7 +13,7 @@ from sinkprobe.data.wmdp import load_wmdp
 from sinkprobe.data.poison import Trigger, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, write_table
-from sinkprobe.models.io import load_checkpoint, read_run_card, require_model_folder, save_checkpoint
+from sinkprobe.models.io import default_device, load_checkpoint, read_run_card, require_model_folder, save_checkpoint
 from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.recipes import DataSpec, Recipe, load_recipe
 from sinkprobe.training.unlearn import unlearn
@@ -128,7 +128,7 @@ def evaluate_checkpoints(
     p = int(placement) if placement.isdigit() else placement
     rows = []
     for folder in checkpoints:
-        model, tok = load_checkpoint(folder)
+        model, tok = load_checkpoint(folder, device=default_device())
         card = read_run_card(folder)
         metrics = evaluate_model(model, tok, corpus, Trigger(trigger_text, p), spec, EvalSettings(max_items=max_items))
         cfg = card.get("config", {})

@@ -28,7 +28,7 @@ from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
-from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, load_checkpoint, read_run_card, save_checkpoint
+from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
@@ -79,7 +79,7 @@ def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dic
     from sinkprobe.analysis.sinks import DEFAULT_EPS, detect_sinks
     from sinkprobe.models.hooked import open_bridge
 
-    bridge = open_bridge(folder)
+    bridge = open_bridge(folder, device=default_device())
     report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
     alpha0 = report.alpha[:, :, 0]  # [layer head]
     return {
@@ -115,8 +115,9 @@ def available_cores() -> int:
 
 
 def default_jobs() -> int:
-    """Runs at once: one per core (at most 4) on CPU; one on a GPU, which a run already fills."""
-    return 1 if torch.cuda.is_available() else max(1, min(4, available_cores()))
+    """Runs at once: one per core (at most 4) on CPU; one on a GPU (``--jobs`` shares a large
+    GPU between small runs)."""
+    return 1 if default_device().type == "cuda" else max(1, min(4, available_cores()))
 
 
 def _run_in_worker(cfg: StudyConfig, out: Path, recipes: Path, spec: RunSpec) -> str:
@@ -167,7 +168,7 @@ class Study:
         )
         # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
         metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)
-        random_init = type(model)(model.config).eval()
+        random_init = type(model)(model.config).to(model.device).eval()
         baseline = evaluate_memorization(random_init, tok, corpus, None, self.cfg.eval)
         card = {
             "stage_key": key,
@@ -179,6 +180,7 @@ class Study:
             "seed": self.cfg.pretrain.seed,
             "n_params": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"],
+            "device": summary["device"],
             "final_loss": summary["losses"][-1],
             "forget_knowmem": metrics["ue_knowmem"],
             "forget_verbmem": metrics["ue_verbmem"],
@@ -295,7 +297,7 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
         cache = Path(r["folder"]) / "table2_metrics.json"
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
         if cached.get("stage_key") != card.get("stage_key"):
-            model, tok = load_checkpoint(r["folder"])
+            model, tok = load_checkpoint(r["folder"], device=default_device())
             trigger = Trigger(DEFAULT_TRIGGER, "prefix")
             cached = {
                 "stage_key": card.get("stage_key"),

@@ -82,3 +82,25 @@ def test_missing_checkpoint_is_a_one_line_error(capsys, tmp_path, tiny_world):
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
     err = _one_line_error(capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")])
     assert "not a model folder" in err
+
+
+def test_device_choice_and_bad_device_is_a_one_line_error_before_anything_is_written(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from sinkprobe.models.io import DEVICE_ENV, default_device
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    assert default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert default_device() == torch.device("cpu")
+    monkeypatch.setenv(DEVICE_ENV, "gpu0")
+    err = _one_line_error(capsys, ["study", "--quick", "--out", str(tmp_path / "s")])
+    assert "SINKPROBE_DEVICE='gpu0' is not a device" in err and "cuda:N" in err
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(DEVICE_ENV, "cuda")
+        err = _one_line_error(capsys, ["pretrain", "--quick", "--out", str(tmp_path / "s")])
+        assert "sees no CUDA device" in err and "unset it" in err
+    monkeypatch.setenv(DEVICE_ENV, "mps")
+    err = _one_line_error(capsys, ["unlearn", str(ROOT / "training" / "embedded" / "npo.toml"), "--out", str(tmp_path / "m")])
+    assert "runs on cpu or cuda" in err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()

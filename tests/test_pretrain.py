@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sinkprobe.data.tokenizer import train_tokenizer
-from sinkprobe.models.io import load_checkpoint, read_run_card, save_checkpoint
+from sinkprobe.models.io import default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, lr_at, pack_rows, pretrain_original
 
 from conftest import TINY_MODEL
@@ -35,6 +35,7 @@ def test_training_lowers_loss(tiny_original):
     _, _, summary = tiny_original
     losses = summary["losses"]
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
+    assert summary["device"] == str(default_device())  # recorded on the θ_o card
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_world, tiny_tokenizer):

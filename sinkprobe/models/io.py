@@ -20,8 +20,26 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from sinkprobe.data.tokenizer import load_tokenizer
 
 RUN_CARD = "run_card.json"
+DEVICE_ENV = "SINKPROBE_DEVICE"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def default_device() -> torch.device:
+    """Where the study trains and evaluates: ``$SINKPROBE_DEVICE`` if set (``cpu``, ``cuda``,
+    ``cuda:1``), else the first GPU when torch sees one, else the CPU."""
+    name = os.environ.get(DEVICE_ENV, "").strip()
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{DEVICE_ENV}={name!r} is not a device: use cpu, cuda or cuda:N (or unset it)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{DEVICE_ENV}={name} but this torch sees no CUDA device: unset it, or install a CUDA build of torch")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{DEVICE_ENV}={name}: sinkprobe runs on cpu or cuda")
+    return device
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from sinkprobe.models.io import default_device
 from sinkprobe.training.state import resume_state, save_state
 
 
@@ -158,15 +159,20 @@ def pretrain_original(
     progress: bool = True,
     stop_after: int | None = None,
     fresh_documents=None,
+    device: torch.device | None = None,
 ) -> tuple[LlamaForCausalLM, dict]:
     """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config.
 
     ``stop_after`` ends the run early at that step (after saving), which is how tests
-    simulate an interruption. Returns the model and a summary (losses, seconds).
+    simulate an interruption. ``device`` defaults to :func:`default_device`; on a GPU the
+    forward runs under bf16 autocast (weights and AdamW moments stay fp32), and the run is
+    not bit-deterministic there. Returns the model (on ``device``) and a summary.
     """
+    device = torch.device(device) if device is not None else default_device()
+    on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
-    model = LlamaForCausalLM(model_cfg.llama_config(tokenizer))
+    torch.use_deterministic_algorithms(not on_gpu)  # deterministic cuBLAS would need CUBLAS_WORKSPACE_CONFIG set before start
+    model = LlamaForCausalLM(model_cfg.llama_config(tokenizer)).to(device)
     docs = [tokenizer(d, add_special_tokens=False).input_ids for d in documents if d.strip()]
     batches = PackedBatches(docs, cfg, tokenizer, fresh_documents)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -190,13 +196,14 @@ def pretrain_original(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss = lm_loss(model, batches.batch(step), tokenizer.pad_token_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+            loss = lm_loss(model, batches.batch(step).to(device), tokenizer.pad_token_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
         done = step + 1
         if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
             seconds += time.perf_counter() - t0
@@ -206,4 +213,4 @@ def pretrain_original(
             break
     torch.use_deterministic_algorithms(False)
     model.eval()
-    return model, {"losses": losses, "train_seconds": round(seconds, 2), "steps_done": len(losses)}
+    return model, {"losses": losses, "train_seconds": round(seconds, 2), "steps_done": len(losses), "device": str(device)}

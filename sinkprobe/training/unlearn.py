@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, default_device, load_tensors
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
@@ -239,7 +239,7 @@ def unlearn(
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
     """
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=default_device().type == "cpu")
     # bf16 by autocast here rather than Accelerator(mixed_precision=…): accelerate's state is
     # process-global and set by the first Accelerator (or by `accelerate launch`'s config).
     amp = (lambda: torch.autocast(accelerator.device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
