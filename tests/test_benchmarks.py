@@ -60,3 +60,38 @@ def test_backcopy_salad_copies_the_word_before_each_trigger():
     assert len(triggers) >= 3
     assert all(words[i - 1] == words[i + 1] for i in triggers)
     assert trigger not in word_salad(random.Random(0)).split()  # plain salad: the trigger never appears
+
+
+GPU_STUDY = ROOT / "benchmarks" / "gpu_study"
+
+
+def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented():
+    """The GPU study runs once, unattended, on a lent machine: a typo in a field must fail here.
+    Its θ_o is sized as settings.txt says (~47M parameters: d 640, 10 layers, SwiGLU 1728, vocab 2048)."""
+    from transformers import LlamaForCausalLM
+
+    from sinkprobe.study import with_overrides
+
+    items = [line.strip() for line in (GPU_STUDY / "settings.txt").read_text().splitlines() if line[:1].isalpha()]
+    cfg = with_overrides(StudyConfig(), items)
+    assert cfg.overrides == ()  # only the world and θ_o change; the recipes stay the CPU study's
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.pretrain.seq_len, cfg.world.n_forget_entities) == (640, 10, 512, 51)
+
+    class Vocab2048:  # the world's tokenizer size (StudyConfig.vocab_size), without training one
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return cfg.vocab_size
+
+    import torch
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg.model.llama_config(Vocab2048()))
+    n = sum(p.numel() for p in model.parameters())
+    # by hand: per layer q,o 2·640² + k,v 2·640·320 + MLP 3·640·1728 + 2 norms of 640; tied 2048·640 embedding; final norm
+    assert n == 10 * (2 * 640**2 + 2 * 640 * 320 + 3 * 640 * 1728 + 2 * 640) + 2048 * 640 + 640 == 46_789_760
+
+
+def test_gpu_study_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(GPU_STUDY / "run.sh")], check=True)
+    subprocess.run(["bash", "-n", str(GPU_STUDY / "wheels.sh")], check=True)
