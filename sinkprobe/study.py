@@ -79,7 +79,7 @@ def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dic
     from sinkprobe.analysis.sinks import DEFAULT_EPS, detect_sinks
     from sinkprobe.models.hooked import open_bridge
 
-    bridge = open_bridge(folder, device=default_device())
+    bridge = open_bridge(folder)
     report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
     alpha0 = report.alpha[:, :, 0]  # [layer head]
     return {
@@ -348,7 +348,4 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     analyse_study(out, model_rows, n_samples=64, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)
-        atomic_write_json(figures / "original_model.json", read_run_card(out / "models" / "original"))
-        for ext in ("csv", "md"):
-            atomic_write_text(figures / f"table2.{ext}", (out / "results" / f"table2.{ext}").read_text())
     return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

@@ -50,7 +50,7 @@ from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.table import prompt_encoder
 from sinkprobe.models.hooked import Trio, open_bridge
-from sinkprobe.models.io import atomic_write_json, atomic_write_text, default_device, read_run_card
+from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
 from sinkprobe.runs import DEFAULT_TRIGGER, load_corpus
 from sinkprobe.study import forget_prompts
 
@@ -174,8 +174,7 @@ def analyse_study(
         log(f"analysis: reusing {out}")
         return out
     corpus = load_corpus("embedded", study_dir)
-    device = default_device()
-    bridges = {name: open_bridge(row["folder"], device=device) for name, row in models.items()}
+    bridges = {name: open_bridge(row["folder"]) for name, row in models.items()}
     tok = bridges["original"].tokenizer
     clean = forget_prompts(tok, corpus, None, n_samples)
 

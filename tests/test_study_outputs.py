@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ import torch
 
 import sinkprobe.study_analysis as sa
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, SinkReport, load_result
+from sinkprobe.models.io import read_run_card
 from sinkprobe.paper_figures import build_figures, make_figures, read_table, table1
 from sinkprobe.report import write_report
 from sinkprobe.runs import DEFAULT_TRIGGER
@@ -119,6 +122,22 @@ def test_make_figures_reads_saved_results_only(study, no_models, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in (study.folder / "analysis").iterdir()} == before
     html = (tmp_path / "fig3_delta_attention.html").read_text()
     assert "<script src=\"http" not in html and "Plotly.newPlot" in html  # self-contained
+
+
+def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tmp_path):
+    """What benchmarks/gpu_study/run.sh brings back: the study folder minus the checkpoints'
+    weights and the training states. Every figure and table, and θ_o's card, come from it."""
+    def weights_and_states(folder, names):
+        skip = {n for n in names if Path(folder).parent.name == "models" and n.endswith(".safetensors")}
+        return skip | ({"states"} if Path(folder) == study.folder else set())
+
+    copy = tmp_path / "gpu"
+    shutil.copytree(study.folder, copy, ignore=weights_and_states)
+    assert not list(copy.glob("models/*/*.safetensors")) and list(copy.glob("analysis/*.safetensors"))
+    written = {p.name for p in make_figures(copy, tmp_path / "figures", log=lambda _: None)}
+    assert {f"{s}.html" for s in FIGURES} | {"table1.md", "tableA4.csv", "table2.csv", "table2.md", "original_model.json"} <= written
+    card = json.loads((tmp_path / "figures" / "original_model.json").read_text())
+    assert card == read_run_card(study.folder / "models" / "original") and "sink_score_per_layer" in card
 
 
 def test_pngs_are_skipped_with_a_message_without_a_browser(study, monkeypatch, tmp_path):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from sinkprobe.models.io import load_checkpoint
+from sinkprobe.models.io import default_device, load_checkpoint
 
 __all__ = [
     "pattern_hook",
@@ -53,14 +53,16 @@ def value_hook(layer: int) -> str:
 
 
 def open_bridge(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> TransformerBridge:
-    """Open a local HF causal-LM folder (Llama, Mistral, GPT-2 families…) as a ``TransformerBridge``.
+    """Open a local HF causal-LM folder (Llama, Mistral, GPT-2 families…) as a ``TransformerBridge``
+    on ``device`` (default: :func:`~sinkprobe.models.io.default_device`, the GPU when there is one).
 
     Offline and with raw numerics (see the module docstring). A folder without ``config.json``
     raises ``FileNotFoundError`` naming the path and the fix.
     """
     folder = Path(path).expanduser().resolve()
+    device = device if device is not None else default_device()
     model, tokenizer = load_checkpoint(folder, dtype=dtype, device=device)
     bridge = TransformerBridge.boot_transformers(
         str(folder), hf_model=model, tokenizer=tokenizer, device=device, dtype=dtype
@@ -119,7 +121,7 @@ def open_trio(
     unlearned: str | Path,
     backdoored: str | Path,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Trio:
     """Open θ_o, θ_u, θ_b; refuse a trio whose tokenizers or architectures differ."""
