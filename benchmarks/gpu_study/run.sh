@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, from the repository root, after `benchmarks/gpu_study/wheels.sh` here:
-#   device run: command "bash benchmarks/gpu_study/run.sh", carry [".whl"], timeout_s 580
+#   device run: command "bash benchmarks/gpu_study/run.sh", carry [".whl"], timeout_s 595
 # Runs the whole embedded study at the size of settings.txt on the GPU and brings back, in
 # $OUT, everything but the weights: gpu_study.tar.gz (runs/gpu: world, run cards, results,
 # analyses, HTML-free figures), study.log, device.txt. Here, `tar xzf` it at the repository root
@@ -9,7 +9,7 @@
 # comes back if the machine is slower than planned; re-running resumes every finished stage.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_study_out}
-BUDGET=${BUDGET:-500}
+BUDGET=${BUDGET:-540}
 JOBS=${JOBS:-8}
 WHEELS=${WHEELS:-.whl}
 SETTINGS=${SETTINGS:-benchmarks/gpu_study/settings.txt}
