@@ -153,19 +153,20 @@ class Study:
         return corpus, tok, key
 
     # ---- θ_o ---------------------------------------------------------------------------
+    def pretraining_text(self, corpus: UnlearningCorpus) -> tuple[list[str], Callable[[int], list[str]]]:
+        """θ_o's reading: the two books, repeated every epoch, and everyday text drawn anew each
+        epoch, so θ_o memorises the books and only learns the grammar of the rest."""
+        world = self.cfg.world
+        return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages)
+
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
         folder = self.out / "models" / "original"
         key = stage_key("original", world_key, self.cfg.model, self.cfg.pretrain, self.cfg.eval)
         if _done(folder, key):
             return folder, key
-        # The books repeat every epoch; the everyday text is drawn anew each epoch, so θ_o
-        # memorises the books and only learns the grammar of the rest.
-        world = self.cfg.world
-        model, summary = pretrain_original(
-            [*corpus.forget.passages, *corpus.retain.passages], tok, self.cfg.model, self.cfg.pretrain,
-            self.out / "states" / "original",
-            fresh_documents=lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages),
-        )
+        books, everyday = self.pretraining_text(corpus)
+        model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original",
+                                           fresh_documents=everyday)
         # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
         metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)
         random_init = type(model)(model.config).to(model.device).eval()

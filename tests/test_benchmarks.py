@@ -72,8 +72,8 @@ def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented():
 
     from sinkprobe.study import with_overrides
 
-    items = [line.strip() for line in (GPU_STUDY / "settings.txt").read_text().splitlines() if line[:1].isalpha()]
-    cfg = with_overrides(StudyConfig(), items)
+    read_settings = runpy.run_path(str(GPU_STUDY / "fit_steps.py"))["read_settings"]
+    cfg = with_overrides(StudyConfig(), read_settings(GPU_STUDY / "settings.txt"))
     assert cfg.overrides == ()  # only the world and θ_o change; the recipes stay the CPU study's
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.pretrain.seq_len, cfg.world.n_forget_entities) == (640, 10, 512, 51)
 
@@ -95,3 +95,19 @@ def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented():
 def test_gpu_study_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(GPU_STUDY / "run.sh")], check=True)
     subprocess.run(["bash", "-n", str(GPU_STUDY / "wheels.sh")], check=True)
+
+
+def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tmp_path):
+    from sinkprobe.study import quick_config, stage_key
+
+    fit = runpy.run_path(str(GPU_STUDY / "fit_steps.py"))
+    cfg = quick_config()  # 60 steps of a tiny θ_o
+    assert fit["fitting_steps"](cfg, 210, 0.05) == 60  # 4,200 would fit: capped at the configured 60
+    assert fit["fitting_steps"](cfg, 210, 7.0) == 30 and fit["fitting_steps"](cfg, 1, 7.0) == 1
+    with pytest.raises(ValueError, match="must be positive"):
+        fit["fitting_steps"](cfg, 0, 0.1)
+    per_step = fit["seconds_per_step"](cfg, tmp_path, warmup=2, timed=3)
+    assert 0 < per_step < 30
+    # the world it built is the study's world stage (reused, not rebuilt), and no θ_o state is left behind
+    card = (tmp_path / "world" / "stage.json").read_text()
+    assert stage_key("world", cfg.world, cfg.vocab_size) in card and not (tmp_path / "states").exists()
