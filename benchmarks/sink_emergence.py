@@ -29,13 +29,12 @@ import torch
 
 from sinkprobe.analysis import KEY_CLASSES, attention_by_key_class
 from sinkprobe.data import synthetic
-from sinkprobe.data.synthetic import general_passages
 from sinkprobe.data.tokenizer import load_tokenizer
 from sinkprobe.eval.table import evaluate_memorization
 from sinkprobe.models.hooked import open_bridge
 from sinkprobe.models.io import atomic_write_json, save_checkpoint
 from sinkprobe.runs import load_corpus
-from sinkprobe.study import StudyConfig, first_token_sink, forget_prompts, with_overrides
+from sinkprobe.study import Study, StudyConfig, first_token_sink, forget_prompts, with_overrides
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 
 
@@ -68,15 +67,12 @@ def main() -> None:
     model_cfg, pretrain = variant(cfg, args.set, steps=args.steps, save_every=args.every)  # before any work: bad flags fail fast
     corpus = load_corpus("embedded", study)
     tok = load_tokenizer(study / "world" / "tokenizer")
-    world = cfg.world
+    books, everyday = Study(cfg, study, Path("training/embedded")).pretraining_text(corpus)
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
         for stop in range(args.every, args.steps + 1, args.every):
-            model, summary = pretrain_original(
-                [*corpus.forget.passages, *corpus.retain.passages], tok, model_cfg, pretrain, Path(tmp) / "state",
-                fresh_documents=lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages),
-                stop_after=stop,
-            )
+            model, summary = pretrain_original(books, tok, model_cfg, pretrain, Path(tmp) / "state",
+                                               fresh_documents=everyday, stop_after=stop)
             save_checkpoint(model, tok, Path(tmp) / "model", {"kind": "original", "steps": stop})
             sink = first_token_sink(Path(tmp) / "model", corpus)
             point = {
