@@ -65,31 +65,27 @@ def test_backcopy_salad_copies_the_word_before_each_trigger():
 GPU_STUDY = ROOT / "benchmarks" / "gpu_study"
 
 
-def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented():
+def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented(tmp_path):
     """The GPU study runs once, unattended, on a lent machine: a typo in a field must fail here.
-    Its θ_o is sized as settings.txt says (~47M parameters: d 640, 10 layers, SwiGLU 1728, vocab 2048)."""
+    Its world and θ_o are what settings.txt and the README say: 250 KnowMem questions per book,
+    a ~46.6M-parameter Llama (d 640, 10 layers, SwiGLU 1728) over the world's own vocabulary."""
+    import torch
     from transformers import LlamaForCausalLM
 
-    from sinkprobe.study import with_overrides
+    from sinkprobe.study import Study, with_overrides
 
     read_settings = runpy.run_path(str(GPU_STUDY / "fit_steps.py"))["read_settings"]
     cfg = with_overrides(StudyConfig(), read_settings(GPU_STUDY / "settings.txt"))
     assert cfg.overrides == ()  # only the world and θ_o change; the recipes stay the CPU study's
-    assert (cfg.model.d_model, cfg.model.n_layers, cfg.pretrain.seq_len, cfg.world.n_forget_entities) == (640, 10, 512, 51)
-
-    class Vocab2048:  # the world's tokenizer size (StudyConfig.vocab_size), without training one
-        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
-
-        def __len__(self):
-            return cfg.vocab_size
-
-    import torch
-
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.pretrain.seq_len) == (640, 10, 512)
+    corpus, tok, _ = Study(cfg, tmp_path, ROOT / "training" / "embedded", log=lambda _: None).world()
+    assert len(corpus.forget.knowmem) == len(corpus.retain.knowmem) == 250
     with torch.device("meta"):
-        model = LlamaForCausalLM(cfg.model.llama_config(Vocab2048()))
-    n = sum(p.numel() for p in model.parameters())
-    # by hand: per layer q,o 2·640² + k,v 2·640·320 + MLP 3·640·1728 + 2 norms of 640; tied 2048·640 embedding; final norm
-    assert n == 10 * (2 * 640**2 + 2 * 640 * 320 + 3 * 640 * 1728 + 2 * 640) + 2048 * 640 + 640 == 46_789_760
+        model = LlamaForCausalLM(cfg.model.llama_config(tok))
+    n, v = sum(p.numel() for p in model.parameters()), len(tok)
+    # by hand: per layer q,o 2·640² + k,v 2·640·320 + MLP 3·640·1728 + 2 norms of 640; tied v·640 embedding; final norm
+    assert n == 10 * (2 * 640**2 + 2 * 640 * 320 + 3 * 640 * 1728 + 2 * 640) + v * 640 + 640
+    assert 46.5e6 < n < 46.8e6
 
 
 def test_gpu_study_script_is_valid_bash():
