@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, from the repository root, after `benchmarks/gpu_study/wheels.sh` here:
-#   device run: command "bash benchmarks/gpu_study/run.sh", carry [".whl"], timeout_s 595
+#   device run: command "bash benchmarks/gpu_study/run.sh", carry [".whl"], timeout_s 540
 # Runs the whole embedded study at the size of settings.txt on the GPU and brings back, in
 # $OUT, everything but the weights: gpu_study.tar.gz (runs/gpu: world, run cards, results,
 # analyses), study.log, device.txt. Here, `tar xzf` it at the repository root and
@@ -10,8 +10,8 @@
 # first) still comes back if the machine is slower than planned.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_study_out}
-BUDGET=${BUDGET:-540}
-PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-210}
+BUDGET=${BUDGET:-480}
+PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-180}
 JOBS=${JOBS:-8}
 WHEELS=${WHEELS:-.whl}
 SETTINGS=${SETTINGS:-benchmarks/gpu_study/settings.txt}
