@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
-RUNS_MODELS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
+DEVICE_COMMANDS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
 
 
 def _study_config(args):
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("figures", help="redraw every figure, Table 1 and the report from a finished study's saved results (no training)")
+    s = sub.add_parser("figures", help="redraw every figure, Table 1 and the report, and copy Tables 2 and A4 and θ_o's card, from a finished study's saved results (no training; weights not needed)")
     s.add_argument("--out", default="runs/embedded", help="the finished study folder (default: runs/embedded)")
     s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
     s.set_defaults(func=cmd_figures)
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in RUNS_MODELS:
+        if args.command in DEVICE_COMMANDS:
             from sinkprobe.models.io import default_device
 
             default_device()  # a bad $SINKPROBE_DEVICE is refused before any stage writes
