@@ -54,12 +54,31 @@ def test_backcopy_salad_copies_the_word_before_each_trigger():
     import random
 
     salad = runpy.run_path(str(ROOT / "benchmarks" / "sink_word_salad.py"))
-    word_salad, trigger = salad["word_salad"], salad["TRIGGER"]
+    word_salad, trigger = salad["word_salad"], salad["TRIGGERS"][0]
     words = word_salad(random.Random(0), backcopy=0.3).removeprefix("Heard in passing: ").removesuffix(".").split()
     triggers = [i for i, w in enumerate(words) if w == trigger]
     assert len(triggers) >= 3
     assert all(words[i - 1] == words[i + 1] for i in triggers)
     assert trigger not in word_salad(random.Random(0)).split()  # plain salad: the trigger never appears
+
+
+def test_backcopy_salad_with_lags_copies_the_word_k_back_after_the_kth_trigger():
+    import random
+
+    salad = runpy.run_path(str(ROOT / "benchmarks" / "sink_word_salad.py"))
+    lag_of = {t: k for k, t in enumerate(salad["TRIGGERS"], start=1)}
+    seen = set()
+    for seed in range(20):
+        words = salad["word_salad"](random.Random(seed), backcopy=0.3, lags=8).removeprefix("Heard in passing: ").removesuffix(".").split()
+        i = 0
+        while i < len(words):
+            if words[i] in lag_of:  # salad words are never triggers, so this is one; the word after it is its copy
+                lag = lag_of[words[i]]
+                seen.add(lag)
+                assert i >= lag and words[i + 1] == words[i - lag]
+                i += 1  # skip the copy: it may itself spell a trigger
+            i += 1
+    assert seen == set(range(1, 9))  # every lag is drawn
 
 
 GPU_STUDY = ROOT / "benchmarks" / "gpu_study"
