@@ -76,19 +76,12 @@ def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None
 
 def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dict:
     """Gu et al.'s α(0) per layer and head, and the sink rate per layer (ε = 0.3), on D_f prompts."""
-    from sinkprobe.analysis.sinks import DEFAULT_EPS, detect_sinks
+    from sinkprobe.analysis.sinks import detect_sinks
     from sinkprobe.models.hooked import open_bridge
 
     bridge = open_bridge(folder)
     report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
-    alpha0 = report.alpha[:, :, 0]  # [layer head]
-    return {
-        "sink_eps": DEFAULT_EPS,
-        "sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts",
-        "sink_score_per_layer": [round(float(a), 4) for a in alpha0.mean(-1)],
-        "sink_score_per_head": [[round(float(a), 4) for a in row] for row in alpha0],
-        "sink_rate_per_layer": [round(float(r), 4) for r in report.rate[:, 0]],
-    }
+    return {"sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts", **report.first_token()}
 
 
 def stage_key(*parts) -> str:

@@ -88,6 +88,15 @@ def test_sink_share_rate_and_set():
     assert sink_set(share, threshold=0.6) == [1]
 
 
+def test_first_token_view_of_a_hand_made_report():
+    alpha = torch.tensor([[[0.7, 0.1], [0.2, 0.5]], [[0.4, 0.3], [0.35, 0.0]]])  # [layer=2 head=2 key=2]
+    report = SinkReport(alpha=alpha, rate=head_sink_share(alpha), n_samples=torch.tensor([3, 3]), layers=[0, 1], eps=0.3)
+    view = report.first_token()
+    assert view["sink_score_per_layer"] == [0.45, 0.375]  # (0.7 + 0.2) / 2, (0.4 + 0.35) / 2
+    assert view["sink_score_per_head"] == [[0.7, 0.2], [0.4, 0.35]]
+    assert view["sink_rate_per_layer"] == [0.5, 1.0] and view["sink_eps"] == 0.3
+
+
 def test_content_alignment_and_trigger_mass_on_a_hand_made_map():
     # poisoned copy: BOS, T, T, c1, c2 (trigger at 1, 2); clean: BOS, c1, c2
     P = torch.tensor(

@@ -126,3 +126,19 @@ def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tm
     # the world it built is the study's world stage (reused, not rebuilt), and no θ_o state is left behind
     card = (tmp_path / "world" / "stage.json").read_text()
     assert stage_key("world", cfg.world, cfg.vocab_size) in card and not (tmp_path / "states").exists()
+
+
+def test_sink_input_kinds_are_the_rows_they_claim(tiny_world, tiny_tokenizer):
+    tok, bos = tiny_tokenizer, tiny_tokenizer.bos_token_id
+    sets = runpy.run_path(str(ROOT / "benchmarks" / "sink_inputs.py"))["input_sets"](tok, tiny_world, length=16, n=8)
+    assert sorted(sets) == ["everyday", "forget_book", "knowmem_prompts", "random_tokens", "random_tokens_no_bos"]
+    assert all(len(rows) == 8 for rows in sets.values())
+    for name in ("forget_book", "everyday", "random_tokens", "random_tokens_no_bos"):
+        assert all(len(row) == 16 for row in sets[name]), name
+    for name in ("knowmem_prompts", "forget_book", "everyday", "random_tokens"):
+        assert all(row[0] == bos and bos not in row[1:] for row in sets[name]), name
+    special = set(tok.all_special_ids)
+    assert not any(special & set(row) for row in sets["random_tokens_no_bos"])
+    # the book windows are the forget book's own text, in order
+    book = tok(tiny_world.forget.passages[0] + "\n", add_special_tokens=False)["input_ids"]
+    assert sets["forget_book"][0][1:] == book[:15]

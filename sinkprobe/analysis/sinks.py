@@ -64,6 +64,17 @@ class SinkReport:
         rows = None if layers is None else [self.layers.index(l) for l in layers]
         return sink_set(self.rate, threshold, rows)
 
+    def first_token(self) -> dict:
+        """The run card's view of key 0: α(0) per layer (head mean) and per ``[layer][head]``, and
+        the sink rate per layer, rounded to 4 places for JSON."""
+        alpha0 = self.alpha[:, :, 0]  # [layer head]
+        return {
+            "sink_eps": self.eps,
+            "sink_score_per_layer": [round(float(a), 4) for a in alpha0.mean(-1)],
+            "sink_score_per_head": [[round(float(a), 4) for a in row] for row in alpha0],
+            "sink_rate_per_layer": [round(float(r), 4) for r in self.rate[:, 0]],
+        }
+
     def rate_table(self) -> pd.DataFrame:
         """Tidy: model, layer, key, sink_rate, n_samples."""
         L, K = self.rate.shape
