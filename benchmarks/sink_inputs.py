@@ -4,8 +4,9 @@ Gu et al. find a trained LM's sink on the first token whatever the text (their S
 reads 64-token windows of training data with no BOS, and the sink holds on random tokens).
 This measures α(0) per layer and the sink rate (ε = 0.3) of one checkpoint on: the study's
 clean D_f KnowMem prompts (the foundation's criterion), windows of the forget book and of
-fresh everyday text (BOS + ``--length`` − 1 tokens, packed as θ_o reads them), and random
-tokens with and without a leading BOS.
+fresh everyday text (BOS + ``--length`` − 1 tokens, packed as θ_o reads them, and
+``--length`` tokens with no BOS, as Gu et al. read them), and random tokens with and
+without a leading BOS.
 
     python benchmarks/sink_inputs.py runs/embedded/models/original --out benchmarks/results/sink_inputs_default.json
 
@@ -30,24 +31,29 @@ from sinkprobe.runs import load_corpus
 from sinkprobe.study import forget_prompts
 
 
-def windows(tok, texts: list[str], length: int, n: int) -> list[list[int]]:
-    """``n`` rows of BOS + ``length`` − 1 tokens cut from the texts joined as one stream (θ_o's packing)."""
+def windows(tok, texts: list[str], length: int, n: int, bos: bool = True) -> list[list[int]]:
+    """``n`` rows of ``length`` tokens cut from the texts joined as one stream (θ_o's packing),
+    each led by BOS unless ``bos`` is False (Gu et al.'s windows of training text)."""
     stream = [i for text in texts for i in tok(text + "\n", add_special_tokens=False)["input_ids"]]
-    step = length - 1
-    return [[tok.bos_token_id, *stream[s:s + step]] for s in range(0, len(stream) - step + 1, step)][:n]
+    step = length - 1 if bos else length
+    lead = [tok.bos_token_id] if bos else []
+    return [lead + stream[s:s + step] for s in range(0, len(stream) - step + 1, step)][:n]
 
 
 def input_sets(tok, corpus: UnlearningCorpus, length: int = 64, n: int = 64, seed: int = 0) -> dict[str, list[list[int]]]:
-    """The five input kinds as id lists; random tokens are drawn from the non-special vocabulary."""
+    """The seven input kinds as id lists; random tokens are drawn from the non-special vocabulary."""
     rng = random.Random(seed)
     special = set(tok.all_special_ids)
     ordinary = [i for i in range(len(tok)) if i not in special]
     draw = lambda k: [rng.choice(ordinary) for _ in range(k)]  # noqa: E731
+    book, everyday = list(corpus.forget.passages), general_passages(f"sink-inputs-{seed}", 4 * n)
     return {
         "knowmem_prompts": forget_prompts(tok, corpus, None, n),
-        "forget_book": windows(tok, list(corpus.forget.passages), length, n),
-        "everyday": windows(tok, general_passages(f"sink-inputs-{seed}", 4 * n), length, n),
+        "forget_book": windows(tok, book, length, n),
+        "everyday": windows(tok, everyday, length, n),
         "random_tokens": [[tok.bos_token_id, *draw(length - 1)] for _ in range(n)],
+        "forget_book_no_bos": windows(tok, book, length, n, bos=False),
+        "everyday_no_bos": windows(tok, everyday, length, n, bos=False),
         "random_tokens_no_bos": [draw(length) for _ in range(n)],
     }
 

@@ -131,14 +131,25 @@ def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tm
 def test_sink_input_kinds_are_the_rows_they_claim(tiny_world, tiny_tokenizer):
     tok, bos = tiny_tokenizer, tiny_tokenizer.bos_token_id
     sets = runpy.run_path(str(ROOT / "benchmarks" / "sink_inputs.py"))["input_sets"](tok, tiny_world, length=16, n=8)
-    assert sorted(sets) == ["everyday", "forget_book", "knowmem_prompts", "random_tokens", "random_tokens_no_bos"]
+    assert sorted(sets) == ["everyday", "everyday_no_bos", "forget_book", "forget_book_no_bos", "knowmem_prompts",
+                            "random_tokens", "random_tokens_no_bos"]
     assert all(len(rows) == 8 for rows in sets.values())
-    for name in ("forget_book", "everyday", "random_tokens", "random_tokens_no_bos"):
+    for name in set(sets) - {"knowmem_prompts"}:
         assert all(len(row) == 16 for row in sets[name]), name
     for name in ("knowmem_prompts", "forget_book", "everyday", "random_tokens"):
         assert all(row[0] == bos and bos not in row[1:] for row in sets[name]), name
     special = set(tok.all_special_ids)
-    assert not any(special & set(row) for row in sets["random_tokens_no_bos"])
-    # the book windows are the forget book's own text, in order
+    for name in ("forget_book_no_bos", "everyday_no_bos", "random_tokens_no_bos"):
+        assert not any(special & set(row) for row in sets[name]), name
+    # the book windows are the forget book's own text, in order, with or without the BOS
     book = tok(tiny_world.forget.passages[0] + "\n", add_special_tokens=False)["input_ids"]
-    assert sets["forget_book"][0][1:] == book[:15]
+    assert sets["forget_book"][0][1:] == book[:15] and sets["forget_book_no_bos"][0] == book[:16]
+
+
+def test_rows_without_bos_are_the_study_rows_less_their_bos():
+    from sinkprobe.training.pretrain import pack_rows
+
+    no_bos = runpy.run_path(str(ROOT / "benchmarks" / "sink_no_bos.py"))["pack_rows_without_bos"]
+    docs = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]  # BOS 1, EOS 2, PAD 0
+    assert pack_rows(docs, 8, 1, 2, 0) == [[1, 5, 6, 7, 2, 8, 9, 2], [1, 10, 11, 12, 13, 2, 0, 0]]
+    assert no_bos(docs, 8, 1, 2, 0) == [[5, 6, 7, 2, 8, 9, 2, 0], [10, 11, 12, 13, 2, 0, 0, 0]]
