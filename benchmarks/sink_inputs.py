@@ -79,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:  # a wrong path or a foreign folder: one line, nothing written
+        raise SystemExit(str(err)) from None

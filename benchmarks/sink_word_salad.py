@@ -67,6 +67,8 @@ if __name__ == "__main__":
     backcopy, lags = options["--backcopy"], options["--lags"]
     if not 0 <= backcopy < 1 or not 1 <= lags <= len(TRIGGERS):
         raise SystemExit(usage)
+    if lags > 1 and not backcopy:
+        raise SystemExit("--lags K needs --backcopy P > 0: the copy rules fire with probability P")
 
     def salad(rng: random.Random) -> str:
         return word_salad(rng, backcopy, lags)

@@ -153,3 +153,17 @@ def test_rows_without_bos_are_the_study_rows_less_their_bos():
     docs = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]  # BOS 1, EOS 2, PAD 0
     assert pack_rows(docs, 8, 1, 2, 0) == [[1, 5, 6, 7, 2, 8, 9, 2], [1, 10, 11, 12, 13, 2, 0, 0]]
     assert no_bos(docs, 8, 1, 2, 0) == [[5, 6, 7, 2, 8, 9, 2, 0], [10, 11, 12, 13, 2, 0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sink_inputs.py", "MISSING", "--out", "OUT"], "MISSING is not a model folder (no config.json)"),
+        (["sink_word_salad.py", "2", "--lags", "3", "--out", "OUT"], "--lags K needs --backcopy P > 0"),
+    ],
+)
+def test_new_probe_entry_points_refuse_bad_input_in_one_line(tmp_path, argv, message):
+    argv = [str(tmp_path / a) if a in ("MISSING", "OUT") else a for a in argv]
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]], capture_output=True, text=True)
+    assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "OUT").exists()
