@@ -14,8 +14,15 @@ def test_pack_rows_by_hand():
     rows = pack_rows([[5, 6], [7], [8, 9, 10]], seq_len=7, bos=1, eos=2, pad=0)
     # [bos 5 6 eos 7 eos] fits 6 ≤ 7; [8 9 10 eos] would overflow, so it opens the next row
     assert rows == [[1, 5, 6, 2, 7, 2, 0], [1, 8, 9, 10, 2, 0, 0]]
-    with pytest.raises(ValueError, match="raise seq_len"):
-        pack_rows([[3] * 10], seq_len=5, bos=1, eos=2, pad=0)
+
+
+
+def test_a_document_longer_than_a_row_is_split_not_fatal():
+    # issue 15.7: a 261-token everyday passage drawn at epoch 60 ended `study --quick` at step ~180
+    rows = pack_rows([[5, 6], [3] * 10, [7]], seq_len=5, bos=1, eos=2, pad=0)
+    assert rows == [[1, 5, 6, 2, 0], [1, 3, 3, 3, 3], [1, 3, 3, 3, 3], [1, 3, 3, 2, 0], [1, 7, 2, 0, 0]]
+    assert [t for r in rows for t in r if t not in (0, 1)] == [5, 6, 2, *[3] * 10, 2, 7, 2]  # every token, in order
+    assert all(len(r) == 5 for r in rows)
 
 
 def test_batches_are_a_function_of_the_step(tiny_world, tiny_tokenizer):

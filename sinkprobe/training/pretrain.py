@@ -74,7 +74,10 @@ class PretrainConfig:
 def pack_rows(
     docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int, bos_per_document: bool = False
 ) -> list[list[int]]:
-    """Pack whole documents (ids without BOS) into rows that start with BOS; never split a document.
+    """Pack whole documents (ids without BOS) into rows that start with BOS. A document never
+    straddles two rows unless it is longer than a row: then it fills whole rows in order and
+    its tail is packed like a document (everyday text is drawn anew every epoch, so a long
+    one can turn up at any step, and must not end the run).
 
     With ``bos_per_document`` every document gets its own BOS (``BOS doc EOS BOS doc EOS …``),
     as Llama pretraining does, so every document starts the way every prompt starts.
@@ -88,6 +91,10 @@ def pack_rows(
             rows.append(row + [pad] * (seq_len - len(row)))
             row = [bos]
             piece = piece[1:] if bos_per_document and piece[0] == bos else piece
+        while len(row) + len(piece) > seq_len:  # longer than a whole row
+            take = seq_len - len(row)
+            rows.append(row + piece[:take])
+            row, piece = [bos], piece[take:]
         row.extend(piece)
     if len(row) > 1:
         rows.append(row + [pad] * (seq_len - len(row)))
