@@ -12,6 +12,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from sinkprobe.guards import refuse_custom_code
+
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 
 
@@ -37,11 +39,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedT
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved in a local folder (never from a hub)."""
+    """Load a tokenizer saved in a local folder (never from a hub, never with the folder's own code)."""
     folder = Path(folder)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise FileNotFoundError(
             f"no tokenizer in {folder}: expected tokenizer.json (run `sinkprobe world` first, "
             "or point to a Hugging Face model folder that contains its tokenizer)"
         )
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    refuse_custom_code(folder)  # transformers would otherwise ask on stdin whether to run it
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)

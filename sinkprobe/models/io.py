@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.tokenizer import load_tokenizer
+from sinkprobe.guards import read_json, refuse_custom_code
 
 RUN_CARD = "run_card.json"
 DEVICE_ENV = "SINKPROBE_DEVICE"
@@ -72,13 +74,18 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path, run_card: dict
 ) -> Path:
-    """Write model + tokenizer + run card to ``folder`` atomically (a finished folder is swapped in whole)."""
+    """Write model + tokenizer + run card to ``folder`` atomically (a finished folder is swapped in whole).
+
+    Only a sinkprobe checkpoint (a folder with a run card) or an empty folder is ever replaced:
+    anything else at ``folder`` is the user's, and is refused before the write."""
     folder = Path(folder)
+    refuse_foreign_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / RUN_CARD, run_card)
+    _share_like_other_files(tmp)
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -90,19 +97,83 @@ def save_checkpoint(
     return folder
 
 
+def _share_like_other_files(folder: Path) -> None:
+    # mkdtemp (and transformers' weight writer) make private entries; a checkpoint is for reading,
+    # so it gets the user's umask like every other file sinkprobe writes.
+    os.chmod(folder, 0o777 & ~_UMASK)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~_UMASK)
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """A folder sinkprobe wrote (it carries a run card)."""
+    return (Path(folder) / RUN_CARD).is_file()
+
+
+def refuse_foreign_target(folder: Path) -> None:
+    """A checkpoint may replace an earlier checkpoint or an empty folder, nothing else."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise FileExistsError(f"{folder} exists and is not a folder: choose another output path (nothing was written)")
+    if folder.is_dir() and any(folder.iterdir()) and not is_checkpoint(folder):
+        raise FileExistsError(
+            f"{folder} exists and is not a sinkprobe checkpoint (no {RUN_CARD}): choose a new or empty folder; "
+            "sinkprobe never replaces a folder it did not write"
+        )
+
+
+def check_checkpoint_target(out: Path, inputs: list[Path], study: Path | None = None, overwrite: bool = False) -> None:
+    """Before any work: refuse an output folder that is or holds one of this run's inputs, is an
+    existing folder of the study (its checkpoints are the study's inputs), is not sinkprobe's,
+    or is a finished checkpoint (replaced only with ``overwrite``)."""
+    target = out.resolve()
+    for given in inputs:
+        if target == given.resolve() or target in given.resolve().parents:
+            raise FileExistsError(f"--out {out} is or holds this run's input {given}: write the checkpoint to another folder")
+    if study is not None and study.resolve() in target.parents and out.exists():
+        raise FileExistsError(f"--out {out} is part of the study {study}: write the checkpoint to a folder outside it, or a new one")
+    refuse_foreign_target(out)
+    if is_checkpoint(out) and not overwrite:
+        raise FileExistsError(f"{out} already holds a finished checkpoint: choose another --out, or pass --overwrite to replace it")
+
+
 def read_run_card(folder: str | Path) -> dict:
     path = Path(folder) / RUN_CARD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    card = read_json(path, f"restore it, or delete the checkpoint {Path(folder)} and re-create it")
+    if not isinstance(card, dict):
+        raise ValueError(f"{path} is not a run card (a JSON object): restore it, or delete the checkpoint {Path(folder)} and re-create it")
+    return card
 
 
 def require_model_folder(folder: str | Path) -> Path:
+    """A local model folder sinkprobe can open: config.json, safetensors weights, no code of its own."""
     folder = Path(folder)
+    if not folder.exists() and _looks_like_hub_id(str(folder)):
+        raise FileNotFoundError(
+            f"{folder} is not a local folder (it looks like a Hugging Face Hub id): sinkprobe loads local folders only; "
+            f"download it first (huggingface-cli download {folder} --local-dir DIR) and give DIR"
+        )
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{folder} is not a model folder (no config.json): give the path of a checkpoint "
             "written by sinkprobe or by `save_pretrained`"
         )
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")))
+        found = f"it has {', '.join(pickles)} (pickle)" if pickles else "it has no weights"
+        raise FileNotFoundError(
+            f"{folder} has no .safetensors weights ({found}): sinkprobe loads safetensors only, never pickle; convert it "
+            "once where you trust the file: AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)"
+        )
+    refuse_custom_code(folder)
     return folder
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def load_checkpoint(
@@ -114,9 +185,12 @@ def load_checkpoint(
     mismatch that otherwise surfaces later as an index error deep inside a forward pass.
     """
     folder = require_model_folder(folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
-    ).to(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
+        ).to(device)
+    except SafetensorError as e:
+        raise ValueError(f"the weights in {folder} are damaged ({e}): re-create or re-download that checkpoint") from None
     tokenizer = load_tokenizer(folder)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(
