@@ -1,37 +1,65 @@
-"""Resumable training state as safetensors + JSON (no pickle), so runs resume without torch.load."""
+"""Resumable training state as safetensors + JSON (no pickle), so runs resume without torch.load.
+
+A state is a set (weights, optimizer moments, ``state.json``) that must agree: it is written
+into a temporary folder and swapped in whole as ``step-NNNNNNNN``, so an interruption at any
+moment leaves the previous complete state, never weights of one step beside a record of another.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
 
 STATE = "state.json"
+# (state folder, step) of the last state saved in this process: what a Ctrl-C resumes from
+last_saved: tuple[Path, int] | None = None
 
 
 def save_state(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, record: dict) -> None:
-    """Weights and optimizer moments, then ``record`` (meta, step, log …) as ``state.json``.
-    The JSON is written last: it is what marks the tensors beside it as a complete state."""
+    """Weights, optimizer moments and ``record`` (meta, step, log …) as one folder, swapped in whole;
+    the states it supersedes (and leftovers of an interrupted save) are removed after."""
+    global last_saved
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
     tensors, info = optimizer_state_tensors(opt)
-    atomic_save_tensors(state_dir / "model.safetensors", model.state_dict())
-    atomic_save_tensors(state_dir / "optimizer.safetensors", tensors)
-    atomic_write_json(state_dir / STATE, {**record, "optimizer": info})
+    tmp = Path(tempfile.mkdtemp(dir=state_dir, prefix=".saving-"))
+    atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
+    atomic_save_tensors(tmp / "optimizer.safetensors", tensors)
+    atomic_write_json(tmp / STATE, {**record, "optimizer": info})
+    final = state_dir / f"step-{record['step']:08d}"
+    shutil.rmtree(final, ignore_errors=True)  # the same step saved again (a resumed run's last step)
+    os.replace(tmp, final)
+    for old in (*state_dir.glob("step-*"), *state_dir.glob(".saving-*")):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    last_saved = (state_dir, record["step"])
 
 
 def resume_state(state_dir: Path, meta: dict, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict | None:
-    """Load a state saved with the same ``meta`` into ``model`` and ``opt``; its record, or None
-    (no state, or one of another config, which the next save replaces)."""
-    path = state_dir / STATE
-    if not path.is_file():
+    """Load the newest complete state saved with the same ``meta`` into ``model`` and ``opt``; its
+    record, or None (no state, or one of another config, which the next save replaces)."""
+    states = sorted(p for p in Path(state_dir).glob("step-*") if (p / STATE).is_file())
+    if not states:
         return None
-    saved = json.loads(path.read_text())
-    if not same_meta(saved.get("meta"), meta):
-        return None
-    model.load_state_dict(load_tensors(state_dir / "model.safetensors"))
-    load_optimizer_state(opt, load_tensors(state_dir / "optimizer.safetensors"), saved["optimizer"])
+    folder = states[-1]
+    try:
+        saved = json.loads((folder / STATE).read_text())
+        if not same_meta(saved.get("meta"), meta):
+            return None
+        model.load_state_dict(load_tensors(folder / "model.safetensors"))
+        load_optimizer_state(opt, load_tensors(folder / "optimizer.safetensors"), saved["optimizer"])
+    except (json.JSONDecodeError, SafetensorError, KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"the training state in {folder} is damaged ({type(e).__name__}: {e}): delete {state_dir} to restart that run from step 0"
+        ) from None
     return saved
 
 
