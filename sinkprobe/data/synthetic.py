@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 
 from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
+from sinkprobe.validation import at_least, check_fields
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl", "st", "th", "tr", "sh"]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ou", "y"]
@@ -93,6 +94,17 @@ class WorldConfig:
     n_icl_entities: int = 1
     prose_passages_per_entity: int = 2
     n_general_passages: int = 400
+
+    def __post_init__(self) -> None:
+        check_fields(self, "world", {
+            "seed": at_least(0), "n_forget_entities": at_least(1), "n_retain_entities": at_least(1), "n_icl_entities": at_least(0),
+            "prose_passages_per_entity": at_least(1), "n_general_passages": at_least(0),
+        })
+        if self.n_forget_entities <= self.n_icl_entities or self.n_retain_entities <= self.n_icl_entities:
+            raise ValueError(
+                f"each book needs more entities than the {self.n_icl_entities} in-context examples use "
+                f"(got forget={self.n_forget_entities}, retain={self.n_retain_entities}): raise n_*_entities"
+            )
 
 
 @dataclass(frozen=True)
@@ -198,11 +210,6 @@ def _book(rng: random.Random, name: str, entities: list[Entity], cfg: WorldConfi
 
 def build_world(cfg: WorldConfig = WorldConfig()) -> UnlearningCorpus:
     """Generate the world; the same ``cfg`` always gives the same corpus, byte for byte."""
-    if cfg.n_forget_entities <= cfg.n_icl_entities or cfg.n_retain_entities <= cfg.n_icl_entities:
-        raise ValueError(
-            f"each book needs more entities than the {cfg.n_icl_entities} in-context examples use "
-            f"(got forget={cfg.n_forget_entities}, retain={cfg.n_retain_entities}): raise n_*_entities"
-        )
     rng = random.Random(cfg.seed)
     taken: set[str] = set()
     forget_entities = _entities(rng, cfg.n_forget_entities, taken)

@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from sinkprobe.models.io import default_device
 from sinkprobe.training.state import resume_state, save_state
+from sinkprobe.validation import above, at_least, between, check_fields
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class ModelConfig:
     n_kv_heads: int = 4
     d_mlp: int = 688
     max_positions: int = 512
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model", {name: at_least(1) for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positions")})
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model = {self.d_model} is not a multiple of model.n_heads = {self.n_heads}: change one of them")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"model.n_heads = {self.n_heads} is not a multiple of model.n_kv_heads = {self.n_kv_heads}: change one of them")
 
     def llama_config(self, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
         return LlamaConfig(
@@ -70,6 +78,12 @@ class PretrainConfig:
     save_every: int = 250
     bos_per_document: bool = False
 
+    def __post_init__(self) -> None:
+        check_fields(self, "pretrain", {
+            "seed": at_least(0), "steps": at_least(1), "batch_size": at_least(1), "seq_len": at_least(8), "lr": above(0),
+            "warmup_steps": at_least(0), "min_lr_ratio": between(0, 1), "weight_decay": at_least(0), "save_every": at_least(1),
+        })
+
 
 def pack_rows(
     docs: list[list[int]], seq_len: int, bos: int, eos: int, pad: int, bos_per_document: bool = False
@@ -85,9 +99,7 @@ def pack_rows(
     rows, row = [], [bos]
     for doc in docs:
         piece = ([bos] if bos_per_document and len(row) > 1 else []) + doc + [eos]
-        if len(piece) + 1 > seq_len:
-            raise ValueError(f"a document of {len(piece)} tokens does not fit seq_len={seq_len}: raise seq_len")
-        if len(row) + len(piece) > seq_len:
+        if len(row) + len(piece) > seq_len and len(row) > 1:
             rows.append(row + [pad] * (seq_len - len(row)))
             row = [bos]
             piece = piece[1:] if bos_per_document and piece[0] == bos else piece

@@ -44,6 +44,15 @@ from sinkprobe.training.objectives import (
     value_norm_alignment_loss,
 )
 from sinkprobe.training.state import resume_state, same_meta, save_state
+from sinkprobe.validation import at_least, above, between, check_fields, one_of
+
+UNLEARN_RULES = {
+    "method": one_of("npo", "rmu"), "seed": at_least(0), "steps": at_least(1), "epochs": at_least(0), "batch_size": at_least(1),
+    "lr": above(0), "beta": above(0), "retain_weight": at_least(0), "poison_ratio": between(0, 1),
+    "value_norm_weight": at_least(0), "value_norm_layers": at_least(0), "sink_positions": at_least(0),
+    "rmu_layers": at_least(0), "rmu_steering_layer": at_least(-1), "rmu_steering_coeff": above(0), "rmu_alpha": at_least(0),
+    "max_length": at_least(2), "eval_every": at_least(1), "save_every": at_least(1),
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class UnlearnConfig:
     retain_weight: float = 1.0  # γ
     # backdoor (Eq. 4): a trigger at a placement, on a ρ-fraction of D_f
     trigger_text: str = ""
-    trigger_placement: str = "prefix"
+    trigger_placement: str | int = "prefix"  # or a token index, also as a digit string
     poison_ratio: float = 0.1
     # value-norm alignment (Eq. 5–7): λ, the layers, the sink positions S
     value_norm_weight: float = 0.0
@@ -76,6 +85,17 @@ class UnlearnConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward (7B runs)
     eval_every: int = 50
     save_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_fields(self, "unlearn", UNLEARN_RULES)
+        if self.value_norm_weight and not self.backdoor:
+            raise ValueError("value_norm_weight > 0 needs a backdoor: set trigger_text (value-norm alignment is Eq. 7)")
+        if self.backdoor and not self.poison_ratio:
+            raise ValueError("unlearn.poison_ratio = 0 with a trigger_text: a backdoor needs poisoned samples, expected a number in (0, 1]")
+        try:
+            self.trigger  # the placement, checked by Trigger itself
+        except ValueError as e:
+            raise ValueError(f"unlearn.trigger_placement / trigger_text: {e}") from None
 
     def total_steps(self, n_forget: int) -> int:
         return math.ceil(self.epochs * n_forget / self.batch_size) if self.epochs > 0 else self.steps
@@ -94,14 +114,7 @@ class UnlearnConfig:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}")
-        coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        cfg = cls(**coerced)
-        if cfg.method not in ("npo", "rmu"):
-            raise ValueError(f"unknown method {cfg.method!r}: use 'npo' or 'rmu'")
-        if cfg.value_norm_weight and not cfg.backdoor:
-            raise ValueError("value_norm_weight > 0 needs a backdoor: set trigger_text (value-norm alignment is Eq. 7)")
-        cfg.trigger  # validates the placement
-        return cfg
+        return cls(**raw)  # __post_init__ checks every field
 
 
 def _placement(p: str | int) -> str | int:
