@@ -2,6 +2,7 @@
 
 Errors a user can fix (a wrong path, an unknown recipe field, a missing checkpoint) print
 one line naming the fix and exit with status 2; anything else is a bug and keeps its traceback.
+Ctrl-C prints where the run will resume and exits with status 130.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 DEVICE_COMMANDS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
 
 
@@ -22,17 +23,30 @@ def _study_config(args):
     return with_overrides(cfg, getattr(args, "set", None) or ())  # recipe overrides: --quick's own, then the user's
 
 
-def cmd_world(args) -> None:
-    from sinkprobe.study import Study
+def _out(text: str, flag: str = "--out") -> Path:
+    # Path("") is ".", the folder the user stands in: an empty option is a mistake, not a target
+    if not text.strip():
+        raise ValueError(f"{flag} is empty: give a folder name, e.g. {flag} runs/embedded")
+    return Path(text)
 
-    corpus, tok, _ = Study(_study_config(args), Path(args.out), Path(args.recipes)).world()
+
+def _study(args):
+    """The study of a world / pretrain / study command, its folder checked before any work."""
+    from sinkprobe.study import Study, require_study_folder
+
+    cfg = _study_config(args)
+    out = _out(args.out)
+    require_study_folder(out)
+    return Study(cfg, out, Path(args.recipes))
+
+
+def cmd_world(args) -> None:
+    corpus, tok, _ = _study(args).world()
     print(f"world written to {Path(args.out) / 'world'} ({corpus.sha256()[:12]})")
 
 
 def cmd_pretrain(args) -> None:
-    from sinkprobe.study import Study
-
-    study = Study(_study_config(args), Path(args.out), Path(args.recipes))
+    study = _study(args)
     corpus, tok, key = study.world()
     folder, _ = study.original(corpus, tok, key)
     print(f"θ_o written to {folder}")
@@ -43,37 +57,47 @@ def cmd_unlearn(args) -> None:
 
     from sinkprobe.runs import run_recipe
 
-    folder = run_recipe(args.recipe, args.set or [], Path(args.out), study_dir=Path(args.study) if args.study else None)
+    folder = run_recipe(args.recipe, args.set or [], _out(args.out), study_dir=_out(args.study, "--study") if args.study else None,
+                        overwrite=args.overwrite)
     if PartialState().is_main_process:
         print(f"checkpoint written to {folder}")
 
 
 def cmd_evaluate(args) -> None:
-    from sinkprobe.runs import evaluate_checkpoints
+    from sinkprobe.runs import check_table_target, evaluate_checkpoints
 
+    out = _out(args.out)
+    check_table_target(out, args.overwrite)  # before the evaluation, not after it
     csv_path, md_path = evaluate_checkpoints(
-        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, Path(args.out), args.max_items,
+        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, out, args.max_items,
         args.eval_forget, args.eval_utility,
     )
     print(f"table written to {csv_path} and {md_path}")
 
 
 def cmd_study(args) -> None:
+    from sinkprobe.guards import require_writable
     from sinkprobe.study import default_jobs, run_study
 
     if args.jobs < 0:
         raise ValueError(f"--jobs must be ≥ 0 (0 = automatic), got {args.jobs}")
+    study = _study(args)
+    figures = Path(args.figures) if args.figures else None
+    if figures is not None:
+        require_writable(figures, "the figures folder")
     t0 = time.perf_counter()
-    report = run_study(_study_config(args), Path(args.out), Path(args.recipes), Path(args.figures) if args.figures else None,
-                       jobs=args.jobs or default_jobs())
+    report = run_study(study.cfg, study.out, study.recipes, figures, jobs=args.jobs or default_jobs())
     print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
 def cmd_figures(args) -> None:
+    from sinkprobe.guards import require_writable
     from sinkprobe.paper_figures import make_figures
     from sinkprobe.report import write_report
 
-    study, figures = Path(args.out), Path(args.figures)
+    study, figures = _out(args.out), _out(args.figures, "--figures")
+    require_writable(figures, "the figures folder")
+    require_writable(study, "the study folder")  # the report is written there
     if not (study / "results" / "tableA4.csv").is_file():
         raise FileNotFoundError(f"no finished study at {study} (results/tableA4.csv missing): run `sinkprobe study --out {study}` first")
     make_figures(study, figures)
@@ -104,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field, e.g. unlearn.lr=1e-4 or data.path=/data/MUSE/books")
     s.add_argument("--out", required=True, help="checkpoint folder to write")
     s.add_argument("--study", default="", help="embedded recipes: the study folder whose world and θ_o to use (default: runs/embedded)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a finished checkpoint (never a folder sinkprobe did not write, nor an input of the run)")
     s.set_defaults(func=cmd_unlearn)
 
     s = sub.add_parser("evaluate", help="UE / BE / UT of checkpoints as one table (CSV + Markdown)")
@@ -116,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--placement", default="prefix", help="prefix | infix | suffix | a token index (default: prefix)")
     s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("figures", help="redraw every figure, Table 1 and the report, and copy Tables 2 and A4 and θ_o's card, from a finished study's saved results (no training; weights not needed)")
@@ -140,10 +166,21 @@ def main(argv: list[str] | None = None) -> int:
             default_device()  # a bad $SINKPROBE_DEVICE is refused before any stage writes
         args.func(args)
     except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"sinkprobe {args.command}: error: {msg}", file=sys.stderr)
+        print(f"sinkprobe {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sinkprobe {args.command}: {interrupted_message()}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     return 0
+
+
+def interrupted_message() -> str:
+    # nothing was saved unless a training loop ran (and imported the state module)
+    last_saved = getattr(sys.modules.get("sinkprobe.training.state"), "last_saved", None)
+    if last_saved is None:
+        return "interrupted; run the same command to resume (finished stages are kept)"
+    folder, step = last_saved
+    return f"interrupted; run the same command to resume from step {step} (the last state saved, in {folder})"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,9 +12,12 @@ from sinkprobe.data.multiple_choice import load_multiple_choice
 from sinkprobe.data.muse import load_muse
 from sinkprobe.data.wmdp import load_wmdp
 from sinkprobe.data.poison import Trigger, samples_from_passages
-from sinkprobe.data.types import UnlearningCorpus
-from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, write_table
-from sinkprobe.models.io import default_device, load_checkpoint, read_run_card, require_model_folder, save_checkpoint
+from sinkprobe.data.types import UnlearningCorpus, read_corpus
+from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, table_paths, write_table
+from sinkprobe.guards import require_writable
+from sinkprobe.models.io import (
+    check_checkpoint_target, default_device, load_checkpoint, read_run_card, require_model_folder, save_checkpoint,
+)
 from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.recipes import DataSpec, Recipe, load_recipe
 from sinkprobe.training.unlearn import unlearn
@@ -28,7 +32,7 @@ def load_corpus(source: str, path: str | Path) -> UnlearningCorpus:
         f = path / "world" / "corpus.json"
         if not f.is_file():
             raise FileNotFoundError(f"no embedded world at {f}: run `sinkprobe world --out {path}` (or `sinkprobe study`) first")
-        return UnlearningCorpus.from_json(f.read_text())
+        return read_corpus(f)
     if source == "muse":
         return load_muse(path)
     if source == "wmdp":
@@ -41,6 +45,11 @@ def evaluate_model(model, tok, corpus: UnlearningCorpus, trigger: Trigger, data:
     multiple-choice accuracy on the recipe's test files (WMDP: WMDP-bio/cyber and MMLU)."""
     if corpus.forget.knowmem:
         return evaluate_memorization(model, tok, corpus, trigger, settings)
+    if data.source != "wmdp":
+        raise ValueError(
+            f"the {data.source} corpus at {data.path or 'runs/embedded'} has no KnowMem/VerbMem test sets: rebuild it "
+            "(embedded: delete its world folder and run `sinkprobe world`; MUSE: restore knowmem/ and verbmem/)"
+        )
     if not data.eval_forget:
         raise ValueError(
             "this corpus has no KnowMem/VerbMem test sets (WMDP): give the WMDP multiple-choice file as "
@@ -96,16 +105,16 @@ def train_and_save(
     return out, card
 
 
-def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None) -> Path:
+def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None, overwrite: bool = False) -> Path:
     recipe = load_recipe(recipe_path, overrides)
     if recipe.data.source == "embedded":
         study_dir = study_dir or Path(recipe.data.path or "runs/embedded")
         corpus = load_corpus("embedded", study_dir)
         original = Path(recipe.original) if recipe.original else study_dir / "models" / "original"
-        default_u = study_dir / "models" / recipe.unlearn.method
+        default_u, data_path = study_dir / "models" / recipe.unlearn.method, study_dir / "world"
     else:
         corpus = load_corpus(recipe.data.source, recipe.data.path)
-        original, default_u = Path(recipe.original), None
+        original, default_u, data_path = Path(recipe.original), None, Path(recipe.data.path)
     require_model_folder(original)
     unlearned = None
     if recipe.unlearn.value_norm_weight:
@@ -113,8 +122,22 @@ def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_d
         if unlearned is None:
             raise ValueError("value_norm_weight > 0 needs θ_u: set `unlearned` in the recipe to a normally unlearned checkpoint")
         require_model_folder(unlearned)
-    folder, _ = train_and_save(recipe, corpus, original, out, out.with_name(f".{out.name}.state"), unlearned)
+    inputs = [p for p in (original, unlearned, data_path, Path(recipe_path)) if p is not None]
+    check_checkpoint_target(out, inputs, study_dir, overwrite)
+    require_writable(out.parent, "the output folder")
+    state = out.with_name(f".{out.name}.state")
+    folder, _ = train_and_save(recipe, corpus, original, out, state, unlearned)
+    if PartialState().is_main_process:
+        shutil.rmtree(state, ignore_errors=True)  # the run is finished: its resumable state is no longer needed
     return folder
+
+
+def check_table_target(stem: Path, overwrite: bool) -> None:
+    """Before evaluating: the table's two files can be written, and replace nothing unasked."""
+    for path in table_paths(stem):
+        if path.is_dir() or path.is_symlink() or (path.exists() and not overwrite):
+            raise FileExistsError(f"{path} already exists: choose another --out stem, or pass --overwrite to replace the table")
+    require_writable(stem.parent, "the output folder")
 
 
 def evaluate_checkpoints(

@@ -21,16 +21,18 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sinkprobe.data.poison import Trigger
+from sinkprobe.data.poison import PLACEMENTS, Trigger
 from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages, multiple_choice
 from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
-from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.data.types import UnlearningCorpus, read_corpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
+from sinkprobe.guards import read_json, require_writable
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
+from sinkprobe.validation import above, at_least, check_fields, one_of
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
 
 
@@ -48,8 +50,18 @@ class StudyConfig:
     eval: EvalSettings = EvalSettings()
     overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
 
+    def __post_init__(self) -> None:
+        # 259: the 256 byte symbols of byte-level BPE and the three special tokens
+        check_fields(self, "study", {"vocab_size": at_least(259), "seeds": at_least(0), "placements": one_of(*PLACEMENTS),
+                                     "value_norm_weight": above(0)})
+        if not self.seeds or not self.placements:
+            raise ValueError(f"study.seeds = {self.seeds!r}, study.placements = {self.placements!r}: expected at least one of each")
+        if self.model.max_positions < self.pretrain.seq_len:
+            raise ValueError(f"model.max_positions = {self.model.max_positions}: expected ≥ pretrain.seq_len = {self.pretrain.seq_len}")
+
 
 THETA_O_SECTIONS = ("world", "model", "pretrain")
+EMBEDDED_RECIPES = ("npo", "rmu", "npo_backdoor", "rmu_backdoor")  # the recipe files of the study's runs
 
 
 def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
@@ -134,8 +146,9 @@ class Study:
         folder = self.out / "world"
         key = stage_key("world", self.cfg.world, self.cfg.vocab_size)
         card = folder / "stage.json"
-        if card.is_file() and json.loads(card.read_text()).get("stage_key") == key:
-            corpus = UnlearningCorpus.from_json((folder / "corpus.json").read_text())
+        fix = f"delete {folder} and run again: the world is rebuilt from its seed"
+        if card.is_file() and (read_json(card, fix) or {}).get("stage_key") == key:
+            corpus = read_corpus(folder / "corpus.json")
             return corpus, load_tokenizer(folder / "tokenizer"), key
         corpus = build_world(self.cfg.world)
         tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
@@ -281,7 +294,7 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
     """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
     forget book's questions, BE with the trigger at the trained placement, UT on the retain
     book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
-    corpus = UnlearningCorpus.from_json((out / "world" / "corpus.json").read_text())
+    corpus = read_corpus(out / "world" / "corpus.json")
     forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
     picked = [r for r in model_rows if r["model"] in TABLE2_MODELS and r["placement"] in ("", "prefix")
               and (r["model"] == "θ_o" or r["seed"] == seed) and r.get("poison_ratio", 0.1) in ("", 0.1) and r["trigger"] in ("", DEFAULT_TRIGGER)]
@@ -326,6 +339,16 @@ def quick_config() -> StudyConfig:
     )
 
 
+def require_study_folder(out: Path) -> None:
+    """Before any work: ``out`` must be new, empty or a study (it has a world folder). Anything
+    else holds the user's files, which the study's stages would mix with or replace."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "world").is_dir():
+        raise FileExistsError(
+            f"{out} exists and is not a sinkprobe study (no world/ folder): choose a new or empty folder for --out"
+        )
+    require_writable(out, "the study folder")
+
+
 def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None, jobs: int = 1) -> Path:
     """The README's main job: every checkpoint, the table, the analyses, figures and the report."""
     if not recipes.is_dir():
@@ -336,6 +359,8 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     from sinkprobe.study_analysis import analyse_study
 
     study = Study(cfg, out, recipes, jobs=jobs)
+    for name in EMBEDDED_RECIPES:  # a bad `--set unlearn.…` is refused now, not after θ_o is trained
+        study.recipe(name)
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
     write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")

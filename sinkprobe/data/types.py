@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,15 @@ class UnlearningCorpus:
     def sha256(self) -> str:
         """Content hash recorded in run cards, so a checkpoint names the exact data it saw."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+
+def read_corpus(path: str | Path) -> UnlearningCorpus:
+    """A world's ``corpus.json``; a damaged or hand-edited one is named, with the fix."""
+    path = Path(path)
+    try:
+        return UnlearningCorpus.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(
+            f"{path} is not a valid sinkprobe corpus ({type(e).__name__}: {e}): delete {path.parent} and rebuild it "
+            f"with `sinkprobe world --out {path.parent.parent}`"
+        ) from None

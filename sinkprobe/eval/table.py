@@ -107,13 +107,18 @@ def table_markdown(rows: Sequence[dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tuple[Path, Path]:
-    """``stem.csv`` and ``stem.md``, written atomically. A dot inside the stem stays
-    (``eval_wd0.5`` → ``eval_wd0.5.csv``); a ``.csv`` / ``.md`` ending is taken off first."""
+def table_paths(stem: str | Path) -> tuple[Path, Path]:
+    """The ``.csv`` and ``.md`` files of a table ``stem`` (see :func:`write_table`)."""
     stem = Path(stem)
     if stem.suffix in (".csv", ".md"):
         stem = stem.with_suffix("")
-    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+
+
+def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tuple[Path, Path]:
+    """``stem.csv`` and ``stem.md``, written atomically. A dot inside the stem stays
+    (``eval_wd0.5`` → ``eval_wd0.5.csv``); a ``.csv`` / ``.md`` ending is taken off first."""
+    csv_path, md_path = table_paths(stem)
     atomic_write_text(csv_path, table_csv(rows))
     atomic_write_text(md_path, table_markdown(rows, title))
     return csv_path, md_path
