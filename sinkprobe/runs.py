@@ -128,8 +128,14 @@ def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_d
     state = out.with_name(f".{out.name}.state")
     folder, _ = train_and_save(recipe, corpus, original, out, state, unlearned)
     if PartialState().is_main_process:
-        shutil.rmtree(state, ignore_errors=True)  # the run is finished: its resumable state is no longer needed
+        drop_state(state)
     return folder
+
+
+def drop_state(state: Path) -> None:
+    """The run is finished: its resumable state (a full model and optimizer) is no longer needed.
+    Kept on failure, so the same command resumes."""
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def check_table_target(stem: Path, overwrite: bool) -> None:

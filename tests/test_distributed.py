@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,7 +23,7 @@ def test_two_processes_train_on_their_shards_and_write_one_checkpoint(tmp_path, 
     study = tiny_study(tmp_path_factory)
     out = tmp_path / "bd2"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sinkprobe.cli", "unlearn", str(RECIPES / "npo_backdoor.toml"), "--study", str(study.folder), "--out", str(out),
+           str(Path(__file__).with_name("keep_state_cli.py")), "unlearn", str(RECIPES / "npo_backdoor.toml"), "--study", str(study.folder), "--out", str(out),
            "--set", "unlearn.steps=3", "--set", "unlearn.batch_size=4", "--set", "unlearn.value_norm_weight=1.0"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
