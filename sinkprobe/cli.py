@@ -26,7 +26,7 @@ def _study_config(args):
 def _out(text: str, flag: str = "--out") -> Path:
     # Path("") is ".", the folder the user stands in: an empty option is a mistake, not a target
     if not text.strip():
-        raise ValueError(f"{flag} is empty: give a folder name, e.g. {flag} runs/embedded")
+        raise ValueError(f"{flag} is empty: give it a path")
     return Path(text)
 
 

@@ -192,6 +192,9 @@ def test_a_kill_between_the_state_writes_resumes_to_the_same_weights(tmp_path, t
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-00000006"]  # superseded states and leftovers removed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert ((tmp_path / "b" / "step-00000006").stat().st_mode & 0o777) == 0o777 & ~umask  # 8: not private
 
 
 def test_a_damaged_training_state_names_the_folder_to_delete(tmp_path, tiny_world, tiny_tokenizer):
@@ -309,6 +312,8 @@ def test_evaluate_checks_its_output_before_evaluating(capsys, tmp_path, monkeypa
     read_only.mkdir()
     assert "cannot write to the output folder" in _one_line_error(capsys, [*argv, "--out", str(read_only / "t")])
     assert "--out is empty" in _one_line_error(capsys, [*argv, "--out", ""])
+    err = _one_line_error(capsys, ["evaluate", str(small_ckpt), "--source", "muse", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t2")])
+    assert "no MUSE corpus folder" in err and "verbmem/forget" in err  # the list of expected files, on the same line
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):

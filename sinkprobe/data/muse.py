@@ -45,13 +45,13 @@ def load_muse(folder: str | Path) -> UnlearningCorpus:
     """Read the MUSE corpus in ``folder`` (e.g. ``data/books``); see the module doc for the layout."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"no MUSE corpus folder at {root}: expected a folder holding\n{_expected()}")
+        raise FileNotFoundError(f"no MUSE corpus folder at {root}: expected a folder holding {_expected()}")
     files = {key: _find(root, key) for key in _REQUIRED}
     missing = [key for key, path in files.items() if path is None]
     if missing:
         raise FileNotFoundError(
-            f"{root} is not a complete MUSE corpus folder; missing: {', '.join(missing)}.\n"
-            f"Expected (as .txt/.json, or Hugging Face parquet shards NAME-00000-of-00001.parquet):\n{_expected()}"
+            f"{root} is not a complete MUSE corpus folder; missing: {', '.join(missing)}. "
+            f"Expected (as .txt/.json, or Hugging Face parquet shards NAME-00000-of-00001.parquet): {_expected()}"
         )
     retain2 = _find(root, "raw/retain2")
     forget = Book(
@@ -71,7 +71,8 @@ def load_muse(folder: str | Path) -> UnlearningCorpus:
 
 
 def _expected() -> str:
-    return "\n".join(f"  {key}  — {what}" for key, what in _REQUIRED.items()) + "\n  raw/retain2  — optional"
+    # one line: the CLI prints every user error as one line
+    return "; ".join(f"{key} ({what})" for key, what in _REQUIRED.items()) + "; raw/retain2 (optional)"
 
 
 def _find(root: Path, key: str) -> list[Path] | None:

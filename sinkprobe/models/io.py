@@ -85,7 +85,7 @@ def save_checkpoint(
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     atomic_write_json(tmp / RUN_CARD, run_card)
-    _share_like_other_files(tmp)
+    match_umask(tmp)
     old = None
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
@@ -97,9 +97,9 @@ def save_checkpoint(
     return folder
 
 
-def _share_like_other_files(folder: Path) -> None:
-    # mkdtemp (and transformers' weight writer) make private entries; a checkpoint is for reading,
-    # so it gets the user's umask like every other file sinkprobe writes.
+def match_umask(folder: Path) -> None:
+    """Give ``folder`` and its files the user's umask, like every other file sinkprobe writes:
+    mkdtemp (and transformers' weight writer) make private ones."""
     os.chmod(folder, 0o777 & ~_UMASK)
     for f in folder.iterdir():
         if f.is_file():

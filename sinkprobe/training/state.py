@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, load_tensors, match_umask
 
 STATE = "state.json"
 # (state folder, step) of the last state saved in this process: what a Ctrl-C resumes from
@@ -34,6 +34,7 @@ def save_state(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
     atomic_save_tensors(tmp / "optimizer.safetensors", tensors)
     atomic_write_json(tmp / STATE, {**record, "optimizer": info})
+    match_umask(tmp)
     final = state_dir / f"step-{record['step']:08d}"
     shutil.rmtree(final, ignore_errors=True)  # the same step saved again (a resumed run's last step)
     os.replace(tmp, final)
