@@ -171,7 +171,7 @@ def test_a_folder_with_its_own_code_is_refused_even_when_stdin_answers_yes(tmp_p
 
 
 def test_a_kill_between_the_state_writes_resumes_to_the_same_weights(tmp_path, tiny_world, tiny_tokenizer, monkeypatch):
-    cfg = PretrainConfig(steps=6, batch_size=2, seq_len=64, lr=3e-3, warmup_steps=1, save_every=2)
+    cfg = PretrainConfig(steps=6, batch_size=2, seq_len=256, lr=3e-3, warmup_steps=1, save_every=2)
     docs = tiny_world.pretraining_documents()
     full, full_summary = pretrain_original(docs, tiny_tokenizer, TINY_MODEL, cfg, tmp_path / "a", progress=False)
     real, optimizer_writes = state.atomic_save_tensors, []
@@ -198,7 +198,7 @@ def test_a_kill_between_the_state_writes_resumes_to_the_same_weights(tmp_path, t
 
 
 def test_a_damaged_training_state_names_the_folder_to_delete(tmp_path, tiny_world, tiny_tokenizer):
-    cfg = PretrainConfig(steps=4, batch_size=2, seq_len=64, warmup_steps=1, save_every=2)
+    cfg = PretrainConfig(steps=4, batch_size=2, seq_len=256, warmup_steps=1, save_every=2)
     docs = tiny_world.pretraining_documents()
     pretrain_original(docs, tiny_tokenizer, TINY_MODEL, cfg, tmp_path / "s", progress=False, stop_after=2)
     weights = tmp_path / "s" / "step-00000002" / "model.safetensors"
@@ -235,6 +235,8 @@ def test_good_values_in_every_accepted_spelling_are_kept():
     cfg = UnlearnConfig.from_dict({"sink_positions": [0, 1], "trigger_text": "t", "trigger_placement": "3", "lr": 1})
     assert cfg.sink_positions == (0, 1) and cfg.trigger.placement == 3 and cfg.lr == 1
     assert UnlearnConfig(trigger_text="t", trigger_placement=2).trigger.placement == 2
+    built_in_python = UnlearnConfig(sink_positions=[0, 1])  # as from_dict would build it: one config, one hash
+    assert built_in_python == UnlearnConfig(sink_positions=(0, 1)) and hash(built_in_python)
 
 
 def test_a_bad_set_value_fails_in_one_line_before_any_work(capsys, tmp_path):
@@ -334,7 +336,7 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(capsys, tmp_path, monke
     import sinkprobe.cli
     import sinkprobe.training.pretrain as pretrain
 
-    cfg = PretrainConfig(steps=6, batch_size=2, seq_len=64, warmup_steps=1, save_every=2)
+    cfg = PretrainConfig(steps=6, batch_size=2, seq_len=256, warmup_steps=1, save_every=2)
     real_loss, calls = pretrain.lm_loss, []
 
     def pressed_at_step_3(*a):
@@ -346,6 +348,10 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(capsys, tmp_path, monke
     monkeypatch.setattr(pretrain, "lm_loss", pressed_at_step_3)
     monkeypatch.setattr(sinkprobe.cli, "cmd_pretrain", lambda args: pretrain_original(
         tiny_world.pretraining_documents(), tiny_tokenizer, TINY_MODEL, cfg, tmp_path / "state", progress=False))
-    assert main(["pretrain", "--out", str(tmp_path)]) == 130
+    try:
+        rc = main(["pretrain", "--out", str(tmp_path)])
+    except KeyboardInterrupt:  # caught here, or pytest would take it for the user's own Ctrl-C and stop the session
+        pytest.fail("Ctrl-C reached the user as a KeyboardInterrupt traceback")
+    assert rc == 130
     err = capsys.readouterr().err.strip()
     assert err == f"sinkprobe pretrain: interrupted; run the same command to resume from step 2 (the last state saved, in {tmp_path / 'state'})"
