@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 def interrupted_message() -> str:
     # nothing was saved unless a training loop ran (and imported the state module)
     last_saved = getattr(sys.modules.get("sinkprobe.training.state"), "last_saved", None)
-    if last_saved is None:
-        return "interrupted; run the same command to resume (finished stages are kept)"
-    folder, step = last_saved
-    return f"interrupted; run the same command to resume from step {step} (the last state saved, in {folder})"
+    kept = "finished stages are kept"
+    if last_saved is not None:  # literally what is on disk: the run may have moved on to another stage since
+        kept += f"; the last training state saved is step {last_saved[1]} in {last_saved[0]}"
+    return f"interrupted; run the same command to resume ({kept})"
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_unlearn_replaces_a_finished_checkpoint_only_when_asked_and_never_one_of
     assert _files(study_dir) == before
 
 
-def test_save_checkpoint_never_replaces_a_folder_it_did_not_write(tmp_path, small_ckpt):
+def test_save_checkpoint_never_replaces_a_folder_it_did_not_write_nor_leaves_half_of_one(tmp_path, small_ckpt, monkeypatch):
     model, tok = load_checkpoint(small_ckpt)
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -120,6 +120,14 @@ def test_save_checkpoint_never_replaces_a_folder_it_did_not_write(tmp_path, smal
     with pytest.raises(FileExistsError, match="not a sinkprobe checkpoint"):
         save_checkpoint(model, tok, theirs, {"kind": "x"})
     assert (theirs / "thesis.tex").read_text() == "years of work"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(model, tok, tmp_path / "new", {"kind": "x"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "theirs"]  # no hidden half-written folder
 
 
 def test_study_commands_refuse_a_file_or_a_foreign_folder_as_out(capsys, tmp_path):
@@ -354,4 +362,5 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(capsys, tmp_path, monke
         pytest.fail("Ctrl-C reached the user as a KeyboardInterrupt traceback")
     assert rc == 130
     err = capsys.readouterr().err.strip()
-    assert err == f"sinkprobe pretrain: interrupted; run the same command to resume from step 2 (the last state saved, in {tmp_path / 'state'})"
+    assert err == ("sinkprobe pretrain: interrupted; run the same command to resume (finished stages are kept; "
+                   f"the last training state saved is step 2 in {tmp_path / 'state'})")

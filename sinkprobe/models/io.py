@@ -82,9 +82,13 @@ def save_checkpoint(
     refuse_foreign_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / RUN_CARD, run_card)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / RUN_CARD, run_card)
+    except BaseException:  # a full disk or a Ctrl-C: leave no hidden half-checkpoint beside the target
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     match_umask(tmp)
     old = None
     if folder.exists():
