@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
@@ -125,6 +126,13 @@ def default_jobs() -> int:
     return 1 if default_device().type == "cuda" else max(1, min(4, available_cores()))
 
 
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # Ctrl-C reaches every process of the terminal's group: a worker ends at once and quietly
+    # (its run resumes from its last saved state), and the main process prints the one line.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+
 def _run_in_worker(cfg: StudyConfig, out: Path, recipes: Path, spec: RunSpec) -> str:
     lines: list[str] = []
     study = Study(cfg, out, recipes, log=lines.append)
@@ -228,8 +236,14 @@ class Study:
         if self.jobs > 1 and len(todo) > 1:
             workers = min(self.jobs, len(todo))
             threads = max(1, available_cores() // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-                futures = [pool.submit(_run_in_worker, self.cfg, self.out, self.recipes, s) for s in todo]
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)) as pool:
+                # Workers are spawned by submit; they inherit an ignored Ctrl-C, so one pressed
+                # while they import torch prints no traceback (_start_worker then takes it over).
+                main_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    futures = [pool.submit(_run_in_worker, self.cfg, self.out, self.recipes, s) for s in todo]
+                finally:
+                    signal.signal(signal.SIGINT, main_handler)
                 for f in tqdm(as_completed(futures), total=len(futures), desc=f"unlearning runs ({workers} at once)"):
                     self.log(f.result())
         return [self.run(s, corpus) for s in specs]
