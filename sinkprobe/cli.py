@@ -8,12 +8,16 @@ Ctrl-C prints where the run will resume and exits with status 130.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 DEVICE_COMMANDS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
+# OSErrors that describe the machine, not a bug: a full disk, or a path made unwritable mid-run
+# (outputs are checked before any work; these can still happen after it started)
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _study_config(args):
@@ -167,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except USER_ERRORS as e:
         print(f"sinkprobe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in MACHINE_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sinkprobe {args.command}: error: {e.strerror}{where}: free space or fix the permissions, then run the same command "
+              "to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sinkprobe {args.command}: {interrupted_message()}", file=sys.stderr)

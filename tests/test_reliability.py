@@ -326,15 +326,25 @@ def test_evaluate_checks_its_output_before_evaluating(capsys, tmp_path, monkeypa
     assert "no MUSE corpus folder" in err and "verbmem/forget" in err  # the list of expected files, on the same line
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+def test_a_bug_keeps_its_traceback_and_a_full_disk_is_one_line(capsys, monkeypatch, tmp_path):
+    import errno
+
     import sinkprobe.cli
 
-    def buggy(args):
-        raise KeyError("a bug, not a user error")
+    def raises(error):
+        def command(args):
+            raise error
+        return command
 
-    monkeypatch.setattr(sinkprobe.cli, "cmd_world", buggy)
+    monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(KeyError("a bug, not a user error")))
     with pytest.raises(KeyError):
         main(["world", "--out", str(tmp_path)])
+    monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(OSError(errno.EBADF, "Bad file descriptor")))
+    with pytest.raises(OSError):
+        main(["world", "--out", str(tmp_path)])
+    monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))))
+    err = _one_line_error(capsys, ["world", "--out", str(tmp_path)])
+    assert f"No space left on device ({tmp_path / 'x'}): free space" in err and "run the same command to resume" in err
 
 
 # ---- 6. Ctrl-C ---------------------------------------------------------------------------------
