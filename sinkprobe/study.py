@@ -28,8 +28,8 @@ from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
-from sinkprobe.guards import read_json, require_writable
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
+from sinkprobe.guards import read_json, require_writable
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
@@ -55,8 +55,9 @@ class StudyConfig:
         # 259: the 256 byte symbols of byte-level BPE and the three special tokens
         check_fields(self, "study", {"vocab_size": at_least(259), "seeds": at_least(0), "placements": one_of(*PLACEMENTS),
                                      "value_norm_weight": above(0)})
-        if not self.seeds or not self.placements:
-            raise ValueError(f"study.seeds = {self.seeds!r}, study.placements = {self.placements!r}: expected at least one of each")
+        for name in ("seeds", "placements"):
+            if not getattr(self, name):
+                raise ValueError(f"study.{name} = (): expected a list of at least one")
         if self.model.max_positions < self.pretrain.seq_len:
             raise ValueError(f"model.max_positions = {self.model.max_positions}: expected ≥ pretrain.seq_len = {self.pretrain.seq_len}")
 

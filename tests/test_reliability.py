@@ -231,7 +231,7 @@ def test_a_damaged_training_state_names_the_folder_to_delete(tmp_path, tiny_worl
     (lambda: PretrainConfig(lr="abc"), "pretrain.lr = 'abc': expected a number > 0"),
     (lambda: WorldConfig(n_general_passages=-5), "world.n_general_passages = -5: expected an integer ≥ 0"),
     (lambda: ModelConfig(n_heads=3), "model.d_model = 256 is not a multiple of model.n_heads = 3"),
-    (lambda: StudyConfig(seeds=()), "study.seeds = ()"),
+    (lambda: StudyConfig(seeds=()), "study.seeds = (): expected a list of at least one"),
     (lambda: StudyConfig(model=ModelConfig(max_positions=128)), "model.max_positions = 128: expected ≥ pretrain.seq_len = 256"),
 ])
 def test_a_bad_config_value_is_refused_when_the_config_is_built(make, message):
@@ -273,7 +273,7 @@ def test_loader_errors_name_the_file_and_the_fix(tmp_path, small_ckpt):
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin \(pickle\).*safetensors only.*save_pretrained"):
         require_model_folder(pickled)
-    with pytest.raises(FileNotFoundError, match="looks like a Hugging Face Hub id.*download"):
+    with pytest.raises(FileNotFoundError, match="no folder meta-llama/Llama-2-7b-hf: if it is a Hugging Face Hub id.*download"):
         require_model_folder("meta-llama/Llama-2-7b-hf")
     (small_ckpt / "run_card.json").write_text('{"kind": ')
     with pytest.raises(ValueError, match="run_card.json is not valid JSON.*re-create"):

@@ -155,9 +155,9 @@ def require_model_folder(folder: str | Path) -> Path:
     """A local model folder sinkprobe can open: config.json, safetensors weights, no code of its own."""
     folder = Path(folder)
     if not folder.exists() and _looks_like_hub_id(str(folder)):
-        raise FileNotFoundError(
-            f"{folder} is not a local folder (it looks like a Hugging Face Hub id): sinkprobe loads local folders only; "
-            f"download it first (huggingface-cli download {folder} --local-dir DIR) and give DIR"
+        raise FileNotFoundError(  # a typo looks the same as a Hub id: the message serves both
+            f"no folder {folder}: if it is a Hugging Face Hub id, sinkprobe never downloads; fetch it with "
+            f"`huggingface-cli download {folder} --local-dir DIR` and give DIR"
         )
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(

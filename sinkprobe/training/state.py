@@ -57,7 +57,7 @@ def resume_state(state_dir: Path, meta: dict, model: torch.nn.Module, opt: torch
             return None
         model.load_state_dict(load_tensors(folder / "model.safetensors"))
         load_optimizer_state(opt, load_tensors(folder / "optimizer.safetensors"), saved["optimizer"])
-    except (json.JSONDecodeError, SafetensorError, KeyError, RuntimeError) as e:
+    except (json.JSONDecodeError, SafetensorError, FileNotFoundError, KeyError, RuntimeError) as e:
         raise ValueError(
             f"the training state in {folder} is damaged ({type(e).__name__}: {e}): delete {state_dir} to restart that run from step 0"
         ) from None

@@ -44,7 +44,7 @@ from sinkprobe.training.objectives import (
     value_norm_alignment_loss,
 )
 from sinkprobe.training.state import resume_state, same_meta, save_state
-from sinkprobe.validation import at_least, above, between, check_fields, one_of
+from sinkprobe.validation import above, at_least, between, check_fields, one_of
 
 UNLEARN_RULES = {
     "method": one_of("npo", "rmu"), "seed": at_least(0), "steps": at_least(1), "epochs": at_least(0), "batch_size": at_least(1),
