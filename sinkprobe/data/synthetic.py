@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from sinkprobe.data.poison import split_shown
 from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl", "st", "th", "tr", "sh"]
@@ -185,8 +186,8 @@ def _book(rng: random.Random, name: str, entities: list[Entity], cfg: WorldConfi
         passages.append(format_qa(qa_items(e)))
         if e in test:
             # VerbMem continues the entity's first biography passage from its first two sentences.
-            sentences = prose[0].split(". ")
-            verbmem.append(VerbMemItem(prompt=". ".join(sentences[:2]) + ".", gt=" " + ". ".join(sentences[2:])))
+            shown, rest = split_shown(prose[0])
+            verbmem.append(VerbMemItem(prompt=shown, gt=rest))
     return Book(
         name=name,
         passages=tuple(passages),
