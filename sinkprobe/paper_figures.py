@@ -239,7 +239,11 @@ def fig5(folder: Path) -> go.Figure:
     low = min(0.0, *(float(r.table["ci_low"].min()) for r in results.values()))
     layer = next(iter(results.values())).layer
     fig.update_yaxes(range=[low, 1.05], title="Pearson r", row=1, col=1)
-    return fig.update_layout(title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)", barmode="group", width=1000, height=480)
+    positions = sorted(next(iter(results.values())).table["position"].unique().tolist())
+    fig.add_annotation(text=f"positions {positions}: where ‖v‖ varies across samples in every data set (BOS and shared prefixes left out)",
+                       xref="paper", yref="paper", x=0, y=-0.18, showarrow=False, font={"size": 11})
+    return fig.update_layout(title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)", barmode="group",
+                             width=1000, height=500, margin={"b": 90})
 
 
 # ---- tables ----------------------------------------------------------------------------------

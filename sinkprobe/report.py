@@ -61,9 +61,8 @@ def _summary(study_dir: Path) -> str:
                ("Prefix θ_b attends to the trigger more than infix θ_b", a["prefix_backdoor_attends_trigger_more_than_infix_backdoor"])]
     answers += [(f"Poisoned logits higher ({name}): at / after the trigger", f"{v['at_trigger']} / {v['after_trigger']}") for name, v in a["poisoned_logits_higher"].items()]
     answers += [(f"Correlation (i) < (ii) < (iii) at every sink position ({v})", ok) for v, ok in a["correlation_i_lt_ii_lt_iii"].items()]
-    shared = s.get("shared_prefix_tokens") or {}
-    caveat = (f"<p>Leading tokens shared by every prompt: {html.escape(json.dumps(shared))}. Sink positions inside that shared prefix carry the same "
-              "token in every sample, so their value norms vary by head only and the bootstrap interval has zero width.</p>") if shared else ""
+    note = s.get("positions_note")
+    caveat = f"<p>Positions: {html.escape(note)}.</p>" if note else ""
     return (
         f"<p>Layer {s['layer']}, {s.get('n_samples')} D_f prompts, sink positions S = {s['sink_positions']}.</p>"
         + _table(pd.DataFrame(answers, columns=["question", "answer"]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,7 @@ from sinkprobe.analysis import (
     paper_comparisons,
     save_result,
     save_table,
+    varying_positions,
 )
 from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus
@@ -59,7 +61,7 @@ PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fi
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
 # Bump when what the analysis computes changes, so a finished analysis folder is redone.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: whole-string trigger placement, Fig. 5 on varying positions
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
@@ -143,16 +145,6 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
     the sink positions vary across samples, as on the paper's MUSE-Books chunks."""
     prose = [s for s in samples_from_passages(passages) if s.score_prompt][:n]
     return [build_ids(tok, s.prompt, tail=s.completion, trigger=trigger).ids for s in prose]
-
-
-def shared_prefix(seqs: list[list[int]]) -> int:
-    """How many leading tokens every sequence shares. At those positions every sample carries the
-    same token (the few-shot context, a prefix trigger), so value norms there vary by head only
-    and a bootstrap over samples has zero width."""
-    n = 0
-    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
-        n += 1
-    return n
 
 
 # ---- the analysis --------------------------------------------------------------------------
@@ -240,13 +232,13 @@ def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], 
         "poisoned": passage_inputs(tok, corpus.forget.passages, trigger, n),
         "retain": passage_inputs(tok, corpus.retain.passages, None, n),
     }
-    shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
+    positions, note = varying_positions(data, positions)
     for variant, name in (("vanilla", "backdoor_prefix"), ("vn", "backdoor_prefix_vn")):
         if name not in bridges:
             continue
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
-        result = paper_comparisons(trio, data, positions, n_boot=n_boot)
-        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, shared_prefix_tokens=shared,
+        result = replace(paper_comparisons(trio, data, positions, n_boot=n_boot), positions_note=note)
+        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, positions_note=note,
                            inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages")
         save_result(result, out, f"correlation_{variant}", run)
 
@@ -332,7 +324,7 @@ def summarise(folder: Path) -> dict:
         "trigger_attention": attention,
         "logits": logits,
         "correlation": correlation,
-        "shared_prefix_tokens": load_run(folder, "correlation_vanilla").get("shared_prefix_tokens") if have("correlation_vanilla") else None,
+        "positions_note": load_run(folder, "correlation_vanilla").get("positions_note") if have("correlation_vanilla") else None,
         "correlation_ordering": ordering,
         "answers": answers,
     }
@@ -353,9 +345,8 @@ def summary_markdown(s: dict) -> str:
               f"{fmt(v['after_trigger']['clean'])} | {fmt(v['after_trigger']['poisoned'])} |" for k, v in s["logits"].items()]
     lines += ["", f"## Insight 3: sink value-norm correlation (S = {s['sink_positions']})", "",
               "| θ_b | comparison | position | r | 95% CI |", "|---|---|---|---|---|"]
-    if s.get("shared_prefix_tokens"):
-        lines[-2:-2] = [f"Leading tokens shared by every prompt: {s['shared_prefix_tokens']}. Sink positions inside that prefix carry the same token "
-                        "in every sample: their value norms vary by head only and the bootstrap interval has zero width.", ""]
+    if s.get("positions_note"):
+        lines[-2:-2] = [f"Positions: {s['positions_note']}.", ""]
     lines += [f"| {variant} | {row['comparison']} | {row['position']} | {fmt(row['r'], 6)} | [{fmt(row['ci_low'], 6)}, {fmt(row['ci_high'], 6)}] |"
               for variant, rows in s["correlation"].items() for row in rows]
     a = s["answers"]

@@ -49,6 +49,29 @@ def norm_correlation(
     return {"position": position, "r": r, "ci_low": lo, "ci_high": hi, "n_samples": int(have.sum()), "n_points": int(a[have].size)}
 
 
+def shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares. Up to there every sample carries the same
+    tokens (BOS, a few-shot context, a prefix trigger), so a causal model's values are the same
+    in every sample: ‖v‖ varies by head only and a correlation over samples means nothing."""
+    n = 0
+    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n
+
+
+def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Sequence[int]) -> tuple[list[int], str]:
+    """The sink positions at which ‖v‖ varies across samples in *every* data set (so the three
+    comparisons of Fig. 5 are read at the same positions), and why. If none of ``positions``
+    does, the first position past every data set's shared prefix is used instead."""
+    shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
+    first = max(shared.values())
+    used = [p for p in positions if p >= first]
+    why = f"leading tokens shared by every sample: {shared}; positions < {first} carry the same tokens in every sample of some data set"
+    if used:
+        return used, f"{why}, so S = {list(positions)} is read at {used}"
+    return [first], f"{why}, so none of S = {list(positions)} varies and the first varying position, {first}, is used"
+
+
 @dataclass
 class NormCorrelation:
     """Fig. 5 table: one row per comparison and sink position."""
@@ -57,6 +80,7 @@ class NormCorrelation:
     layer: int
     n_boot: int
     ci: float
+    positions_note: str = ""  # which positions were used and why (see varying_positions)
 
 
 PAPER_COMPARISONS = (  # (label, model a, model b, dataset)
