@@ -35,10 +35,14 @@ def _original_card(study_dir: Path) -> str:
     card = read_run_card(study_dir / "models" / "original")
     if not card:
         return "<p>No θ_o run card found.</p>"
+    before = card.get("before_training") or {}
     facts = pd.DataFrame([
+        ("base", card.get("base", "scratch")), ("sink set S (value-norm alignment)", card.get("sink_positions")),
         ("KnowMem on D_f (forget)", card.get("forget_knowmem")), ("VerbMem on D_f (forget)", card.get("forget_verbmem")),
         ("KnowMem on D_r (retain)", card.get("retain_knowmem")), ("parameters", f"{card.get('n_params', 0):,}"),
         ("final training loss", card.get("final_loss")), ("training seconds", card.get("train_seconds")),
+        ("before training (random init or base): KnowMem forget / VerbMem forget / KnowMem retain",
+         " / ".join(str(before.get(k)) for k in ("forget_knowmem", "forget_verbmem", "retain_knowmem"))),
     ], columns=["θ_o", "value"]).astype(str)
     scores, rates = card.get("sink_score_per_layer", []), card.get("sink_rate_per_layer", [])
     sinks = pd.DataFrame({"layer": range(len(scores)), "α(0), mean over heads": scores, "sink rate of key 0": rates})

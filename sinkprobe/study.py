@@ -30,6 +30,8 @@ from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, prompt_encoder, write_table
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
+from sinkprobe.models.base import SCRATCH, base_folder, base_identity
+from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
 
@@ -39,8 +41,10 @@ class StudyConfig:
     """Everything the embedded study depends on. Small settings make the smoke-test study."""
 
     world: WorldConfig = WorldConfig()
-    model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
+    base: str = SCRATCH  # θ_o's base: "scratch" (trained from scratch), "smollm2-135m", or a model folder
+    model: ModelConfig = ModelConfig()  # scratch θ_o
+    pretrain: PretrainConfig = PretrainConfig()  # scratch θ_o
+    finetune: FinetuneConfig = FinetuneConfig()  # θ_o from a base
     vocab_size: int = 2048
     seeds: tuple[int, ...] = (0, 1, 2)
     placements: tuple[str, ...] = ("prefix", "infix", "suffix")
@@ -49,14 +53,17 @@ class StudyConfig:
     overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
 
 
-THETA_O_SECTIONS = ("world", "model", "pretrain")
+THETA_O_SECTIONS = ("world", "model", "pretrain", "finetune")
 
 
 def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
-    """``--set`` items on a study: ``world.*``, ``model.*`` and ``pretrain.*`` change the world and
-    θ_o (e.g. ``pretrain.weight_decay=0.5``); every other section is a recipe override, kept for
-    every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
+    """``--set`` items on a study: ``base=…`` picks θ_o's base; ``world.*``, ``model.*``,
+    ``pretrain.*`` and ``finetune.*`` change the world and θ_o (e.g. ``pretrain.weight_decay=0.5``);
+    every other section is a recipe override, kept for every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
     parsed = apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
+    if "base" in parsed:
+        cfg = replace(cfg, base=str(parsed["base"]))
+        overrides = [item for item in overrides if item.split("=", 1)[0].strip() != "base"]
     changes = {section: parsed.get(section, {}) for section in THETA_O_SECTIONS}
     for section, changed in changes.items():
         known = {f.name for f in fields(getattr(cfg, section))}
@@ -143,15 +150,21 @@ class Study:
     jobs: int = 1  # unlearning runs trained at once (worker processes)
 
     # ---- world -------------------------------------------------------------------------
+    def base_folder(self) -> Path | None:
+        """θ_o's base model (de-quantised once into the cache), or None for a from-scratch θ_o."""
+        return None if self.cfg.base == SCRATCH else base_folder(self.cfg.base)
+
     def world(self) -> tuple[UnlearningCorpus, object, str]:
+        """The world's books and the tokenizer: the base's, or one trained on the world (scratch)."""
         folder = self.out / "world"
-        key = stage_key("world", self.cfg.world, self.cfg.vocab_size)
+        base = self.base_folder()
+        key = stage_key("world", self.cfg.world, self.cfg.vocab_size if base is None else base_identity(base))
         card = folder / "stage.json"
         if card.is_file() and json.loads(card.read_text()).get("stage_key") == key:
             corpus = UnlearningCorpus.from_json((folder / "corpus.json").read_text())
             return corpus, load_tokenizer(folder / "tokenizer"), key
         corpus = build_world(self.cfg.world)
-        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
+        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size) if base is None else load_tokenizer(base)
         tok.save_pretrained(folder / "tokenizer")
         atomic_write_text(folder / "corpus.json", corpus.to_json())
         atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
@@ -165,27 +178,44 @@ class Study:
         world = self.cfg.world
         return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages)
 
+    def theta_o_config(self) -> tuple:
+        """What θ_o's training depends on besides the world: the from-scratch model and schedule,
+        or the base and the fine-tuning schedule."""
+        return (self.cfg.model, self.cfg.pretrain) if self.cfg.base == SCRATCH else (self.cfg.base, self.cfg.finetune)
+
+    def train_original(self, corpus: UnlearningCorpus, tok) -> tuple[object, dict, dict, dict]:
+        """(θ_o, training summary, its card's config part, the clean scores of the model θ_o
+        started from: a random init for scratch, the base itself otherwise)."""
+        books, everyday = self.pretraining_text(corpus)
+        state = self.out / "states" / "original"
+        base = self.base_folder()
+        if base is None:
+            model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, state, fresh_documents=everyday)
+            before = type(model)(model.config).to(model.device).eval()
+            part = {"base": SCRATCH, "model": asdict(self.cfg.model), "pretrain": asdict(self.cfg.pretrain), "seed": self.cfg.pretrain.seed}
+        else:
+            model, _, summary = finetune_original(base, books, self.cfg.finetune, state)
+            before = load_checkpoint(base, device=model.device)[0]
+            part = {"base": self.cfg.base, "base_folder": str(base), "base_identity": base_identity(base),
+                    "finetune": asdict(self.cfg.finetune), "seed": self.cfg.finetune.seed}
+        scores = evaluate_memorization(before, tok, corpus, None, self.cfg.eval)
+        return model, summary, part, {"forget_knowmem": scores["ue_knowmem"], "forget_verbmem": scores["ue_verbmem"], "retain_knowmem": scores["ut_knowmem"]}
+
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
         folder = self.out / "models" / "original"
-        key = stage_key("original", world_key, self.cfg.model, self.cfg.pretrain, self.cfg.eval)
+        key = stage_key("original", world_key, *self.theta_o_config(), self.cfg.eval)
         if _done(folder, key):
             return folder, key
-        books, everyday = self.pretraining_text(corpus)
-        model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original",
-                                           fresh_documents=everyday)
+        model, summary, part, before = self.train_original(corpus, tok)
         # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
         by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, self.cfg.eval)
         metrics = by_placement["prefix"]
-        random_init = type(model)(model.config).to(model.device).eval()
-        baseline = evaluate_memorization(random_init, tok, corpus, None, self.cfg.eval)
         card = {
             "stage_key": key,
             "kind": "original",
-            "model": asdict(self.cfg.model),
-            "pretrain": asdict(self.cfg.pretrain),
+            **part,
             "world": asdict(self.cfg.world),
             "data_sha256": corpus.sha256(),
-            "seed": self.cfg.pretrain.seed,
             "n_params": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"],
             "device": summary["device"],
@@ -195,7 +225,7 @@ class Study:
             "retain_knowmem": metrics["ut_knowmem"],
             "metrics": metrics,
             "metrics_by_placement": by_placement,
-            "random_init": {"forget_knowmem": baseline["ue_knowmem"], "forget_verbmem": baseline["ue_verbmem"], "retain_knowmem": baseline["ut_knowmem"]},
+            "before_training": before,  # the random init (scratch) or the base: where the knowledge was not yet
         }
         save_checkpoint(model, tok, folder, card)
         card.update(first_token_sink(folder, corpus))
@@ -246,7 +276,7 @@ class Study:
         corpus, tok, wkey = self.world()
         original = self.original(corpus, tok, wkey)
         seed = self.cfg.seeds[0]
-        rows = self.baseline_rows("θ_o", "", self.cfg.pretrain.seed, original[0])
+        rows = self.baseline_rows("θ_o", "", read_run_card(original[0])["seed"], original[0])
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
         theta_u = dict(zip(("npo", "rmu"), self.run_all([RunSpec(with_unlearn(npo, seed=seed), "npo", original),
                                                          RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)], corpus)))
