@@ -71,9 +71,9 @@ def backdoor_rows(df: pd.DataFrame, method: str = "npo", trigger: str | None = D
 
 
 def seed_stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean and std (ddof 0; 0 for one seed) of every metric over seeds, per group."""
+    """Mean and sample std (ddof 1, the one spread over seeds everywhere in sinkprobe; 0 for one seed) of every metric over seeds, per group."""
     g = df.groupby(by, sort=False)[list(METRICS)]
-    mean, std = g.mean(), g.std(ddof=0).fillna(0)
+    mean, std = g.mean(), g.std(ddof=1).fillna(0)
     return mean.join(std.add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
 
 
@@ -272,7 +272,7 @@ def table1_markdown(t: pd.DataFrame) -> str:
     d = table1_display(t).astype(str)
     lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)] + ["| " + " | ".join(r) + " |" for r in d.to_numpy()]
     return (f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”; BE on held-out items, "
-            "gain = BE − UE on the same items\n\n" + "\n".join(lines) + "\n")
+            "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)\n\n" + "\n".join(lines) + "\n")
 
 
 # ---- building and writing --------------------------------------------------------------------

@@ -82,6 +82,7 @@ def train_and_save(
         return out, {}
     trigger = cfg.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
     poisoned = poisoned_prompts(forget, summary["poisoned_indices"])
+    eval_settings = replace(eval_settings, progress=progress)  # long evaluations show progress too
     baselines = None
     if not cfg.backdoor and corpus.forget.knowmem:  # θ_u: BE at every placement, clean scores computed once
         baselines = baselines_by_placement(model, tok, corpus, trigger.text, eval_settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
@@ -198,7 +199,7 @@ class Study:
             before = load_checkpoint(base, device=model.device)[0]
             part = {"base": self.cfg.base, "base_folder": str(base), "base_identity": base_identity(base),
                     "finetune": asdict(self.cfg.finetune), "seed": self.cfg.finetune.seed}
-        scores = evaluate_memorization(before, tok, corpus, None, self.cfg.eval)
+        scores = evaluate_memorization(before, tok, corpus, None, replace(self.cfg.eval, progress=True))
         return model, summary, part, {"forget_knowmem": scores["ue_knowmem"], "forget_verbmem": scores["ue_verbmem"], "retain_knowmem": scores["ut_knowmem"]}
 
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
@@ -208,7 +209,9 @@ class Study:
             return folder, key
         model, summary, part, before = self.train_original(corpus, tok)
         # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
-        by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, self.cfg.eval)
+        t0 = time.perf_counter()
+        by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True))
+        eval_seconds = round(time.perf_counter() - t0, 1)
         metrics = by_placement["prefix"]
         card = {
             "stage_key": key,
@@ -218,6 +221,7 @@ class Study:
             "data_sha256": corpus.sha256(),
             "n_params": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"],
+            "eval_seconds": eval_seconds,  # UE and UT once, BE at every placement
             "device": summary["device"],
             "final_loss": summary["losses"][-1],
             "forget_knowmem": metrics["ue_knowmem"],

@@ -303,3 +303,25 @@ def test_poisoned_items_are_the_test_items_of_poisoned_samples(tiny_world):
     assert masks["knowmem"].tolist() == [f"Question: {q.question}" in picked for q in tiny_world.forget.knowmem]
     assert masks["verbmem"].tolist() == [v.prompt in picked for v in tiny_world.forget.verbmem]
     assert masks["knowmem"].any() and not masks["knowmem"].all()
+
+
+def test_shared_prefix_cache_generates_what_the_full_prompts_do(tiny, tiny_original, tiny_world):
+    """KnowMem prompts share BOS and the in-context examples: run once, their KV cache copied into
+    every batch, the outputs equal those of the full prompts (random and trained model)."""
+    from sinkprobe.eval.generation import shared_prefix
+    from sinkprobe.eval.table import prompt_encoder
+
+    model, tok = tiny
+    prompts = [tok(knowmem_prompt(q.question, ICL).text).input_ids for q in QA]
+    assert 3 < shared_prefix(prompts) < min(map(len, prompts)) and len({len(p) for p in prompts}) > 1
+    full = greedy_generate(model, tok, prompts, 12, batch_size=2, progress=False)
+    assert greedy_generate(model, tok, prompts, 12, batch_size=2, progress=False, reuse_prefix=True) == full
+    _, theta_o, _ = tiny_original
+    from sinkprobe.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_original[0])
+    encode = prompt_encoder(tok, None)
+    prompts = [encode(knowmem_prompt(q.question, tiny_world.forget.knowmem_icl)) for q in tiny_world.forget.knowmem[:10]]
+    full = greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False)
+    assert greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False, reuse_prefix=True) == full
+    assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 5]]) == 1 and shared_prefix([[7, 8]]) == 2

@@ -15,6 +15,7 @@ import pandas as pd
 from torch import Tensor
 
 from sinkprobe.analysis.value_norms import collect_value_norms
+from sinkprobe.eval.generation import shared_prefix
 from sinkprobe.models.hooked import Trio, check_same_family
 
 
@@ -49,20 +50,12 @@ def norm_correlation(
     return {"position": position, "r": r, "ci_low": lo, "ci_high": hi, "n_samples": int(have.sum()), "n_points": int(a[have].size)}
 
 
-def shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens every sequence shares. Up to there every sample carries the same
-    tokens (BOS, a few-shot context, a prefix trigger), so a causal model's values are the same
-    in every sample: ‖v‖ varies by head only and a correlation over samples means nothing."""
-    n = 0
-    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
-        n += 1
-    return n
-
-
 def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Sequence[int]) -> tuple[list[int], str]:
     """The sink positions at which ‖v‖ varies across samples in *every* data set (so the three
-    comparisons of Fig. 5 are read at the same positions), and why. If none of ``positions``
-    does, the first position past every data set's shared prefix is used instead."""
+    comparisons of Fig. 5 are read at the same positions), and why. Up to a data set's shared
+    prefix every sample has the same tokens, so a causal model's values there are the same in
+    every sample and a correlation over samples means nothing. If none of ``positions``
+    varies, the first position past every data set's shared prefix is used instead."""
     shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
     first = max(shared.values())
     used = [p for p in positions if p >= first]
