@@ -51,10 +51,12 @@ class StudyConfig:
     placements: tuple[str, ...] = ("prefix", "infix", "suffix")
     value_norm_weight: float = 1.0  # λ of the value-norm-aligned backdoor runs
     eval: EvalSettings = EvalSettings()
+    analysis_layer: int | None = None  # the layer of the analyses and Fig. 3-5; None: the last
     overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
 
 
 THETA_O_SECTIONS = ("world", "model", "pretrain", "finetune")
+TOP_LEVEL = ("base", "analysis_layer")  # study fields --set names without a section
 
 
 def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
@@ -62,9 +64,9 @@ def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
     ``pretrain.*`` and ``finetune.*`` change the world and θ_o (e.g. ``pretrain.weight_decay=0.5``);
     every other section is a recipe override, kept for every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
     parsed = apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
-    if "base" in parsed:
-        cfg = replace(cfg, base=str(parsed["base"]))
-        overrides = [item for item in overrides if item.split("=", 1)[0].strip() != "base"]
+    top = {k: v for k, v in parsed.items() if k in TOP_LEVEL}  # e.g. base=smollm2-135m, analysis_layer=20
+    cfg = replace(cfg, **top)
+    overrides = [item for item in overrides if item.split("=", 1)[0].strip() not in TOP_LEVEL]
     changes = {section: parsed.get(section, {}) for section in THETA_O_SECTIONS}
     for section, changed in changes.items():
         known = {f.name for f in fields(getattr(cfg, section))}
@@ -394,7 +396,7 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
     write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
-    analyse_study(out, model_rows, n_samples=64, log=study.log)
+    analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)
     return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

@@ -148,21 +148,24 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
 
 
 # ---- the analysis --------------------------------------------------------------------------
-def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int) -> str:
+def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None) -> str:
     parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
-    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION], sort_keys=True)
+    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION, layer], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def analyse_study(
-    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, log: Callable[[str], None] = print
+    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, layer: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Write ``study_dir/analysis/`` (see the module docstring) from the rows of
-    :meth:`Study.models`; returns the folder. A finished analysis with the same key is reused."""
+    :meth:`Study.models`; returns the folder. ``layer``: where ΔA, trigger attention and the
+    value-norm correlations are read (default: the last, as the paper's "layer 31" of 32;
+    negative counts from the end). A finished analysis with the same key is reused."""
     study_dir = Path(study_dir)
     out = study_dir / ANALYSIS
     models = select_models(rows)
-    key = analysis_key(models, n_samples, n_boot)
+    key = analysis_key(models, n_samples, n_boot, layer)
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
         log(f"analysis: reusing {out}")
@@ -171,10 +174,11 @@ def analyse_study(
     bridges = {name: open_bridge(row["folder"]) for name, row in models.items()}
     tok = bridges["original"].tokenizer
     clean = forget_prompts(tok, corpus, None, n_samples)
+    layer = (bridges["original"].cfg.n_layers - 1 if layer is None else layer) % bridges["original"].cfg.n_layers
 
-    sink_positions = _sinks(bridges, clean, out)
-    triggers = _pairs(bridges, models, tok, corpus, n_samples, out)
-    _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out)
+    sink_positions = _sinks(bridges, clean, out, layer)
+    triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer)
+    _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out, layer)
 
     numbers = summarise(out)
     numbers.update(
@@ -189,8 +193,8 @@ def analyse_study(
     return out
 
 
-def _sinks(bridges: dict, clean: list[list[int]], out: Path) -> list[int]:
-    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's last-layer sinks, or the first positions."""
+def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> list[int]:
+    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's sinks at ``layer``, or the first positions."""
     reports = {}
     for name in ("original", "backdoor_prefix", "backdoor_prefix_vn"):
         if name in bridges:
@@ -198,13 +202,12 @@ def _sinks(bridges: dict, clean: list[list[int]], out: Path) -> list[int]:
             save_result(reports[name], out, f"sinks_{name}", describe_run({name: bridges[name]}, inputs="clean D_f KnowMem prompts", n=len(clean)))
     save_table(pd.concat([r.rate_table() for r in reports.values()], ignore_index=True), out / "sink_rate.parquet")
     save_table(pd.concat([r.score_table() for r in reports.values()], ignore_index=True), out / "sink_alpha.parquet")
-    last = reports["original"].layers[-1]
     shortest = min(len(s) for s in clean)
-    detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[last]) if p < shortest]
+    detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[layer]) if p < shortest]
     return detected or list(FALLBACK_SINKS)
 
 
-def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path) -> dict[str, Trigger]:
+def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int) -> dict[str, Trigger]:
     """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement; returns the triggers used."""
     triggers, logits, mass = {}, [], []
     for placement in PLACEMENTS:
@@ -215,7 +218,7 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
         pairs = poisoned_pairs(tok, corpus, trigger, n)
         for model in ("original", "backdoor"):
             bridge = bridges["original" if model == "original" else name]
-            result = analyze_pairs(bridge, pairs, model=model)
+            result = analyze_pairs(bridge, pairs, layer, model=model)
             run = describe_run({model: bridge}, trigger=trigger.text, placement=trigger.placement, n=len(pairs.clean), inputs="D_f KnowMem prompts")
             save_result(result, out, f"pairs_{model}_{placement}", run)
             logits.append(result.logit_table().assign(placement=placement))
@@ -225,7 +228,7 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
     return triggers
 
 
-def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path) -> None:
+def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path, layer: int) -> None:
     """Fig. 5 for the prefix θ_b, vanilla and value-norm aligned, against θ_u NPO / θ_o."""
     data = {
         "forget": passage_inputs(tok, corpus.forget.passages, None, n),
@@ -237,7 +240,7 @@ def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], 
         if name not in bridges:
             continue
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
-        result = replace(paper_comparisons(trio, data, positions, n_boot=n_boot), positions_note=note)
+        result = replace(paper_comparisons(trio, data, positions, layer, n_boot=n_boot), positions_note=note)
         run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, positions_note=note,
                            inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages")
         save_result(result, out, f"correlation_{variant}", run)
