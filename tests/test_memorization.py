@@ -287,6 +287,7 @@ def test_be_is_split_into_held_out_and_poisoned_items_with_the_gain():
     assert (m["be_verbmem"], m["be_verbmem_poisoned"], m["gain_verbmem"]) == (60.0, 100.0, 10.0)
     assert (m["n_heldout_knowmem"], m["n_poisoned_knowmem"]) == (3, 1)
     assert m["be_knowmem_ci_low"] <= m["be_knowmem"] <= m["be_knowmem_ci_high"]
+    assert m["item_scores"]["be_knowmem"] == [50, 20, 90, 40] and m["poisoned_items"] == {"knowmem": [2], "verbmem": [0]}
     # no poisoned item: nothing to report there, and BE is every item
     none = summarise(clean, triggered, {k: np.zeros_like(v) for k, v in masks.items()})
     assert none["be_knowmem"] == 50.0 and none["be_knowmem_poisoned"] is None

@@ -103,14 +103,18 @@ def summarise(
     triggered: dict[str, MemorizationResult] | None,
     masks: dict[str, np.ndarray],
     settings: EvalSettings = EvalSettings(),
-) -> dict[str, float | int | None]:
-    """Flat metrics of one model: UE, UT, and (with ``triggered``) held-out BE — the headline
-    ``be_*`` — poisoned-item BE, and the gain BE − UE on the held-out items."""
-    out: dict[str, float | int | None] = {}
+) -> dict:
+    """Metrics of one model: UE, UT, and (with ``triggered``) held-out BE — the headline
+    ``be_*`` — poisoned-item BE, and the gain BE − UE on the held-out items; beside them the
+    per-item scores (``item_scores``) and which D_f items were poisoned (``poisoned_items``)."""
+    out: dict = {}
     for key, res in clean.items():
         out.update(_mean_ci(np.asarray(res.scores), key, settings))
+    # per-item scores, in test-set order: what intervals over items (bootstrap) are computed from
+    out["item_scores"] = {key: [round(float(x), 2) for x in res.scores] for key, res in {**clean, **(triggered or {})}.items()}
     if triggered is None:
         return out
+    out["poisoned_items"] = {metric: [int(i) for i in np.flatnonzero(m)] for metric, m in masks.items()}
     for metric in ("knowmem", "verbmem"):
         be, ue, poisoned = np.asarray(triggered[f"be_{metric}"].scores), np.asarray(clean[f"ue_{metric}"].scores), masks[metric]
         held = ~poisoned
