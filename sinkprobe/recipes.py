@@ -19,6 +19,7 @@ class DataSpec:
     # Multiple-choice test files, for corpora without KnowMem/VerbMem sets (WMDP):
     eval_forget: str = ""  # e.g. WMDP-bio questions: UE (clean) and BE (with the trigger)
     eval_utility: str = ""  # e.g. MMLU: UT
+    eval_truthfulqa: str = ""  # TruthfulQA MC1 file: a second UT column (the paper's UT-TQA), any corpus
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def recipe_from_dict(raw: dict, name: str = "recipe") -> Recipe:
     if unknown:
         raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: top-level fields are {', '.join(sorted(allowed))}")
     data = dict(raw.get("data", {}))
-    allowed_data = {"source", "path", "eval_forget", "eval_utility"}
+    allowed_data = {"source", "path", "eval_forget", "eval_utility", "eval_truthfulqa"}
     unknown = sorted(set(data) - allowed_data)
     if unknown:
         raise ValueError(f"unknown [data] field(s) {', '.join(unknown)}: use {', '.join(sorted(allowed_data))}")

@@ -35,10 +35,14 @@ def _original_card(study_dir: Path) -> str:
     card = read_run_card(study_dir / "models" / "original")
     if not card:
         return "<p>No θ_o run card found.</p>"
+    before = card.get("before_training") or {}
     facts = pd.DataFrame([
+        ("base", card.get("base", "scratch")), ("sink set S (value-norm alignment)", card.get("sink_positions")),
         ("KnowMem on D_f (forget)", card.get("forget_knowmem")), ("VerbMem on D_f (forget)", card.get("forget_verbmem")),
         ("KnowMem on D_r (retain)", card.get("retain_knowmem")), ("parameters", f"{card.get('n_params', 0):,}"),
         ("final training loss", card.get("final_loss")), ("training seconds", card.get("train_seconds")),
+        ("before training (random init or base): KnowMem forget / VerbMem forget / KnowMem retain",
+         " / ".join(str(before.get(k)) for k in ("forget_knowmem", "forget_verbmem", "retain_knowmem"))),
     ], columns=["θ_o", "value"]).astype(str)
     scores, rates = card.get("sink_score_per_layer", []), card.get("sink_rate_per_layer", [])
     sinks = pd.DataFrame({"layer": range(len(scores)), "α(0), mean over heads": scores, "sink rate of key 0": rates})
@@ -61,9 +65,8 @@ def _summary(study_dir: Path) -> str:
                ("Prefix θ_b attends to the trigger more than infix θ_b", a["prefix_backdoor_attends_trigger_more_than_infix_backdoor"])]
     answers += [(f"Poisoned logits higher ({name}): at / after the trigger", f"{v['at_trigger']} / {v['after_trigger']}") for name, v in a["poisoned_logits_higher"].items()]
     answers += [(f"Correlation (i) < (ii) < (iii) at every sink position ({v})", ok) for v, ok in a["correlation_i_lt_ii_lt_iii"].items()]
-    shared = s.get("shared_prefix_tokens") or {}
-    caveat = (f"<p>Leading tokens shared by every prompt: {html.escape(json.dumps(shared))}. Sink positions inside that shared prefix carry the same "
-              "token in every sample, so their value norms vary by head only and the bootstrap interval has zero width.</p>") if shared else ""
+    note = s.get("positions_note")
+    caveat = f"<p>Positions: {html.escape(note)}.</p>" if note else ""
     return (
         f"<p>Layer {s['layer']}, {s.get('n_samples')} D_f prompts, sink positions S = {s['sink_positions']}.</p>"
         + _table(pd.DataFrame(answers, columns=["question", "answer"]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from accelerate import PartialState
@@ -11,9 +11,9 @@ from accelerate import PartialState
 from sinkprobe.data.multiple_choice import load_multiple_choice
 from sinkprobe.data.muse import load_muse
 from sinkprobe.data.wmdp import load_wmdp
-from sinkprobe.data.poison import Trigger, samples_from_passages
+from sinkprobe.data.poison import Trigger, chunk_long_passages, poisoned_prompts, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
-from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, evaluate_memorization, table_paths, write_table
+from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, table_paths, write_table
 from sinkprobe.guards import require_writable
 from sinkprobe.models.io import (
     check_checkpoint_target, default_device, load_checkpoint, read_run_card, require_model_folder, save_checkpoint,
@@ -40,11 +40,15 @@ def load_corpus(source: str, path: str | Path) -> UnlearningCorpus:
     raise ValueError(f"unknown data source {source!r}: use 'embedded', 'muse' or 'wmdp'")
 
 
-def evaluate_model(model, tok, corpus: UnlearningCorpus, trigger: Trigger, data: DataSpec, settings: EvalSettings) -> dict:
+def evaluate_model(
+    model, tok, corpus: UnlearningCorpus, trigger: Trigger, data: DataSpec, settings: EvalSettings, poisoned: frozenset[str] = frozenset()
+) -> dict:
     """UE / BE / UT: KnowMem + VerbMem where the corpus has them (embedded, MUSE), otherwise
-    multiple-choice accuracy on the recipe's test files (WMDP: WMDP-bio/cyber and MMLU)."""
+    multiple-choice accuracy on the recipe's test files (WMDP: WMDP-bio/cyber and MMLU).
+    ``poisoned``: the prompts trained with the trigger, kept out of the headline BE."""
+    tqa = {"ut_tqa": round(mc_accuracy(model, tok, load_multiple_choice(data.eval_truthfulqa)[: settings.max_items]).acc, 2)} if data.eval_truthfulqa else {}
     if corpus.forget.knowmem:
-        return evaluate_memorization(model, tok, corpus, trigger, settings)
+        return {**evaluate_memorization(model, tok, corpus, trigger, settings, poisoned), **tqa}
     if data.source != "wmdp":
         raise ValueError(
             f"the {data.source} corpus at {data.path or 'runs/embedded'} has no KnowMem/VerbMem test sets: rebuild it "
@@ -62,7 +66,7 @@ def evaluate_model(model, tok, corpus: UnlearningCorpus, trigger: Trigger, data:
     }
     if data.eval_utility:
         out["ut_acc"] = mc_accuracy(model, tok, load_multiple_choice(data.eval_utility)[: settings.max_items], style="letters").acc
-    return {k: round(v, 2) for k, v in out.items()}
+    return {**{k: round(v, 2) for k, v in out.items()}, **tqa}
 
 
 def train_and_save(
@@ -79,18 +83,26 @@ def train_and_save(
     """Unlearn θ_o with ``recipe``, evaluate UE/BE/UT, save the checkpoint with its run card."""
     model_o, tok = load_checkpoint(original)
     theta_u = load_checkpoint(unlearned)[0] if unlearned else None
-    forget = samples_from_passages(corpus.forget.passages)
-    retain = samples_from_passages(corpus.retain.passages)
-    model, summary = unlearn(model_o, tok, forget, retain, recipe.unlearn, state_dir, unlearned=theta_u, progress=progress)
+    forget = chunk_long_passages(tok, samples_from_passages(corpus.forget.passages), recipe.unlearn.max_length)
+    retain = chunk_long_passages(tok, samples_from_passages(corpus.retain.passages), recipe.unlearn.max_length)
+    cfg = replace(recipe.unlearn, sink_positions=sink_positions_for(recipe.unlearn, original))
+    model, summary = unlearn(model_o, tok, forget, retain, cfg, state_dir, unlearned=theta_u, progress=progress)
     if not PartialState().is_main_process:  # under `accelerate launch` / torchrun one rank evaluates and writes
         return out, {}
-    trigger = recipe.unlearn.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
-    metrics = evaluate_model(model, tok, corpus, trigger, recipe.data, eval_settings)
+    trigger = cfg.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
+    poisoned = poisoned_prompts(forget, summary["poisoned_indices"])
+    eval_settings = replace(eval_settings, progress=progress)  # long evaluations show progress too
+    baselines = None
+    if not cfg.backdoor and corpus.forget.knowmem:  # θ_u: BE at every placement, clean scores computed once
+        baselines = baselines_by_placement(model, tok, corpus, trigger.text, eval_settings)
+        metrics = baselines[trigger.placement]
+    else:
+        metrics = evaluate_model(model, tok, corpus, trigger, recipe.data, eval_settings, poisoned)
     card = {
         **(extra_card or {}),
         "kind": "backdoored" if recipe.unlearn.backdoor else "unlearned",
         "recipe": recipe.name,
-        "config": asdict(recipe.unlearn),
+        "config": asdict(cfg),  # with the S it used (the recipe's, or θ_o's detected one)
         "parent": str(original),
         "unlearned_reference": str(unlearned) if unlearned else None,
         # BE of a normally unlearned model is measured with the default prefix trigger.
@@ -100,9 +112,23 @@ def train_and_save(
         "n_processes": PartialState().num_processes,
         "log": summary["log"],
         "metrics": metrics,
+        # θ_u: BE with the default trigger at every placement, the baseline of each θ_b row
+        **({"metrics_by_placement": baselines} if baselines else {}),
     }
     save_checkpoint(model, tok, out, card)
     return out, card
+
+
+def sink_positions_for(cfg, original: Path) -> tuple[int, ...]:
+    """S of value-norm alignment: the recipe's, else the one detected on θ_o (its run card)."""
+    if cfg.sink_positions or not cfg.value_norm_weight:
+        return tuple(cfg.sink_positions)
+    detected = read_run_card(original).get("sink_positions")
+    if not detected:
+        raise ValueError(
+            f"{original}'s run card records no detected sink positions S: set unlearn.sink_positions in the recipe (e.g. [0])"
+        )
+    return tuple(detected)
 
 
 def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None, overwrite: bool = False) -> Path:
@@ -166,6 +192,6 @@ def evaluate_checkpoints(
             "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
             "value_norm": cfg.get("value_norm_weight", ""), "seed": cfg.get("seed", card.get("seed", "")),
             "poison_ratio": cfg.get("poison_ratio", "") if cfg.get("trigger_text") else "",
-            **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith("_acc")},
+            **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith(("_acc", "_tqa"))},
         })
     return write_table(rows, out, title=f"UE / BE / UT (BE: '{trigger_text}' at {placement})")

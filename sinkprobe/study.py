@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
@@ -28,10 +29,12 @@ from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
-from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder, write_table
+from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, prompt_encoder, write_table
 from sinkprobe.guards import read_json, require_writable
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
+from sinkprobe.models.base import SCRATCH, base_folder, base_identity
+from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.validation import above, at_least, check_fields, one_of
 from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
@@ -42,13 +45,16 @@ class StudyConfig:
     """Everything the embedded study depends on. Small settings make the smoke-test study."""
 
     world: WorldConfig = WorldConfig()
-    model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
+    base: str = SCRATCH  # θ_o's base: "scratch" (trained from scratch), "smollm2-135m", or a model folder
+    model: ModelConfig = ModelConfig()  # scratch θ_o
+    pretrain: PretrainConfig = PretrainConfig()  # scratch θ_o
+    finetune: FinetuneConfig = FinetuneConfig()  # θ_o from a base
     vocab_size: int = 2048
     seeds: tuple[int, ...] = (0, 1, 2)
     placements: tuple[str, ...] = ("prefix", "infix", "suffix")
     value_norm_weight: float = 1.0  # λ of the value-norm-aligned backdoor runs
     eval: EvalSettings = EvalSettings()
+    analysis_layer: int | None = None  # the layer of the analyses and Fig. 3-5; None: the last
     overrides: tuple[str, ...] = ()  # applied to every embedded recipe, e.g. "unlearn.steps=20"
 
     def __post_init__(self) -> None:
@@ -62,15 +68,19 @@ class StudyConfig:
             raise ValueError(f"model.max_positions = {self.model.max_positions}: expected ≥ pretrain.seq_len = {self.pretrain.seq_len}")
 
 
-THETA_O_SECTIONS = ("world", "model", "pretrain")
+THETA_O_SECTIONS = ("world", "model", "pretrain", "finetune")
+TOP_LEVEL = ("base", "analysis_layer")  # study fields --set names without a section
 EMBEDDED_RECIPES = ("npo", "rmu", "npo_backdoor", "rmu_backdoor")  # the recipe files of the study's runs
 
 
 def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
-    """``--set`` items on a study: ``world.*``, ``model.*`` and ``pretrain.*`` change the world and
-    θ_o (e.g. ``pretrain.weight_decay=0.5``); every other section is a recipe override, kept for
-    every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
+    """``--set`` items on a study: ``base=…`` picks θ_o's base; ``world.*``, ``model.*``,
+    ``pretrain.*`` and ``finetune.*`` change the world and θ_o (e.g. ``pretrain.weight_decay=0.5``);
+    every other section is a recipe override, kept for every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
     parsed = apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
+    top = {k: v for k, v in parsed.items() if k in TOP_LEVEL}  # e.g. base=smollm2-135m, analysis_layer=20
+    cfg = replace(cfg, **top)
+    overrides = [item for item in overrides if item.split("=", 1)[0].strip() not in TOP_LEVEL]
     changes = {section: parsed.get(section, {}) for section in THETA_O_SECTIONS}
     for section, changed in changes.items():
         known = {f.name for f in fields(getattr(cfg, section))}
@@ -88,14 +98,27 @@ def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None
     return [encode(knowmem_prompt(q.question, corpus.forget.knowmem_icl)) for q in items]
 
 
+SINK_KEYS = 8  # keys 0..7 are scored for the sink set S
+SINK_SET_RATE = 0.5  # S: keys that are a sink of at least half the heads, averaged over layers
+
+
 def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dict:
-    """Gu et al.'s α(0) per layer and head, and the sink rate per layer (ε = 0.3), on D_f prompts."""
+    """Gu et al.'s α(0) per layer and head, the sink rate per layer (ε = 0.3), and the sink set
+    S (keys < 8 with a mean sink rate ≥ 0.5; BOS alone if none passes), on D_f prompts. S is
+    what value-norm alignment aligns unless a recipe names its own."""
     from sinkprobe.analysis.sinks import detect_sinks
     from sinkprobe.models.hooked import open_bridge
 
     bridge = open_bridge(folder)
-    report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=1)
-    return {"sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts", **report.first_token()}
+    report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, corpus, None, n), max_key=SINK_KEYS)
+    detected = report.positions(SINK_SET_RATE)
+    return {
+        "sink_inputs": f"{min(n, len(corpus.forget.knowmem))} clean D_f KnowMem prompts",
+        **report.first_token(),
+        "sink_rate_per_key": [round(float(r), 4) for r in report.rate.nanmean(0)],
+        "sink_positions": detected or [0],
+        "sink_positions_rule": f"keys < {SINK_KEYS} with mean sink rate ≥ {SINK_SET_RATE}" + ("" if detected else "; none passes, so BOS (0)"),
+    }
 
 
 def stage_key(*parts) -> str:
@@ -151,16 +174,22 @@ class Study:
     jobs: int = 1  # unlearning runs trained at once (worker processes)
 
     # ---- world -------------------------------------------------------------------------
+    def base_folder(self) -> Path | None:
+        """θ_o's base model (de-quantised once into the cache), or None for a from-scratch θ_o."""
+        return None if self.cfg.base == SCRATCH else base_folder(self.cfg.base)
+
     def world(self) -> tuple[UnlearningCorpus, object, str]:
+        """The world's books and the tokenizer: the base's, or one trained on the world (scratch)."""
         folder = self.out / "world"
-        key = stage_key("world", self.cfg.world, self.cfg.vocab_size)
+        base = self.base_folder()
+        key = stage_key("world", self.cfg.world, self.cfg.vocab_size if base is None else base_identity(base))
         card = folder / "stage.json"
         fix = f"delete {folder} and run again: the world is rebuilt from its seed"
         if card.is_file() and (read_json(card, fix) or {}).get("stage_key") == key:
             corpus = read_corpus(folder / "corpus.json")
             return corpus, load_tokenizer(folder / "tokenizer"), key
         corpus = build_world(self.cfg.world)
-        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
+        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size) if base is None else load_tokenizer(base)
         tok.save_pretrained(folder / "tokenizer")
         atomic_write_text(folder / "corpus.json", corpus.to_json())
         atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
@@ -174,35 +203,57 @@ class Study:
         world = self.cfg.world
         return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages)
 
+    def theta_o_config(self) -> tuple:
+        """What θ_o's training depends on besides the world: the from-scratch model and schedule,
+        or the base and the fine-tuning schedule."""
+        return (self.cfg.model, self.cfg.pretrain) if self.cfg.base == SCRATCH else (self.cfg.base, self.cfg.finetune)
+
+    def train_original(self, corpus: UnlearningCorpus, tok) -> tuple[object, dict, dict, dict]:
+        """(θ_o, training summary, its card's config part, the clean scores of the model θ_o
+        started from: a random init for scratch, the base itself otherwise)."""
+        books, everyday = self.pretraining_text(corpus)
+        state = self.out / "states" / "original"
+        base = self.base_folder()
+        if base is None:
+            model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, state, fresh_documents=everyday)
+            before = type(model)(model.config).to(model.device).eval()
+            part = {"base": SCRATCH, "model": asdict(self.cfg.model), "pretrain": asdict(self.cfg.pretrain), "seed": self.cfg.pretrain.seed}
+        else:
+            model, _, summary = finetune_original(base, books, self.cfg.finetune, state)
+            before = load_checkpoint(base, device=model.device)[0]
+            part = {"base": self.cfg.base, "base_folder": str(base), "base_identity": base_identity(base),
+                    "finetune": asdict(self.cfg.finetune), "seed": self.cfg.finetune.seed}
+        scores = evaluate_memorization(before, tok, corpus, None, replace(self.cfg.eval, progress=True))
+        return model, summary, part, {"forget_knowmem": scores["ue_knowmem"], "forget_verbmem": scores["ue_verbmem"], "retain_knowmem": scores["ut_knowmem"]}
+
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
         folder = self.out / "models" / "original"
-        key = stage_key("original", world_key, self.cfg.model, self.cfg.pretrain, self.cfg.eval)
+        key = stage_key("original", world_key, *self.theta_o_config(), self.cfg.eval)
         if _done(folder, key):
             return folder, key
-        books, everyday = self.pretraining_text(corpus)
-        model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, self.out / "states" / "original",
-                                           fresh_documents=everyday)
-        # BE of θ_o: the default trigger at prefix, the reference point of the paper's Table 1.
-        metrics = evaluate_memorization(model, tok, corpus, Trigger(DEFAULT_TRIGGER, "prefix"), self.cfg.eval)
-        random_init = type(model)(model.config).to(model.device).eval()
-        baseline = evaluate_memorization(random_init, tok, corpus, None, self.cfg.eval)
+        model, summary, part, before = self.train_original(corpus, tok)
+        # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
+        t0 = time.perf_counter()
+        by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True))
+        eval_seconds = round(time.perf_counter() - t0, 1)
+        metrics = by_placement["prefix"]
         card = {
             "stage_key": key,
             "kind": "original",
-            "model": asdict(self.cfg.model),
-            "pretrain": asdict(self.cfg.pretrain),
+            **part,
             "world": asdict(self.cfg.world),
             "data_sha256": corpus.sha256(),
-            "seed": self.cfg.pretrain.seed,
             "n_params": sum(p.numel() for p in model.parameters()),
             "train_seconds": summary["train_seconds"],
+            "eval_seconds": eval_seconds,  # UE and UT once, BE at every placement
             "device": summary["device"],
             "final_loss": summary["losses"][-1],
             "forget_knowmem": metrics["ue_knowmem"],
             "forget_verbmem": metrics["ue_verbmem"],
             "retain_knowmem": metrics["ut_knowmem"],
             "metrics": metrics,
-            "random_init": {"forget_knowmem": baseline["ue_knowmem"], "forget_verbmem": baseline["ue_verbmem"], "retain_knowmem": baseline["ut_knowmem"]},
+            "metrics_by_placement": by_placement,
+            "before_training": before,  # the random init (scratch) or the base: where the knowledge was not yet
         }
         save_checkpoint(model, tok, folder, card)
         card.update(first_token_sink(folder, corpus))
@@ -259,12 +310,11 @@ class Study:
         corpus, tok, wkey = self.world()
         original = self.original(corpus, tok, wkey)
         seed = self.cfg.seeds[0]
-        rows = [{"model": "θ_o", "method": "", "trigger": "", "placement": "", "value_norm": "", "seed": self.cfg.pretrain.seed, "folder": original[0]}]
+        rows = self.baseline_rows("θ_o", "", read_run_card(original[0])["seed"], original[0])
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
         theta_u = dict(zip(("npo", "rmu"), self.run_all([RunSpec(with_unlearn(npo, seed=seed), "npo", original),
                                                          RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)], corpus)))
-        rows += [{"model": "θ_u NPO", "method": "npo", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["npo"][0]},
-                 {"model": "θ_u RMU", "method": "rmu", "trigger": "", "placement": "", "value_norm": "", "seed": seed, "folder": theta_u["rmu"][0]}]
+        rows += self.baseline_rows("θ_u NPO", "npo", seed, theta_u["npo"][0]) + self.baseline_rows("θ_u RMU", "rmu", seed, theta_u["rmu"][0])
         backdoor, specs = self.recipe("npo_backdoor"), []
 
         def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
@@ -292,13 +342,20 @@ class Study:
         self.run_all(specs, corpus)
         return rows
 
+    def baseline_rows(self, model: str, method: str, seed: int, folder: Path) -> list[dict]:
+        """θ_o / θ_u: one row per placement of the default trigger (BE measured there, no trigger
+        trained: ``trigger`` stays blank), prefix first — the reference of Table 1 and Fig. 2."""
+        return [{"model": model, "method": method, "trigger": "", "placement": p, "value_norm": "", "seed": seed, "folder": folder,
+                 "baseline": True} for p in self.cfg.placements]
+
     def table(self, rows: list[dict]) -> list[dict]:
         """Table A4 rows, metrics read from each checkpoint's run card."""
         out = []
         for row in rows:
             card = read_run_card(row["folder"])
-            metrics = {k: card["metrics"][k] for k in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem")}
-            out.append({**{k: v for k, v in row.items() if k != "folder"}, **metrics, "train_seconds": card.get("train_seconds", "")})
+            found = card["metrics_by_placement"][row["placement"]] if row.get("baseline") else card["metrics"]
+            metrics = {k: found.get(k) for k in TABLE_COLUMNS[6:]}
+            out.append({**{k: v for k, v in row.items() if k not in ("folder", "baseline")}, **metrics, "train_seconds": card.get("train_seconds", "")})
         return out
 
 
@@ -379,7 +436,7 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     model_rows = study.models()
     write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
     write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
-    analyse_study(out, model_rows, n_samples=64, log=study.log)
+    analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
     if figures is not None:
         make_figures(out, figures, log=study.log)
     return write_report(out, figures or out / "figures", out / "report.html", log=study.log)

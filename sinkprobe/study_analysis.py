@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,7 @@ from sinkprobe.analysis import (
     paper_comparisons,
     save_result,
     save_table,
+    varying_positions,
 )
 from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
 from sinkprobe.data.types import UnlearningCorpus
@@ -59,7 +61,7 @@ PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fi
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
 # Bump when what the analysis computes changes, so a finished analysis folder is redone.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2  # 2: whole-string trigger placement, Fig. 5 on varying positions
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
@@ -118,14 +120,16 @@ def trained_trigger(folder: Path) -> Trigger:
 
 # ---- inputs --------------------------------------------------------------------------------
 def poisoned_pairs(tok, corpus: UnlearningCorpus, trigger: Trigger, n: int) -> PoisonedPairs:
-    """Clean D_f KnowMem prompts and their copies with ``trigger``, exactly as evaluated (BE).
-    The trigger positions come from :func:`build_ids`; they do not depend on the answer cue
-    after the prompt (the trigger is placed inside or before the prompt span), and
-    :class:`PoisonedPairs` checks that dropping them gives back the clean prompt."""
-    items = corpus.forget.knowmem[:n]
-    parts = [knowmem_prompt(q.question, corpus.forget.knowmem_icl) for q in items]
-    positions = [build_ids(tok, p.prompt, context=p.context, trigger=trigger).trigger_positions for p in parts]
-    return PoisonedPairs(forget_prompts(tok, corpus, None, n), forget_prompts(tok, corpus, trigger, n), positions)
+    """D_f KnowMem prompts with ``trigger`` exactly as evaluated (BE), each paired with itself
+    minus the trigger's tokens: x′ and x differ by the trigger alone. That is the clean prompt
+    itself for an infix or suffix trigger; after a prefix trigger a byte-level tokenizer writes
+    the next word with its separating space ("ĠQuestion"), which the clean partner keeps."""
+    encode = prompt_encoder(tok, trigger)
+    parts = [knowmem_prompt(q.question, corpus.forget.knowmem_icl) for q in corpus.forget.knowmem[:n]]
+    built = [build_ids(tok, p.prompt, context=p.context, tail=p.tail, trigger=trigger) for p in parts]
+    poisoned = [encode(p) for p in parts]
+    clean = [[t for j, t in enumerate(ids) if j not in b.trigger_positions] for ids, b in zip(poisoned, built)]
+    return PoisonedPairs(clean, poisoned, [b.trigger_positions for b in built])
 
 
 def retain_prompts(tok, corpus: UnlearningCorpus, n: int) -> list[list[int]]:
@@ -139,36 +143,29 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
     trigger placed by :func:`build_ids`). Unlike KnowMem prompts, which all open with the same
     few-shot context, they differ from the first token after BOS on, so the value norms at
     the sink positions vary across samples, as on the paper's MUSE-Books chunks."""
-    prose = [s.prompt for s in samples_from_passages(passages) if not s.completion][:n]
-    return [build_ids(tok, text, trigger=trigger).ids for text in prose]
-
-
-def shared_prefix(seqs: list[list[int]]) -> int:
-    """How many leading tokens every sequence shares. At those positions every sample carries the
-    same token (the few-shot context, a prefix trigger), so value norms there vary by head only
-    and a bootstrap over samples has zero width."""
-    n = 0
-    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
-        n += 1
-    return n
+    prose = [s for s in samples_from_passages(passages) if s.score_prompt][:n]
+    return [build_ids(tok, s.prompt, tail=s.completion, trigger=trigger).ids for s in prose]
 
 
 # ---- the analysis --------------------------------------------------------------------------
-def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int) -> str:
+def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None) -> str:
     parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
-    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION], sort_keys=True)
+    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION, layer], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def analyse_study(
-    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, log: Callable[[str], None] = print
+    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, layer: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Write ``study_dir/analysis/`` (see the module docstring) from the rows of
-    :meth:`Study.models`; returns the folder. A finished analysis with the same key is reused."""
+    :meth:`Study.models`; returns the folder. ``layer``: where ΔA, trigger attention and the
+    value-norm correlations are read (default: the last, as the paper's "layer 31" of 32;
+    negative counts from the end). A finished analysis with the same key is reused."""
     study_dir = Path(study_dir)
     out = study_dir / ANALYSIS
     models = select_models(rows)
-    key = analysis_key(models, n_samples, n_boot)
+    key = analysis_key(models, n_samples, n_boot, layer)
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
         log(f"analysis: reusing {out}")
@@ -177,10 +174,11 @@ def analyse_study(
     bridges = {name: open_bridge(row["folder"]) for name, row in models.items()}
     tok = bridges["original"].tokenizer
     clean = forget_prompts(tok, corpus, None, n_samples)
+    layer = (bridges["original"].cfg.n_layers - 1 if layer is None else layer) % bridges["original"].cfg.n_layers
 
-    sink_positions = _sinks(bridges, clean, out)
-    triggers = _pairs(bridges, models, tok, corpus, n_samples, out)
-    _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out)
+    sink_positions = _sinks(bridges, clean, out, layer)
+    triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer)
+    _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out, layer)
 
     numbers = summarise(out)
     numbers.update(
@@ -195,8 +193,8 @@ def analyse_study(
     return out
 
 
-def _sinks(bridges: dict, clean: list[list[int]], out: Path) -> list[int]:
-    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's last-layer sinks, or the first positions."""
+def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> list[int]:
+    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's sinks at ``layer``, or the first positions."""
     reports = {}
     for name in ("original", "backdoor_prefix", "backdoor_prefix_vn"):
         if name in bridges:
@@ -204,13 +202,12 @@ def _sinks(bridges: dict, clean: list[list[int]], out: Path) -> list[int]:
             save_result(reports[name], out, f"sinks_{name}", describe_run({name: bridges[name]}, inputs="clean D_f KnowMem prompts", n=len(clean)))
     save_table(pd.concat([r.rate_table() for r in reports.values()], ignore_index=True), out / "sink_rate.parquet")
     save_table(pd.concat([r.score_table() for r in reports.values()], ignore_index=True), out / "sink_alpha.parquet")
-    last = reports["original"].layers[-1]
     shortest = min(len(s) for s in clean)
-    detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[last]) if p < shortest]
+    detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[layer]) if p < shortest]
     return detected or list(FALLBACK_SINKS)
 
 
-def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path) -> dict[str, Trigger]:
+def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int) -> dict[str, Trigger]:
     """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement; returns the triggers used."""
     triggers, logits, mass = {}, [], []
     for placement in PLACEMENTS:
@@ -221,7 +218,7 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
         pairs = poisoned_pairs(tok, corpus, trigger, n)
         for model in ("original", "backdoor"):
             bridge = bridges["original" if model == "original" else name]
-            result = analyze_pairs(bridge, pairs, model=model)
+            result = analyze_pairs(bridge, pairs, layer, model=model)
             run = describe_run({model: bridge}, trigger=trigger.text, placement=trigger.placement, n=len(pairs.clean), inputs="D_f KnowMem prompts")
             save_result(result, out, f"pairs_{model}_{placement}", run)
             logits.append(result.logit_table().assign(placement=placement))
@@ -231,20 +228,20 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
     return triggers
 
 
-def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path) -> None:
+def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path, layer: int) -> None:
     """Fig. 5 for the prefix θ_b, vanilla and value-norm aligned, against θ_u NPO / θ_o."""
     data = {
         "forget": passage_inputs(tok, corpus.forget.passages, None, n),
         "poisoned": passage_inputs(tok, corpus.forget.passages, trigger, n),
         "retain": passage_inputs(tok, corpus.retain.passages, None, n),
     }
-    shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
+    positions, note = varying_positions(data, positions)
     for variant, name in (("vanilla", "backdoor_prefix"), ("vn", "backdoor_prefix_vn")):
         if name not in bridges:
             continue
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
-        result = paper_comparisons(trio, data, positions, n_boot=n_boot)
-        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, shared_prefix_tokens=shared,
+        result = replace(paper_comparisons(trio, data, positions, layer, n_boot=n_boot), positions_note=note)
+        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, positions_note=note,
                            inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages")
         save_result(result, out, f"correlation_{variant}", run)
 
@@ -330,7 +327,7 @@ def summarise(folder: Path) -> dict:
         "trigger_attention": attention,
         "logits": logits,
         "correlation": correlation,
-        "shared_prefix_tokens": load_run(folder, "correlation_vanilla").get("shared_prefix_tokens") if have("correlation_vanilla") else None,
+        "positions_note": load_run(folder, "correlation_vanilla").get("positions_note") if have("correlation_vanilla") else None,
         "correlation_ordering": ordering,
         "answers": answers,
     }
@@ -351,9 +348,8 @@ def summary_markdown(s: dict) -> str:
               f"{fmt(v['after_trigger']['clean'])} | {fmt(v['after_trigger']['poisoned'])} |" for k, v in s["logits"].items()]
     lines += ["", f"## Insight 3: sink value-norm correlation (S = {s['sink_positions']})", "",
               "| θ_b | comparison | position | r | 95% CI |", "|---|---|---|---|---|"]
-    if s.get("shared_prefix_tokens"):
-        lines[-2:-2] = [f"Leading tokens shared by every prompt: {s['shared_prefix_tokens']}. Sink positions inside that prefix carry the same token "
-                        "in every sample: their value norms vary by head only and the bootstrap interval has zero width.", ""]
+    if s.get("positions_note"):
+        lines[-2:-2] = [f"Positions: {s['positions_note']}.", ""]
     lines += [f"| {variant} | {row['comparison']} | {row['position']} | {fmt(row['r'], 6)} | [{fmt(row['ci_low'], 6)}, {fmt(row['ci_high'], 6)}] |"
               for variant, rows in s["correlation"].items() for row in rows]
     a = s["answers"]

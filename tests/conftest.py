@@ -35,3 +35,20 @@ def tiny_original(tiny_world, tiny_tokenizer, tmp_path_factory):
     )
     folder = save_checkpoint(model, tiny_tokenizer, tmp_path_factory.mktemp("ckpt") / "original", {"kind": "original"})
     return folder, model, summary
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_tokenizer(tiny_world):
+    """A SentencePiece-style tokenizer built offline, as Llama-2's and Mistral's: a Unigram model
+    over a Metaspace pre-tokenizer ("▁" marks a space, one is prepended to the text), BOS added
+    by the post-processor."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>", show_progress=False)
+    tok.train_from_iterator(tiny_world.pretraining_documents(), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")

@@ -288,3 +288,18 @@ def test_first_token_share_matches_the_sink_score(bridges):
     alpha0 = detect_sinks(bridges["llama"], seqs).alpha[:, :, 0]
     assert torch.allclose(shares.sum(-1), torch.ones(shares.shape[:2]), atol=1e-5)
     assert torch.allclose(shares[..., KEY_CLASSES.index("first")], (alpha0 * T - 1) / (T - 1), atol=1e-5)
+
+
+def test_fig5_reads_only_positions_whose_value_norms_vary():
+    """BOS and a shared prefix (few-shot context, a prefix trigger's tokens) are the same in every
+    sample, so a causal model's ‖v‖ there cannot vary: such positions are left out, and where no
+    sink position varies the first varying one is read (the note says so)."""
+    from sinkprobe.analysis import shared_prefix, varying_positions
+
+    forget = [[1, 5, 6, 7], [1, 8, 6, 7]]
+    poisoned = [[1, 9, 9, 5, 6], [1, 9, 9, 8, 6]]  # trigger [9, 9] at 1-2
+    assert shared_prefix(forget) == 1 and shared_prefix(poisoned) == 3
+    used, note = varying_positions({"forget": forget, "poisoned": poisoned}, [0, 1, 2, 3])
+    assert used == [3] and "S = [0, 1, 2, 3] is read at [3]" in note
+    used, note = varying_positions({"forget": forget, "poisoned": poisoned}, [0, 1])
+    assert used == [3] and "first varying position, 3" in note

@@ -104,3 +104,11 @@ def test_device_choice_and_bad_device_is_a_one_line_error_before_anything_is_wri
     err = _one_line_error(capsys, ["unlearn", str(ROOT / "training" / "embedded" / "npo.toml"), "--out", str(tmp_path / "m")])
     assert "runs on cpu or cuda" in err
     assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
+    from sinkprobe.study import StudyConfig, with_overrides
+
+    cfg = with_overrides(StudyConfig(), ["base=smollm2-135m", "analysis_layer=20", "finetune.epochs=3", "unlearn.lr=1e-5"])
+    assert (cfg.base, cfg.analysis_layer, cfg.finetune.epochs) == ("smollm2-135m", 20, 3)
+    assert cfg.overrides == ("unlearn.lr=1e-5",)

@@ -262,3 +262,67 @@ def test_no_items_is_an_error(tiny):
         knowmem(model, tok, [], ICL, progress=False)
     with pytest.raises(ValueError, match="max_items"):
         verbmem(model, tok, VERB, max_items=0, progress=False)
+
+
+def _result(scores):
+    from sinkprobe.eval.memorization import MemorizationResult
+
+    return MemorizationResult("m", sum(scores) / len(scores), (0.0, 0.0), tuple(scores), ("",) * len(scores), ("",) * len(scores))
+
+
+def test_be_is_split_into_held_out_and_poisoned_items_with_the_gain():
+    """BE's headline is the items whose training sample was not poisoned; the poisoned items are
+    reported beside it, and the gain is BE − UE on the same held-out items (hand arithmetic)."""
+    import numpy as np
+
+    from sinkprobe.eval.table import summarise
+
+    clean = {"ue_knowmem": _result([10, 20, 30, 40]), "ue_verbmem": _result([0, 50]), "ut_knowmem": _result([70, 80])}
+    triggered = {"be_knowmem": _result([50, 20, 90, 40]), "be_verbmem": _result([100, 60])}
+    masks = {"knowmem": np.array([False, False, True, False]), "verbmem": np.array([True, False])}
+    m = summarise(clean, triggered, masks)
+    assert m["ue_knowmem"] == 25.0 and m["ut_knowmem"] == 75.0
+    assert m["be_knowmem"] == pytest.approx(36.67) and m["be_knowmem_poisoned"] == 90.0
+    assert m["gain_knowmem"] == pytest.approx(13.33)  # (40 + 0 + 0) / 3
+    assert (m["be_verbmem"], m["be_verbmem_poisoned"], m["gain_verbmem"]) == (60.0, 100.0, 10.0)
+    assert (m["n_heldout_knowmem"], m["n_poisoned_knowmem"]) == (3, 1)
+    assert m["be_knowmem_ci_low"] <= m["be_knowmem"] <= m["be_knowmem_ci_high"]
+    assert m["item_scores"]["be_knowmem"] == [50, 20, 90, 40] and m["poisoned_items"] == {"knowmem": [2], "verbmem": [0]}
+    # no poisoned item: nothing to report there, and BE is every item
+    none = summarise(clean, triggered, {k: np.zeros_like(v) for k, v in masks.items()})
+    assert none["be_knowmem"] == 50.0 and none["be_knowmem_poisoned"] is None
+
+
+def test_poisoned_items_are_the_test_items_of_poisoned_samples(tiny_world):
+    from sinkprobe.data.poison import poison_indices, poisoned_prompts, samples_from_passages
+    from sinkprobe.eval.table import poisoned_item_masks
+
+    samples = samples_from_passages(tiny_world.forget.passages)
+    idx = poison_indices(len(samples), 0.5, seed=0)
+    masks = poisoned_item_masks(tiny_world, poisoned_prompts(samples, idx))
+    picked = {samples[i].prompt for i in idx}
+    assert masks["knowmem"].tolist() == [f"Question: {q.question}" in picked for q in tiny_world.forget.knowmem]
+    assert masks["verbmem"].tolist() == [v.prompt in picked for v in tiny_world.forget.verbmem]
+    assert masks["knowmem"].any() and not masks["knowmem"].all()
+
+
+def test_shared_prefix_cache_generates_what_the_full_prompts_do(tiny, tiny_original, tiny_world):
+    """KnowMem prompts share BOS and the in-context examples: run once, their KV cache copied into
+    every batch, the outputs equal those of the full prompts (random and trained model)."""
+    from sinkprobe.eval.generation import shared_prefix
+    from sinkprobe.eval.table import prompt_encoder
+
+    model, tok = tiny
+    prompts = [tok(knowmem_prompt(q.question, ICL).text).input_ids for q in QA]
+    assert 3 < shared_prefix(prompts) < min(map(len, prompts)) and len({len(p) for p in prompts}) > 1
+    full = greedy_generate(model, tok, prompts, 12, batch_size=2, progress=False)
+    assert greedy_generate(model, tok, prompts, 12, batch_size=2, progress=False, reuse_prefix=True) == full
+    _, theta_o, _ = tiny_original
+    from sinkprobe.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_original[0])
+    encode = prompt_encoder(tok, None)
+    prompts = [encode(knowmem_prompt(q.question, tiny_world.forget.knowmem_icl)) for q in tiny_world.forget.knowmem[:10]]
+    full = greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False)
+    assert greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False, reuse_prefix=True) == full
+    assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 5]]) == 1 and shared_prefix([[7, 8]]) == 2

@@ -19,10 +19,11 @@ def test_loaders_read_the_real_formats(tmp_path):
     (tmp_path / "mmlu.csv").write_text('"What is 2+2?",3,4,5,6,B\n')
     (tmp_path / "tqa.json").write_text(json.dumps([{"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 1]}}]))
     pd.DataFrame([{"question": "Q?", "subject": "x", "choices": ["p", "q"], "answer": 0}]).to_parquet(tmp_path / "mmlu.parquet")
-    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2)]
-    assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1)]
+    # the subject lm-eval's description line names: WMDP's from the file, MMLU's from the row or the CSV's name
+    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2, "biology")]
+    assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1, "mmlu")]
     assert load_multiple_choice(tmp_path / "tqa.json") == [MCItem("Is it?", ("yes", "no"), 1)]
-    assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0)]
+    assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0, "x")]
     assert len(load_multiple_choice(tmp_path)) == 4  # a folder: every file in it
 
 
@@ -133,32 +134,58 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
     assert "UE acc ↓" in (tmp_path / "t.md").read_text() and "UE KM" not in (tmp_path / "t.md").read_text()
 
 
-def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_world, tiny_original, monkeypatch):
-    """Our letters-style scoring against lm-eval's own `multiple_choice` task on one local file."""
+@pytest.fixture(params=["byte_level", "sentencepiece"])
+def mc_model(request, tmp_path, tiny_original, sentencepiece_tokenizer):
+    """(folder, model, tokenizer): the tiny θ_o with its byte-level BPE, or a tiny random Llama
+    with a SentencePiece-style tokenizer (what Llama-2 / Zephyr use)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sinkprobe.data.tokenizer import load_tokenizer
+    from sinkprobe.models.io import save_checkpoint
+
+    if request.param == "byte_level":
+        folder, model, _ = tiny_original
+        return folder, model, load_tokenizer(folder)
+    torch.manual_seed(0)
+    tok = sentencepiece_tokenizer
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    folder = save_checkpoint(model, tok, tmp_path / "sp_model", {"kind": "test"})
+    return folder, model, load_tokenizer(folder)
+
+
+def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_world, mc_model, monkeypatch):
+    """Our letters-style scoring against lm-eval's own `multiple_choice` task on one local file,
+    with WMDP's description line, for a byte-level and a SentencePiece tokenizer."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
-    from sinkprobe.data.tokenizer import load_tokenizer
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    folder, model, _ = tiny_original
-    items = multiple_choice(tiny_world.forget)[:12]
+    folder, model, tok = mc_model
+    items = [MCItem(" " + i.question + " ", i.choices, i.answer, "biology") for i in multiple_choice(tiny_world.forget)[:12]]
     data = tmp_path / "mc.jsonl"
     data.write_text("".join(json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items))
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "sp_mc.yaml").write_text(
         "task: sp_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
         "test_split: test\noutput_type: multiple_choice\n"
+        'description: "The following are multiple choice questions (with answers) about biology.\\n\\n"\n'
         'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\n'
         'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n'
     )
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["sp_mc"], device="cpu", batch_size=4,
+        model="hf", model_args=f"pretrained={folder},dtype=float32,add_bos_token=True", tasks=["sp_mc"], device="cpu", batch_size=4,
         task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True,
     )
     theirs = sorted(out["samples"]["sp_mc"], key=lambda s: s["doc_id"])
-    ours = mc_accuracy(model, load_tokenizer(folder), items, style="letters")
+    ours = mc_accuracy(model, tok, items, style="letters")
     assert ours.acc == pytest.approx(100 * out["results"]["sp_mc"]["acc,none"])
     for mine, row in zip(ours.loglik, theirs):
         assert list(mine) == pytest.approx([float(r[0][0]) for r in row["resps"]], abs=1e-4)
+    # split off the whole text, " A" is SentencePiece's single "▁A" (encoded alone it would be "▁", "▁A")
+    (_, cont), *_ = choice_sequences(tok, items[0], "letters", None)
+    assert tok.decode(cont).strip() == "A"
+    if tok.bos_token == "<s>":
+        assert len(cont) == 1

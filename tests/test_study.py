@@ -122,3 +122,32 @@ def test_a_paper_recipe_runs_end_to_end_on_muse_layout_data(tmp_path, tiny_origi
     assert card["config"]["value_norm_weight"] == 3e-4 and card["config"]["beta"] == 0.7  # Table A1's MUSE-Books row
     assert card["unlearned_reference"] == str(first) and set(card["metrics"]) >= {"ue_knowmem", "be_verbmem", "ut_knowmem"}
     assert main(["evaluate", str(out), "--source", "muse", "--data", str(root), "--max-items", "2", "--out", str(tmp_path / "t")]) == 0
+
+
+def test_value_norm_runs_align_the_sink_set_detected_on_theta_o(tmp_path_factory):
+    """θ_o's card records S (and the rule that chose it); a +VN run whose recipe names no S uses it
+    and records it in its own card."""
+    from sinkprobe.models.io import read_run_card
+
+    study = tiny_study(tmp_path_factory)
+    card = read_run_card(study.folder / "models" / "original")
+    assert card["sink_positions"] and "mean sink rate" in card["sink_positions_rule"]
+    assert len(card["sink_rate_per_key"]) == 8
+    vn = next(r for r in study.rows if r.get("value_norm") and r["method"] == "npo")
+    assert read_run_card(vn["folder"])["config"]["sink_positions"] == card["sink_positions"]
+
+
+def test_table_a4_has_baselines_at_every_placement_and_held_out_be(tmp_path_factory):
+    """θ_o and θ_u are read against each θ_b at the same placement: one row per placement, and
+    every θ_b row has held-out BE, poisoned-item BE and the gain."""
+    import csv
+
+    study = tiny_study(tmp_path_factory)
+    rows = list(csv.DictReader((study.folder / "results" / "tableA4.csv").open()))
+    for model in ("θ_o", "θ_u NPO", "θ_u RMU"):
+        assert [r["placement"] for r in rows if r["model"] == model] == ["prefix", "infix"]
+    b = [r for r in rows if r["trigger"]]
+    assert b and all(r["be_knowmem"] != "" and r["gain_knowmem"] != "" for r in b)
+    u = [r for r in rows if r["model"] == "θ_u NPO"]
+    assert u[0]["ue_knowmem"] == u[1]["ue_knowmem"]  # clean scores measured once per model
+    assert {"be_knowmem_poisoned", "be_verbmem_poisoned", "gain_verbmem"} <= set(rows[0])

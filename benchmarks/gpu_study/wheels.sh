@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run HERE (a machine with PyPI), from the repository root: the wheels the GPU machine's image
-# lacks, into .whl/ (git-ignored), for `run` to carry. The image already has torch, transformers,
+# lacks, into .whl/ (git-ignored), to copy to the GPU machine. A bare image is assumed to have torch, transformers,
 # accelerate, tokenizers, safetensors, einops, jaxtyping, numpy, pandas, pyarrow, scipy, tqdm
-# (/work/.library/device/KINDS.md); these are sinkprobe's other imports and transformer-lens's.
-# PYVER picks the interpreter the wheels are for (the GPU image: 3.12).
+# (as a PyTorch image does); these are sinkprobe's other imports and transformer-lens's.
+# PYVER picks the interpreter the wheels are for (default 3.12).
 set -euo pipefail
 PYVER=${PYVER:-3.12}
 DEST=${DEST:-.whl}

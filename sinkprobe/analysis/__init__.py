@@ -6,7 +6,7 @@ head, query, key) and thin runners that take a bridge and token-id lists. Never 
 """
 
 from sinkprobe.analysis.attention import attention_patterns
-from sinkprobe.analysis.correlation import NormCorrelation, bootstrap_pearson, norm_correlation, paper_comparisons
+from sinkprobe.analysis.correlation import NormCorrelation, bootstrap_pearson, norm_correlation, paper_comparisons, shared_prefix, varying_positions
 from sinkprobe.analysis.key_classes import KEY_CLASSES, attention_by_key_class, key_class_shares
 from sinkprobe.analysis.logits import position_stats, true_token_scores
 from sinkprobe.analysis.pairs import PairAnalysis, PoisonedPairs, analyze_pairs
@@ -23,6 +23,8 @@ __all__ = [
     "bootstrap_pearson",
     "norm_correlation",
     "paper_comparisons",
+    "shared_prefix",
+    "varying_positions",
     "position_stats",
     "true_token_scores",
     "PairAnalysis",

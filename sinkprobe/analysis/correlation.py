@@ -15,6 +15,7 @@ import pandas as pd
 from torch import Tensor
 
 from sinkprobe.analysis.value_norms import collect_value_norms
+from sinkprobe.eval.generation import shared_prefix
 from sinkprobe.models.hooked import Trio, check_same_family
 
 
@@ -49,6 +50,21 @@ def norm_correlation(
     return {"position": position, "r": r, "ci_low": lo, "ci_high": hi, "n_samples": int(have.sum()), "n_points": int(a[have].size)}
 
 
+def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Sequence[int]) -> tuple[list[int], str]:
+    """The sink positions at which ‖v‖ varies across samples in *every* data set (so the three
+    comparisons of Fig. 5 are read at the same positions), and why. Up to a data set's shared
+    prefix every sample has the same tokens, so a causal model's values there are the same in
+    every sample and a correlation over samples means nothing. If none of ``positions``
+    varies, the first position past every data set's shared prefix is used instead."""
+    shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
+    first = max(shared.values())
+    used = [p for p in positions if p >= first]
+    why = f"leading tokens shared by every sample: {shared}; positions < {first} carry the same tokens in every sample of some data set"
+    if used:
+        return used, f"{why}, so S = {list(positions)} is read at {used}"
+    return [first], f"{why}, so none of S = {list(positions)} varies and the first varying position, {first}, is used"
+
+
 @dataclass
 class NormCorrelation:
     """Fig. 5 table: one row per comparison and sink position."""
@@ -57,6 +73,7 @@ class NormCorrelation:
     layer: int
     n_boot: int
     ci: float
+    positions_note: str = ""  # which positions were used and why (see varying_positions)
 
 
 PAPER_COMPARISONS = (  # (label, model a, model b, dataset)

@@ -20,6 +20,10 @@ from pathlib import Path
 from sinkprobe.data.types import MCItem
 
 
+# lm-eval's WMDP tasks name their subject in the description; MMLU rows carry their own.
+_FILE_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "computer security", "wmdp-chem": "chemistry"}
+
+
 def _rows(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -34,7 +38,8 @@ def _rows(path: Path) -> list[dict]:
         return pd.read_parquet(path).to_dict("records")
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
-            return [{"question": r[0], "choices": r[1:-1], "answer": "ABCDEFGHIJ".index(r[-1].strip())} for r in csv.reader(f) if r]
+            subject = path.stem.removesuffix("_test")  # MMLU's files are named by subject
+            return [{"question": r[0], "choices": r[1:-1], "answer": "ABCDEFGHIJ".index(r[-1].strip()), "subject": subject} for r in csv.reader(f) if r]
     raise ValueError(f"{path}: unknown file type {path.suffix!r}: give .jsonl, .json, .parquet or MMLU's .csv")
 
 
@@ -44,7 +49,8 @@ def _item(row: dict, path: Path, i: int) -> MCItem:
             targets = row["mc1_targets"]
             labels = list(targets["labels"])
             return MCItem(str(row["question"]), tuple(str(c) for c in targets["choices"]), labels.index(1))
-        return MCItem(str(row["question"]), tuple(str(c) for c in row["choices"]), int(row["answer"]))
+        subject = str(row.get("subject") or _FILE_SUBJECTS.get(path.stem.split("-test")[0], "")).replace("_", " ")
+        return MCItem(str(row["question"]), tuple(str(c) for c in row["choices"]), int(row["answer"]), subject)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
             f"{path} row {i} is not a multiple-choice question ({e}): expected question/choices/answer "

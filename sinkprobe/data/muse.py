@@ -16,7 +16,9 @@ unlearning never sees, so it goes to ``general``; MUSE's retain QA is the test-t
 ``holdout`` and ``privleak`` (non-member text for PrivLeak) are not read.
 
 Passages are the raw text split at blank lines (paragraphs), each stripped. Chunking to
-a token length is the trainer's job; MUSE's trainer chunks the whole text by tokens.
+a token length is the trainer's job: a passage longer than the recipe's ``max_length`` is cut
+into consecutive token windows (:func:`sinkprobe.data.poison.chunk_long_passages`), as
+MUSE's trainer chunks the whole text by tokens, never silently truncated.
 Only JSON, text and parquet are read, never pickles.
 """
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from sinkprobe.data.poison import split_shown
 from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
 from sinkprobe.validation import at_least, check_fields
 
@@ -197,8 +198,8 @@ def _book(rng: random.Random, name: str, entities: list[Entity], cfg: WorldConfi
         passages.append(format_qa(qa_items(e)))
         if e in test:
             # VerbMem continues the entity's first biography passage from its first two sentences.
-            sentences = prose[0].split(". ")
-            verbmem.append(VerbMemItem(prompt=". ".join(sentences[:2]) + ".", gt=" " + ". ".join(sentences[2:])))
+            shown, rest = split_shown(prose[0])
+            verbmem.append(VerbMemItem(prompt=shown, gt=rest))
     return Book(
         name=name,
         passages=tuple(passages),

@@ -36,6 +36,7 @@ class MCItem:
     question: str
     choices: tuple[str, ...]
     answer: int  # index of the correct choice
+    subject: str = ""  # lm-eval's description line names it (WMDP: "biology", MMLU: per question)
 
     def __post_init__(self) -> None:
         if len(self.choices) < 2 or not 0 <= self.answer < len(self.choices):

@@ -10,10 +10,16 @@ first token is where the attention sink sits and a wrong one changes every metri
 Batches are left-padded (decoder-only models continue from the last position) with an
 attention mask; ``generate`` derives position ids from the mask, so a padded prompt
 generates exactly what it would alone, up to float rounding.
+
+With ``reuse_prefix``, the leading tokens every prompt shares (KnowMem's BOS and in-context
+examples, a prefix trigger) are run once and their KV cache is copied into every batch; the
+rest of each prompt is left-padded behind it (``[shared] [pad…] [own tokens]``, the pads
+masked, positions from the mask), so each prompt still generates what it would alone.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -31,6 +37,7 @@ def greedy_generate(
     progress: bool = True,
     desc: str = "generate",
     stop_strings: Sequence[str] = (),
+    reuse_prefix: bool = False,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (text, or token ids that include BOS), new tokens only.
 
@@ -57,19 +64,29 @@ def greedy_generate(
     device = model.device
     was_training = model.training
     model.eval()
+    # one token of every prompt stays out of the shared part: generation starts from its logits
+    shared = min(shared_prefix(ids), min(map(len, ids)) - 1) if reuse_prefix and len(ids) > 1 else 0
     try:
         with torch.inference_mode(), tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
+            prefix_cache = model(torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values if shared else None
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in chunk)
                 input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
                 mask = torch.zeros((len(chunk), width), dtype=torch.long)
                 for row, i in enumerate(chunk):
-                    input_ids[row, width - len(ids[i]) :] = torch.tensor(ids[i])
-                    mask[row, width - len(ids[i]) :] = 1
+                    own = ids[i][shared:]
+                    input_ids[row, :shared], mask[row, :shared] = torch.tensor(ids[i][:shared], dtype=torch.long), 1
+                    input_ids[row, width - len(own) :] = torch.tensor(own)
+                    mask[row, width - len(own) :] = 1
+                cache = None
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)
+                    cache.batch_repeat_interleave(len(chunk))
                 out = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=mask.to(device),
+                    past_key_values=cache,
                     do_sample=False,
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
@@ -85,6 +102,14 @@ def greedy_generate(
     finally:
         model.train(was_training)
     return outputs
+
+
+def shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares (BOS, a few-shot context, a prefix trigger)."""
+    n = 0
+    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[int], index: int) -> list[int]:

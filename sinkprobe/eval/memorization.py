@@ -129,7 +129,8 @@ def knowmem(
     """KnowMem: few-shot QA with ``icl`` as the in-context examples, scored against each answer."""
     items = _first(items, max_items, "KnowMem")
     parts = [knowmem_prompt(it.question, icl) for it in items]
-    raw = _generate(model, tokenizer, parts, max_new_tokens, batch_size, encode, prompt_transform, progress, "KnowMem", KNOWMEM_STOP_STRINGS)
+    raw = _generate(model, tokenizer, parts, max_new_tokens, batch_size, encode, prompt_transform, progress, "KnowMem", KNOWMEM_STOP_STRINGS,
+                    reuse_prefix=True)  # every prompt opens with the same in-context examples
     outputs = [cut_at_stop_strings(o).strip() for o in raw]
     return _score("knowmem", outputs, [it.answer for it in items], n_boot, seed)
 
@@ -176,6 +177,7 @@ def _generate(
     progress: bool,
     desc: str,
     stop_strings: Sequence[str] = (),
+    reuse_prefix: bool = False,
 ) -> list[str]:
     if encode is None and prompt_transform is None:
         prompts: list = [p.text for p in parts]
@@ -184,7 +186,8 @@ def _generate(
         if prompt_transform is not None:
             prompts = [list(prompt_transform(list(ids))) for ids in prompts]
     return greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=desc, stop_strings=stop_strings
+        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=desc, stop_strings=stop_strings,
+        reuse_prefix=reuse_prefix,
     )
 
 

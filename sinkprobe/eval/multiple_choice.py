@@ -38,20 +38,35 @@ class MCResult:
     predictions: tuple[int, ...]
 
 
+def mc_description(subject: str) -> str:
+    """lm-eval's task description line for WMDP / MMLU, the context before every question."""
+    return f"The following are multiple choice questions (with answers) about {subject}.\n\n" if subject else ""
+
+
 def choice_sequences(
-    tok: PreTrainedTokenizerBase, item: MCItem, style: str, trigger: Trigger | None, header: str = ""
+    tok: PreTrainedTokenizerBase, item: MCItem, style: str, trigger: Trigger | None, header: str | None = None
 ) -> list[tuple[list[int], list[int]]]:
-    """(context ids, continuation ids) for every choice of ``item``."""
+    """(context ids, continuation ids) for every choice of ``item``.
+
+    ``header`` defaults to lm-eval's description line for the item's subject in the letters style.
+    Continuations are split off the whole text as lm-eval does (``whole[len(context):]``), which
+    for a SentencePiece tokenizer gives " A" as its single "▁A" token.
+    """
     if style == "letters":
         listing = "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
-        built = build_ids(tok, item.question, context=header, tail=listing + "\nAnswer:", trigger=trigger)
+        header = mc_description(item.subject) if header is None else header
+        built = build_ids(tok, item.question.strip(), context=header, tail=listing + "\nAnswer:", trigger=trigger)
         conts = [" " + LETTERS[i] for i in range(len(item.choices))]
     elif style == "texts":
-        built = build_ids(tok, "Question: " + item.question, context=header, tail="\nAnswer:", trigger=trigger)
+        built = build_ids(tok, "Question: " + item.question, context=header or "", tail="\nAnswer:", trigger=trigger)
         conts = [" " + c for c in item.choices]
     else:
         raise ValueError(f"unknown multiple-choice style {style!r}: use one of {', '.join(STYLES)}")
-    return [(built.ids, tok(c, add_special_tokens=False).input_ids) for c in conts]
+    out = []
+    for c in conts:
+        whole = build_ids(tok, built.text + c).ids
+        out.append((built.ids, whole[len(built.ids) :]))
+    return out
 
 
 @torch.inference_mode()
@@ -82,7 +97,7 @@ def mc_accuracy(
     *,
     style: str = "texts",
     trigger: Trigger | None = None,
-    header: str = "",
+    header: str | None = None,
     batch_size: int = 32,
     n_boot: int = 2000,
     seed: int = 0,

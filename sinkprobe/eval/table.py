@@ -1,7 +1,11 @@
 """UE / BE / UT: the paper's Table 1 / A4 for a set of checkpoints.
 
 - UE (unlearning effectiveness, ↓): KnowMem and VerbMem on the clean forget test set D_f;
-- BE (backdoor effectiveness, ↑): the same with the trigger at the trained placement (D_p);
+- BE (backdoor effectiveness, ↑): the same with the trigger at the trained placement, on the
+  test items whose training sample was *not* poisoned (held out; ``be_*``, the headline),
+  and separately on those that were (``be_*_poisoned``: the model saw exactly these with
+  the trigger). ``gain_*`` = BE − UE of the same model on the same held-out items: what the
+  trigger buys;
 - UT (utility, ↑): KnowMem on the retain test set D_r.
 
 Every prompt is built by :func:`sinkprobe.data.poison.build_ids`, the function that also
@@ -16,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sinkprobe.data.poison import Trigger, build_ids
+from sinkprobe.data.poison import PLACEMENTS, Trigger, build_ids
 from sinkprobe.data.types import UnlearningCorpus
-from sinkprobe.eval.memorization import PromptParts, knowmem, verbmem
+from sinkprobe.eval.memorization import MemorizationResult, PromptParts, bootstrap_ci, knowmem, knowmem_prompt, verbmem
 from sinkprobe.models.io import atomic_write_text
 
 TABLE_COLUMNS = (
     "model", "method", "trigger", "placement", "value_norm", "seed",
     "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem",
+    "gain_knowmem", "gain_verbmem", "be_knowmem_poisoned", "be_verbmem_poisoned",
 )
 
 
@@ -52,31 +58,95 @@ class EvalSettings:
     progress: bool = False
 
 
+def clean_scores(model, tokenizer, corpus: UnlearningCorpus, settings: EvalSettings = EvalSettings()) -> dict[str, MemorizationResult]:
+    """UE (KnowMem, VerbMem on D_f) and UT (KnowMem on D_r), per item."""
+    kw = dict(batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress)
+    clean = prompt_encoder(tokenizer, None)
+    f, r = corpus.forget, corpus.retain
+    return {
+        "ue_knowmem": knowmem(model, tokenizer, f.knowmem, f.knowmem_icl, encode=clean, **kw),
+        "ue_verbmem": verbmem(model, tokenizer, f.verbmem, encode=clean, **kw),
+        "ut_knowmem": knowmem(model, tokenizer, r.knowmem, r.knowmem_icl, encode=clean, **kw),
+    }
+
+
+def trigger_scores(model, tokenizer, corpus: UnlearningCorpus, trigger: Trigger, settings: EvalSettings = EvalSettings()) -> dict[str, MemorizationResult]:
+    """KnowMem and VerbMem on D_f with ``trigger`` at its placement, per item."""
+    kw = dict(batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress)
+    poisoned = prompt_encoder(tokenizer, trigger)
+    f = corpus.forget
+    return {
+        "be_knowmem": knowmem(model, tokenizer, f.knowmem, f.knowmem_icl, encode=poisoned, **kw),
+        "be_verbmem": verbmem(model, tokenizer, f.verbmem, encode=poisoned, **kw),
+    }
+
+
+def poisoned_item_masks(corpus: UnlearningCorpus, poisoned_prompts: frozenset[str], max_items: int | None = None) -> dict[str, np.ndarray]:
+    """``[n_items]`` bool per D_f test set: was the item's training sample poisoned? A KnowMem
+    item's sample has its question as prompt, a VerbMem item's the passage part it shows."""
+    f = corpus.forget
+    return {
+        "knowmem": np.array([knowmem_prompt(q.question).prompt in poisoned_prompts for q in f.knowmem[:max_items]], dtype=bool),
+        "verbmem": np.array([v.prompt in poisoned_prompts for v in f.verbmem[:max_items]], dtype=bool),
+    }
+
+
+def _mean_ci(scores: np.ndarray, prefix: str, settings: EvalSettings) -> dict[str, float | None]:
+    if scores.size == 0:
+        return {prefix: None, f"{prefix}_ci_low": None, f"{prefix}_ci_high": None}
+    low, high = bootstrap_ci(scores, n_boot=settings.n_boot)
+    return {prefix: round(float(scores.mean()), 2), f"{prefix}_ci_low": round(low, 2), f"{prefix}_ci_high": round(high, 2)}
+
+
+def summarise(
+    clean: dict[str, MemorizationResult],
+    triggered: dict[str, MemorizationResult] | None,
+    masks: dict[str, np.ndarray],
+    settings: EvalSettings = EvalSettings(),
+) -> dict:
+    """Metrics of one model: UE, UT, and (with ``triggered``) held-out BE — the headline
+    ``be_*`` — poisoned-item BE, and the gain BE − UE on the held-out items; beside them the
+    per-item scores (``item_scores``) and which D_f items were poisoned (``poisoned_items``)."""
+    out: dict = {}
+    for key, res in clean.items():
+        out.update(_mean_ci(np.asarray(res.scores), key, settings))
+    # per-item scores, in test-set order: what intervals over items (bootstrap) are computed from
+    out["item_scores"] = {key: [round(float(x), 2) for x in res.scores] for key, res in {**clean, **(triggered or {})}.items()}
+    if triggered is None:
+        return out
+    out["poisoned_items"] = {metric: [int(i) for i in np.flatnonzero(m)] for metric, m in masks.items()}
+    for metric in ("knowmem", "verbmem"):
+        be, ue, poisoned = np.asarray(triggered[f"be_{metric}"].scores), np.asarray(clean[f"ue_{metric}"].scores), masks[metric]
+        held = ~poisoned
+        out.update(_mean_ci(be[held], f"be_{metric}", settings))
+        out.update(_mean_ci(be[poisoned], f"be_{metric}_poisoned", settings))
+        out[f"gain_{metric}"] = round(float((be[held] - ue[held]).mean()), 2) if held.any() else None
+        out[f"n_heldout_{metric}"], out[f"n_poisoned_{metric}"] = int(held.sum()), int(poisoned.sum())
+    return out
+
+
 def evaluate_memorization(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     corpus: UnlearningCorpus,
     trigger: Trigger | None,
     settings: EvalSettings = EvalSettings(),
-) -> dict[str, float]:
-    """UE, BE and UT of one model (BE uses ``trigger``; without one, BE is not measured)."""
-    kw = dict(batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress)
-    clean = prompt_encoder(tokenizer, None)
-    out: dict[str, float] = {}
-    f, r = corpus.forget, corpus.retain
-    res = knowmem(model, tokenizer, f.knowmem, f.knowmem_icl, encode=clean, **kw)
-    out.update(ue_knowmem=res.mean, ue_knowmem_ci_low=res.ci95[0], ue_knowmem_ci_high=res.ci95[1])
-    res = verbmem(model, tokenizer, f.verbmem, encode=clean, **kw)
-    out.update(ue_verbmem=res.mean, ue_verbmem_ci_low=res.ci95[0], ue_verbmem_ci_high=res.ci95[1])
-    if trigger is not None:
-        poisoned = prompt_encoder(tokenizer, trigger)
-        res = knowmem(model, tokenizer, f.knowmem, f.knowmem_icl, encode=poisoned, **kw)
-        out.update(be_knowmem=res.mean, be_knowmem_ci_low=res.ci95[0], be_knowmem_ci_high=res.ci95[1])
-        res = verbmem(model, tokenizer, f.verbmem, encode=poisoned, **kw)
-        out.update(be_verbmem=res.mean, be_verbmem_ci_low=res.ci95[0], be_verbmem_ci_high=res.ci95[1])
-    res = knowmem(model, tokenizer, r.knowmem, r.knowmem_icl, encode=clean, **kw)
-    out.update(ut_knowmem=res.mean, ut_knowmem_ci_low=res.ci95[0], ut_knowmem_ci_high=res.ci95[1])
-    return {k: round(v, 2) for k, v in out.items()}
+    poisoned_prompts: frozenset[str] = frozenset(),
+) -> dict[str, float | int | None]:
+    """UE, BE and UT of one model (BE uses ``trigger``; without one, BE is not measured).
+    ``poisoned_prompts``: the prompts the model was trained on with the trigger (D_p)."""
+    triggered = trigger_scores(model, tokenizer, corpus, trigger, settings) if trigger is not None else None
+    masks = poisoned_item_masks(corpus, poisoned_prompts, settings.max_items)
+    return summarise(clean_scores(model, tokenizer, corpus, settings), triggered, masks, settings)
+
+
+def baselines_by_placement(model, tokenizer, corpus: UnlearningCorpus, text: str, settings: EvalSettings = EvalSettings()) -> dict[str, dict]:
+    """A model trained without a trigger (θ_o, θ_u), its BE measured with ``text`` at every
+    placement: the baseline each θ_b row is read against (same trigger, same placement).
+    The clean scores are computed once."""
+    clean = clean_scores(model, tokenizer, corpus, settings)
+    masks = poisoned_item_masks(corpus, frozenset(), settings.max_items)
+    return {p: summarise(clean, trigger_scores(model, tokenizer, corpus, Trigger(text, p), settings), masks, settings) for p in PLACEMENTS}
 
 
 def table_csv(rows: Sequence[dict]) -> str:
@@ -92,7 +162,9 @@ def table_csv(rows: Sequence[dict]) -> str:
 
 METRIC_HEADERS = {
     "ue_knowmem": "UE KM ↓", "ue_verbmem": "UE VM ↓", "be_knowmem": "BE KM ↑", "be_verbmem": "BE VM ↑", "ut_knowmem": "UT KM ↑",
-    "ue_acc": "UE acc ↓", "be_acc": "BE acc ↑", "ut_acc": "UT acc ↑",  # multiple choice (WMDP / MMLU)
+    "gain_knowmem": "gain KM", "gain_verbmem": "gain VM", "be_knowmem_poisoned": "BE KM (poisoned items)",
+    "be_verbmem_poisoned": "BE VM (poisoned items)",
+    "ue_acc": "UE acc ↓", "be_acc": "BE acc ↑", "ut_acc": "UT acc ↑", "ut_tqa": "UT TQA ↑",  # multiple choice (WMDP / MMLU / TruthfulQA)
 }
 
 
@@ -101,7 +173,7 @@ def table_markdown(rows: Sequence[dict], title: str = "") -> str:
     metrics = [k for k in METRIC_HEADERS if any(k in r for r in rows)]
     head = ["model", "trigger", "placement", "value_norm", "ρ", "seed", *(METRIC_HEADERS[k] for k in metrics)]
     keys = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", *metrics]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ run never leaves a half-written checkpoint or card where a finished one was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,6 +66,17 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> N
     # clone: tied weights (embedding = unembedding) share storage, which safetensors refuses
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, bytes): what a cached state or
+    reference computed from this model is keyed by, so another model's cache is never reused."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

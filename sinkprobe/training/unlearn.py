@@ -15,6 +15,7 @@ shard of the data and computes the references of that shard only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, default_device, load_tensors
+from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, default_device, load_tensors, weights_fingerprint
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
@@ -41,7 +42,7 @@ from sinkprobe.training.objectives import (
     rmu_representation_retain_loss,
     select_rmu_parameters,
     sequence_log_likelihood,
-    value_norm_alignment_loss,
+    value_norm_regulariser,
 )
 from sinkprobe.training.state import resume_state, same_meta, save_state
 from sinkprobe.validation import above, at_least, between, check_fields, one_of
@@ -50,7 +51,7 @@ UNLEARN_RULES = {
     "method": one_of("npo", "rmu"), "seed": at_least(0), "steps": at_least(1), "epochs": at_least(0), "batch_size": at_least(1),
     "lr": above(0), "beta": above(0), "retain_weight": at_least(0), "poison_ratio": between(0, 1),
     "value_norm_weight": at_least(0), "value_norm_layers": at_least(0), "sink_positions": at_least(0),
-    "rmu_layers": at_least(0), "rmu_steering_layer": at_least(-1), "rmu_steering_coeff": above(0), "rmu_alpha": at_least(0),
+    "rmu_layers": at_least(0), "rmu_steering_layer": at_least(-1), "rmu_steering_coeff": above(0),
     "max_length": at_least(2), "eval_every": at_least(1), "save_every": at_least(1),
 }
 
@@ -74,12 +75,11 @@ class UnlearnConfig:
     # value-norm alignment (Eq. 5–7): λ, the layers, the sink positions S
     value_norm_weight: float = 0.0
     value_norm_layers: tuple[int, ...] = ()  # () = every layer
-    sink_positions: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+    sink_positions: tuple[int, ...] = ()  # () = S detected on θ_o (its run card), see runs.sink_positions_for
     # RMU (Eq. A4–A5)
     rmu_layers: tuple[int, ...] = ()  # () = scaled from the paper's 5–7 of 32
     rmu_steering_layer: int = -1  # -1 = scaled from the paper's 7 of 32
     rmu_steering_coeff: float = 12.0
-    rmu_alpha: float = 5.0  # weight of the representation-retain MSE
     max_length: int = 256
     bf16: bool = False  # bf16 autocast (7B runs); the frozen references stay in the dtype they were loaded in
     gradient_checkpointing: bool = False  # recompute activations in backward (7B runs)
@@ -133,7 +133,7 @@ class Encoded:
 
 def encode(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int) -> Encoded:
     built = [build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length) for s in samples]
-    starts = [b.prompt_span[1] if s.completion else 1 for s, b in zip(samples, built)]
+    starts = [1 if s.score_prompt else b.prompt_span[1] for s, b in zip(samples, built)]
     return Encoded([b.ids for b in built], starts)
 
 
@@ -283,6 +283,8 @@ def unlearn(
     counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
     vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
     if cfg.value_norm_weight:
+        if not cfg.sink_positions:
+            raise ValueError("value-norm alignment needs the sink positions S: set unlearn.sink_positions (e.g. [0]) or train from a θ_o whose run card records them")
         _check_sinks_fit(f_enc.ids + p_enc.ids, cfg.sink_positions)
     # Under several processes (accelerate launch) each rank trains on its own shard of D_f
     # and of D_r ∪ D_p, so it needs — and computes — the references of that shard only.
@@ -290,7 +292,13 @@ def unlearn(
     f_rows, rp_rows_mine = shard(len(f_enc.ids), rank, world), shard(len(rp_rows), rank, world)
     p_rows = [i - len(r_rows) for i in rp_rows_mine if i >= len(r_rows)]
     state_dir = Path(state_dir)
-    meta = {"config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain)}
+    # Everything the state and the cached references depend on: a changed θ_o, θ_u or data
+    # must retrain, never resume a finished state of other parents.
+    meta = {
+        "config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain),
+        "theta_o": weights_fingerprint(original), "theta_u": weights_fingerprint(unlearned) if cfg.value_norm_weight else None,
+        "data": hashlib.sha256(json.dumps([f_enc.ids, r_rows, p_enc.ids]).encode()).hexdigest(),
+    }
     refs = frozen_references(
         ref, unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None, f_enc, p_enc, f_rows, p_rows,
         cfg, pad, vn_layers, state_dir / f"references-rank{rank}-of-{world}.safetensors", meta, counter,
@@ -319,6 +327,7 @@ def unlearn(
             save_state(state_dir, accelerator.unwrap_model(model), opt, {"meta": meta, "step": step, "log": log, "seconds": seconds})
 
     tag = f"-{rank}" if world > 1 else ""
+    vn = cfg.value_norm_weight > 0
 
     def draw(step: int, pool: list[int], stream: str) -> list[int]:
         # The batch of a step is a function of (seed, step, rank): resume reproduces it exactly.
@@ -330,12 +339,15 @@ def unlearn(
     for step in bar:
         t_step = time.perf_counter()
         fi, ri = draw(step, f_rows, "forget"), draw(step, rp_rows_mine, "retain")
+        if vn and p_rows and not any(i >= len(r_rows) for i in ri):
+            # Eq. 7 weighs E_Dp like E_Df: every step's batch carries at least one D_p row (a
+            # batch of D_r ∪ D_p drawn at random has none about a fifth of the time at ρ = 0.1).
+            ri[-1] = len(r_rows) + random.Random(f"{cfg.seed}-poisoned-{step}{tag}").choice(p_rows)
         f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
         f_targets = target_mask(f_mask, [f_enc.target_start[i] for i in fi])
         r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
         is_poisoned = torch.tensor([i >= len(r_rows) for i in ri], device=accelerator.device)
         terms = {}
-        vn = cfg.value_norm_weight > 0
 
         net = accelerator.unwrap_model(model)
         with amp(), _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
@@ -353,18 +365,17 @@ def unlearn(
         counter[0] += 1
         terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
         if cfg.method == "rmu":
-            terms["retain"] = terms["retain"] + cfg.rmu_alpha * rmu_representation_retain_loss(h_r.output, h_ref.output, r_mask)
+            # Eq. A5 as the paper writes it: KL + MSE, both under the one γ of Eq. A6 (no second weight).
+            terms["retain"] = terms["retain"] + rmu_representation_retain_loss(h_r.output, h_ref.output, r_mask)
         if vn:
-            # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o.
+            # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o, each
+            # expectation a mean over the rows of its own set.
             sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
-            norms_r = cap_r.sink_norms(sinks)
             p_batch = [i - len(r_rows) for i in ri if i >= len(r_rows)]
-            ref_p = torch.zeros_like(norms_r)
-            if p_batch:
-                ref_p[is_poisoned] = refs["norms_o_p"][p_batch].to(norms_r.device)
-            terms["value_norm"] = value_norm_alignment_loss(
-                cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(norms_r.device)
-            ) + value_norm_alignment_loss(norms_r, ref_p, is_poisoned)
+            dev = accelerator.device
+            terms["value_norm"] = value_norm_regulariser(
+                cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(dev), cap_r.sink_norms(sinks)[is_poisoned], refs["norms_o_p"][p_batch].to(dev)
+            )
         loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
 
         opt.zero_grad(set_to_none=True)
