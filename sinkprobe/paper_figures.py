@@ -114,7 +114,7 @@ def fig2(df: pd.DataFrame, x: str) -> go.Figure:
     main = pd.concat([references(df), backdoor_rows(df)])
     fig = make_subplots(rows=1, cols=1)
     plane(fig, main, x)
-    what = "UE on D_f vs BE on D_p" if x.startswith("ue") else "UT on D_r vs BE on D_p"
+    what = "UE on D_f vs held-out BE with the trigger" if x.startswith("ue") else "UT on D_r vs held-out BE with the trigger"
     return fig.update_layout(title=f"Fig. 2: {what} (NPO, seed mean ± std; shaded: desired region)", width=720, height=560)
 
 
