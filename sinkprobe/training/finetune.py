@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.models.io import default_device, load_checkpoint, weights_fingerprint
 from sinkprobe.training.objectives.common import find_decoder_layers
+from sinkprobe.training.pretrain import lr_at
 from sinkprobe.training.state import resume_state, save_state
 from sinkprobe.validation import above, at_least, between, check_fields
 
@@ -49,13 +50,6 @@ class FinetuneConfig:
 
     def total_steps(self, n_documents: int) -> int:
         return max(1, math.ceil(self.epochs * n_documents / self.batch_size))
-
-
-def lr_at(step: int, total: int, cfg: FinetuneConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def passage_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +118,7 @@ def finetune_original(
     t0 = time.perf_counter()
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, cfg)
+            g["lr"] = lr_at(step, cfg, total)
         ids, mask = (t.to(device) for t in passage_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss

@@ -158,10 +158,12 @@ class PackedBatches:
         return torch.tensor(out)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
+def lr_at(step: int, cfg, total: int | None = None) -> float:
+    """Linear warm-up to ``cfg.lr``, then cosine decay to ``min_lr_ratio · lr`` at step ``total``
+    (default ``cfg.steps``): θ_o's schedule, from scratch or fine-tuned from a base."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, (total or cfg.steps) - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
