@@ -42,6 +42,8 @@ def read_table(study_dir: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no table at {path}: run `sinkprobe study --out {study_dir}` first")
     df = pd.read_csv(path, keep_default_na=False, dtype={"trigger": str, "method": str, "placement": str, "model": str})
+    for m in METRICS:  # a table written before the gain columns existed reads them as blank
+        df[m] = df[m] if m in df else ""
     df[list(METRICS)] = df[list(METRICS)].apply(pd.to_numeric, errors="coerce")
     df["vn"] = pd.to_numeric(df["value_norm"], errors="coerce").fillna(0) > 0
     return df

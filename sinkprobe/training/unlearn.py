@@ -373,9 +373,9 @@ def unlearn(
             sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
             p_batch = [i - len(r_rows) for i in ri if i >= len(r_rows)]
             dev = accelerator.device
-            terms["value_norm"] = value_norm_regulariser(
-                cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(dev), cap_r.sink_norms(sinks)[is_poisoned], refs["norms_o_p"][p_batch].to(dev)
-            )
+            # a rank whose shard holds no D_p row (several processes) has only the D_f part
+            theta_p, ref_p = (cap_r.sink_norms(sinks)[is_poisoned], refs["norms_o_p"][p_batch].to(dev)) if p_batch else (None, None)
+            terms["value_norm"] = value_norm_regulariser(cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(dev), theta_p, ref_p)
         loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
 
         opt.zero_grad(set_to_none=True)
