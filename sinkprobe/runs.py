@@ -83,7 +83,9 @@ def train_and_save(
     """Unlearn θ_o with ``recipe``, evaluate UE/BE/UT, save the checkpoint with its run card."""
     model_o, tok = load_checkpoint(original)
     theta_u = load_checkpoint(unlearned)[0] if unlearned else None
-    forget = chunk_long_passages(tok, samples_from_passages(corpus.forget.passages), recipe.unlearn.max_length)
+    # a poisoned copy of a window must still fit: its trigger (and a separating space) needs room
+    reserve = len(tok(" " + recipe.unlearn.trigger_text + " ", add_special_tokens=False).input_ids) if recipe.unlearn.backdoor else 0
+    forget = chunk_long_passages(tok, samples_from_passages(corpus.forget.passages), recipe.unlearn.max_length, reserve)
     retain = chunk_long_passages(tok, samples_from_passages(corpus.retain.passages), recipe.unlearn.max_length)
     cfg = replace(recipe.unlearn, sink_positions=sink_positions_for(recipe.unlearn, original))
     model, summary = unlearn(model_o, tok, forget, retain, cfg, state_dir, unlearned=theta_u, progress=progress)

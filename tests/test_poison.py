@@ -140,8 +140,14 @@ def test_long_passages_are_chunked_into_windows_not_truncated(tok):
     out = chunk_long_passages(tok, [Sample(*split_shown(long)), qa], max_length=48)
     assert out[-1] == qa and len(out) > 3
     for s in out[:-1]:
-        assert len(build_ids(tok, s.prompt, tail=s.completion, add_eos=True).ids) <= 48 + 1  # re-encoding a cut may move one token
+        assert len(build_ids(tok, s.prompt, tail=s.completion, add_eos=True).ids) <= 48
     # every word of the passage is trained on, in order
     assert " ".join(s.prompt + s.completion for s in out[:-1]).split() == long.split()
+    # each window fits on its own, with room for a trigger in its poisoned copy: nothing is cut off
+    trig = Trigger(TRIGGER, "prefix")
+    reserve = len(tok(" " + TRIGGER + " ", add_special_tokens=False).input_ids)
+    for s in chunk_long_passages(tok, [Sample(*split_shown(long))], max_length=48, reserve=reserve):
+        full = build_ids(tok, s.prompt, tail=s.completion, trigger=trig, add_eos=True)
+        assert len(full.ids) <= 48 and build_ids(tok, s.prompt, tail=s.completion, trigger=trig, add_eos=True, max_length=48).ids == full.ids
     short = Sample(*split_shown("One. Two. Three."))
     assert chunk_long_passages(tok, [short], max_length=48) == [short]

@@ -231,15 +231,19 @@ def poisoned_prompts(samples: Sequence[Sample], indices: Sequence[int]) -> froze
     return frozenset(samples[i].prompt for i in indices)
 
 
-def chunk_long_passages(tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sample], max_length: int) -> list[Sample]:
+def chunk_long_passages(
+    tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sample], max_length: int, reserve: int = 0
+) -> list[Sample]:
     """Passage samples longer than ``max_length`` tokens (BOS and EOS included) cut into
     consecutive windows that fit, as MUSE's and open-unlearning's trainers chunk raw text by
     tokens, instead of a silent truncation that would never train on the rest. Cuts fall on
-    token boundaries (found by offsets); each window is a passage sample of its own, its
-    shown part split off as VerbMem would. QA samples are left as they are."""
-    window = max_length - 2
+    word starts (found by offsets), and each window is re-encoded alone to check it fits with
+    ``reserve`` tokens to spare (a trigger's, for the poisoned copies); each window is a
+    passage sample of its own, its shown part split off as VerbMem would. QA samples are left
+    as they are."""
+    window = max_length - 2 - reserve
     if window < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for text after BOS and EOS: use at least 3")
+        raise ValueError(f"max_length={max_length} leaves no room for text after BOS, EOS and {reserve} trigger tokens: raise max_length")
     out: list[Sample] = []
     for s in samples:
         text = s.prompt + s.completion
@@ -247,13 +251,18 @@ def chunk_long_passages(tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sa
         if not s.score_prompt or len(ids) <= window:
             out.append(s)
             continue
+        starts_word = lambda j: text[offsets[j][0]].isspace() or text[offsets[j][0] - 1].isspace()  # noqa: E731
         k = 0
         while k < len(ids):
-            end = min(k + window, len(ids))
-            # back to a word start, so no word is cut in two (unless one word fills the window)
-            starts_word = lambda j: text[offsets[j][0]].isspace() or text[offsets[j][0] - 1].isspace()  # noqa: E731
-            cut = next((j for j in range(end, k, -1) if j == len(ids) or starts_word(j)), end)
-            piece = text[offsets[k][0] : offsets[cut - 1][1]].strip()
+            cut = min(k + window, len(ids))
+            while True:
+                # back to a word start, so no word is cut in two (unless one word fills the window)
+                cut = next((j for j in range(cut, k, -1) if j == len(ids) or starts_word(j)), cut)
+                piece = text[offsets[k][0] : offsets[cut - 1][1]].strip()
+                # alone, a window's first word may take a token more than inside the passage
+                if cut - k <= 1 or len(_encode_with_offsets(tokenizer, piece)[0]) <= window:
+                    break
+                cut -= 1
             if piece:
                 out.append(Sample(*split_shown(piece)))
             k = cut

@@ -13,6 +13,8 @@ learning rate of the step, and a resumable state is saved every ``save_every`` s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import time
@@ -109,7 +111,7 @@ def finetune_original(
     total = cfg.total_steps(len(docs))
 
     state_dir = Path(state_dir)
-    meta = {"base": weights_fingerprint(model), "data": len(docs), "data_tokens": sum(map(len, docs)), "train": asdict(cfg)}
+    meta = {"base": weights_fingerprint(model), "data": hashlib.sha256(json.dumps(docs).encode()).hexdigest(), "train": asdict(cfg)}
     saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
     start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
