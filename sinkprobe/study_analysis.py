@@ -9,11 +9,12 @@ files without a model:
   ``sink_rate.parquet`` (layer × key) / ``sink_alpha.parquet`` (layer × head × key), on
   clean D_f KnowMem prompts;
 - ``pairs_{original,backdoor}_{prefix,infix}`` (:class:`PairAnalysis`, paper Fig. 3 and 4):
-  clean vs poisoned D_f prompts at the last layer, the trigger at the placement the θ_b was
+  clean vs poisoned D_f prompts at the analysis layer (default the last), the trigger at the placement the θ_b was
   trained with (θ_o is read under both placements, as in Fig. 3a/3c); the tidy
   ``logits.parquet`` and ``trigger_mass.parquet``;
 - ``correlation_{vanilla,vn}`` (:class:`NormCorrelation`, Fig. 5): θ_b (prefix) vs θ_u on
-  D_f, vs θ_o on D_p, vs θ_o on D_r, at the sink positions S, with bootstrap CIs;
+  D_f, vs θ_o on D_p, vs θ_o on D_r, at the sink positions S where ‖v‖ varies across samples
+  (:func:`~sinkprobe.analysis.varying_positions`), with bootstrap CIs;
 - ``summary.json`` / ``summary.md``: the numbers that answer the paper's three insights,
   computed by :func:`summarise` from the saved results alone. ``summary.json`` is written
   last and carries the analysis key: a summary with the same key means a finished analysis,

@@ -3,7 +3,6 @@ errors around it, and θ_o's fine-tuning loop on a tiny model."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

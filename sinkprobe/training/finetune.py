@@ -29,6 +29,7 @@ from sinkprobe.models.io import default_device, load_checkpoint, weights_fingerp
 from sinkprobe.training.objectives.common import find_decoder_layers
 from sinkprobe.training.pretrain import lr_at
 from sinkprobe.training.state import resume_state, save_state
+from sinkprobe.training.unlearn import pad_batch
 from sinkprobe.validation import above, at_least, between, check_fields
 
 
@@ -52,14 +53,6 @@ class FinetuneConfig:
 
     def total_steps(self, n_documents: int) -> int:
         return max(1, math.ceil(self.epochs * n_documents / self.batch_size))
-
-
-def passage_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[batch pos]`` ids and attention mask, right-padded; the mask is the loss mask too."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
 
 
 def batch_rows(n: int, step: int, cfg: FinetuneConfig) -> list[int]:
@@ -121,7 +114,7 @@ def finetune_original(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, total)
-        ids, mask = (t.to(device) for t in passage_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id))
+        ids, mask = (t.to(device) for t in pad_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         opt.zero_grad(set_to_none=True)
