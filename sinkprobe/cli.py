@@ -21,9 +21,12 @@ MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.E
 
 
 def _study_config(args):
-    from sinkprobe.study import StudyConfig, quick_config, with_overrides
+    from sinkprobe.study import StudyConfig, full_config, quick_config, with_overrides
 
+    if getattr(args, "quick", False) and getattr(args, "full", False):
+        raise ValueError("--quick and --full exclude each other: --quick is a smoke test, --full the whole grid")
     cfg = quick_config() if getattr(args, "quick", False) else StudyConfig()
+    cfg = full_config(cfg) if getattr(args, "full", False) else cfg
     return with_overrides(cfg, getattr(args, "set", None) or ())  # recipe overrides: --quick's own, then the user's
 
 
@@ -36,12 +39,12 @@ def _out(text: str, flag: str = "--out") -> Path:
 
 def _study(args):
     """The study of a world / pretrain / study command, its folder checked before any work."""
-    from sinkprobe.study import Study, require_study_folder
+    from sinkprobe.study import Study, default_recipes, require_study_folder
 
     cfg = _study_config(args)
     out = _out(args.out)
     require_study_folder(out)
-    return Study(cfg, out, Path(args.recipes))
+    return Study(cfg, out, Path(args.recipes) if args.recipes else default_recipes(cfg.base))
 
 
 def cmd_world(args) -> None:
@@ -90,7 +93,7 @@ def cmd_study(args) -> None:
     if figures is not None:
         require_writable(figures, "the figures folder")
     t0 = time.perf_counter()
-    report = run_study(study.cfg, study.out, study.recipes, figures, jobs=args.jobs or default_jobs())
+    report = run_study(study.cfg, study.out, study.recipes, figures, jobs=args.jobs or default_jobs(study.cfg.base))
     print(f"study done in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
@@ -114,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def study_opts(sp, with_figures=False):
         sp.add_argument("--out", default="runs/embedded", help="study folder: world, checkpoints, states, results (default: runs/embedded)")
-        sp.add_argument("--recipes", default="training/embedded", help="folder of the embedded recipes (default: training/embedded)")
-        sp.add_argument("--quick", action="store_true", help="tiny world, model and runs: a smoke test in a few minutes, not the study")
-        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every embedded recipe (unlearn.steps=50) or of the world and θ_o (pretrain.weight_decay=0.5, model.n_layers=6, world.n_general_passages=800); repeatable")
+        sp.add_argument("--recipes", default="", help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
+                        "training/embedded for base=scratch)")
+        sp.add_argument("--quick", action="store_true", help="tiny world, from-scratch model and runs: a smoke test in a few minutes, not the study")
+        sp.add_argument("--full", action="store_true", help="three seeds of every run, and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)")
+        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, world.n_general_passages=800); repeatable")
         if with_figures:
             sp.add_argument("--figures", default="figures", help="where figures and tables are copied (default: figures; '' to skip)")
 
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
     study_opts(s, with_figures=True)
     s.add_argument("--jobs", type=int, default=0,
-                   help="unlearning runs trained at once, sharing the cores (default 0: one per core up to 4 on CPU, 1 on a GPU)")
+                   help="unlearning runs trained at once, sharing the cores (default 0: one per core up to 4 for base=scratch on CPU, else 1)")
     s.set_defaults(func=cmd_study)
     return p
 

@@ -337,7 +337,7 @@ def write_pngs(figs: dict[Path, go.Figure], log: Log = print) -> list[Path]:
 
 def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
     """Write every figure (HTML, and PNG when a browser is found), ``table1.{csv,md}`` and copies of
-    ``tableA4.{csv,md}``, ``table2.{csv,md}`` and θ_o's run card (``original_model.json``) to
+    ``tableA4.{csv,md}``, ``table2.{csv,md}``, ``claims.{csv,md}`` and θ_o's run card (``original_model.json``) to
     ``out``; returns the written paths. Reads saved results only (the weights need not be there)."""
     study_dir, out = Path(study_dir), Path(out)
     figs = build_figures(study_dir, log)
@@ -352,7 +352,7 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
     atomic_write_text(out / "table1.csv", t1.to_csv(index=False))
     atomic_write_text(out / "table1.md", table1_markdown(t1))
     written += [out / "table1.csv", out / "table1.md"]
-    copies = {study_dir / "results" / f"{t}.{ext}": out / f"{t}.{ext}" for t in ("tableA4", "table2") for ext in ("csv", "md")}
+    copies = {study_dir / "results" / f"{t}.{ext}": out / f"{t}.{ext}" for t in ("tableA4", "table2", "claims") for ext in ("csv", "md")}
     copies[study_dir / "models" / "original" / "run_card.json"] = out / "original_model.json"
     for src, dst in copies.items():
         if src.is_file() and src.resolve() != dst.resolve():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def train_and_save(
     trigger = cfg.trigger or Trigger(DEFAULT_TRIGGER, "prefix")
     poisoned = poisoned_prompts(forget, summary["poisoned_indices"])
     eval_settings = replace(eval_settings, progress=progress)  # long evaluations show progress too
-    baselines = None
+    baselines, t0 = None, time.perf_counter()
     if not cfg.backdoor and corpus.forget.knowmem:  # θ_u: BE at every placement, clean scores computed once
         baselines = baselines_by_placement(model, tok, corpus, trigger.text, eval_settings)
         metrics = baselines[trigger.placement]
@@ -110,6 +111,7 @@ def train_and_save(
         # BE of a normally unlearned model is measured with the default prefix trigger.
         "trigger": {"text": trigger.text, "placement": trigger.placement, "trained": recipe.unlearn.backdoor},
         "train_seconds": summary["train_seconds"],
+        "eval_seconds": round(time.perf_counter() - t0, 1),
         "n_poisoned": summary["n_poisoned"],
         "n_processes": PartialState().num_processes,
         "log": summary["log"],

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -33,7 +34,7 @@ from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_place
 from sinkprobe.guards import read_json, require_writable
 from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
-from sinkprobe.models.base import SCRATCH, base_folder, base_identity
+from sinkprobe.models.base import DEFAULT_BASE, SCRATCH, base_folder, base_identity
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.validation import above, at_least, check_fields, one_of
@@ -45,12 +46,13 @@ class StudyConfig:
     """Everything the embedded study depends on. Small settings make the smoke-test study."""
 
     world: WorldConfig = WorldConfig()
-    base: str = SCRATCH  # θ_o's base: "scratch" (trained from scratch), "smollm2-135m", or a model folder
+    base: str = DEFAULT_BASE  # θ_o's base: "smollm2-135m", "scratch" (trained from scratch), or a model folder
     model: ModelConfig = ModelConfig()  # scratch θ_o
     pretrain: PretrainConfig = PretrainConfig()  # scratch θ_o
     finetune: FinetuneConfig = FinetuneConfig()  # θ_o from a base
     vocab_size: int = 2048
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0,)
+    extra_runs: bool = False  # Fig. A1 (ρ = 5 %) and Fig. A2 (other trigger patterns) beside the grid
     placements: tuple[str, ...] = ("prefix", "infix", "suffix")
     value_norm_weight: float = 1.0  # λ of the value-norm-aligned backdoor runs
     eval: EvalSettings = EvalSettings()
@@ -68,6 +70,7 @@ class StudyConfig:
             raise ValueError(f"model.max_positions = {self.model.max_positions}: expected ≥ pretrain.seq_len = {self.pretrain.seq_len}")
 
 
+REPO_TRAINING = Path("training")  # recipe folders, relative to the repository root the CLI runs in
 THETA_O_SECTIONS = ("world", "model", "pretrain", "finetune")
 TOP_LEVEL = ("base", "analysis_layer")  # study fields --set names without a section
 EMBEDDED_RECIPES = ("npo", "rmu", "npo_backdoor", "rmu_backdoor")  # the recipe files of the study's runs
@@ -144,10 +147,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def default_jobs() -> int:
-    """Runs at once: one per core (at most 4) on CPU; one on a GPU (``--jobs`` shares a large
-    GPU between small runs)."""
-    return 1 if default_device().type == "cuda" else max(1, min(4, available_cores()))
+def default_jobs(base: str = SCRATCH) -> int:
+    """Runs at once: for a from-scratch θ_o on CPU one per core (at most 4: a small model uses a
+    core better one run per core than one run over all cores); one for a pretrained base (a
+    135M model trains faster on all cores than two runs on one core each) and on a GPU
+    (``--jobs`` shares a large GPU between small runs)."""
+    if default_device().type == "cuda" or base != SCRATCH:
+        return 1
+    return max(1, min(4, available_cores()))
 
 
 def _start_worker(threads: int) -> None:
@@ -230,6 +237,7 @@ class Study:
         folder = self.out / "models" / "original"
         key = stage_key("original", world_key, *self.theta_o_config(), self.cfg.eval)
         if _done(folder, key):
+            self.add_item_scores(folder, corpus)
             return folder, key
         model, summary, part, before = self.train_original(corpus, tok)
         # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
@@ -260,6 +268,17 @@ class Study:
         atomic_write_json(folder / RUN_CARD, card)
         self.log(f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, VerbMem {card['forget_verbmem']:.1f}")
         return folder, key
+
+    def add_item_scores(self, folder: Path, corpus: UnlearningCorpus) -> None:
+        """A θ_o card written before cards kept per-item scores (which the claims' intervals
+        need) gets them by evaluating the same checkpoint again: greedy decoding, same numbers."""
+        card = read_run_card(folder)
+        if "item_scores" in card["metrics_by_placement"]["prefix"]:
+            return
+        model, tok = load_checkpoint(folder, device=default_device())
+        card["metrics_by_placement"] = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True))
+        card["metrics"] = card["metrics_by_placement"]["prefix"]
+        atomic_write_json(folder / RUN_CARD, card)
 
     # ---- unlearning runs ---------------------------------------------------------------
     def run_key(self, spec: RunSpec) -> str:
@@ -329,11 +348,12 @@ class Study:
             for vn in (0.0, self.cfg.value_norm_weight):
                 for s in self.cfg.seeds:
                     backdoored(placement, vn, s)
-        for vn in (0.0, self.cfg.value_norm_weight):  # Fig. A1: ρ = 5 % beside the default 10 %
-            backdoored("prefix", vn, seed, tag="_rho05", poison_ratio=0.05)
-        for tag, text in (("_bang", "!!!!!"), ("_steps", "step-by-step")):  # Fig. A2: other trigger patterns
-            for placement in self.cfg.placements:
-                backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
+        if self.cfg.extra_runs:
+            for vn in (0.0, self.cfg.value_norm_weight):  # Fig. A1: ρ = 5 % beside the default 10 %
+                backdoored("prefix", vn, seed, tag="_rho05", poison_ratio=0.05)
+            for tag, text in (("_bang", "!!!!!"), ("_steps", "step-by-step")):  # Fig. A2: other trigger patterns
+                for placement in self.cfg.placements:
+                    backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
         rb = with_unlearn(self.recipe("rmu_backdoor"), seed=seed)
         specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None))
         rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
@@ -341,6 +361,12 @@ class Study:
                      "folder": self.folder("rmu_backdoor_prefix")})
         self.run_all(specs, corpus)
         return rows
+
+    def run_seconds(self, rows: list[dict]) -> dict[str, dict]:
+        """Each checkpoint's own training and evaluation seconds, from its run card (when it was built)."""
+        folders = {Path(r["folder"]) for r in rows}
+        cards = {f.name: read_run_card(f) for f in sorted(folders)}
+        return {name: {k: c[k] for k in ("train_seconds", "eval_seconds") if k in c} for name, c in cards.items()}
 
     def baseline_rows(self, model: str, method: str, seed: int, folder: Path) -> list[dict]:
         """θ_o / θ_u: one row per placement of the default trigger (BE measured there, no trigger
@@ -397,9 +423,22 @@ def write_table2(rows: list[dict], stem: Path) -> None:
     atomic_write_text(stem.with_suffix(".csv"), "model,ue_acc,be_acc,ut_acc\n" + "".join(f"{r['model']},{r['ue_acc']},{r['be_acc']},{r['ut_acc']}\n" for r in rows))
 
 
+def full_config(cfg: StudyConfig) -> StudyConfig:
+    """``--full``: three seeds of every grid run, and the runs of Fig. A1 and A2."""
+    return replace(cfg, seeds=(0, 1, 2), extra_runs=True)
+
+
+def default_recipes(base: str) -> Path:
+    """The recipes tuned for θ_o's base: the from-scratch θ_o's, or a pretrained base's."""
+    return REPO_TRAINING / ("embedded" if base == SCRATCH else "smollm2")
+
+
 def quick_config() -> StudyConfig:
-    """A smoke-test study: a tiny world and model, a few steps per run, one seed (minutes, not the study)."""
+    """A smoke-test study: a tiny world and a from-scratch model, a few steps per run, one seed,
+    every kind of run (minutes, not the study)."""
     return StudyConfig(
+        base=SCRATCH,
+        extra_runs=True,
         world=WorldConfig(seed=0, n_forget_entities=6, n_retain_entities=6, n_general_passages=30),
         model=ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128, max_positions=256),
         pretrain=PretrainConfig(steps=60, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, save_every=30),
@@ -422,10 +461,12 @@ def require_study_folder(out: Path) -> None:
 
 
 def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None, jobs: int = 1) -> Path:
-    """The README's main job: every checkpoint, the table, the analyses, figures and the report."""
+    """The README's main job: every checkpoint, the table, the analyses, figures and the report.
+    Each stage's wall time of this invocation goes to ``results/timing.json`` (and ``figures/``)."""
     if not recipes.is_dir():
-        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/embedded")
+        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/smollm2")
     # Imported here: these modules import this one (they reuse forget_prompts and the row layout).
+    from sinkprobe.claims import study_claims, write_claims
     from sinkprobe.paper_figures import make_figures
     from sinkprobe.report import write_report
     from sinkprobe.study_analysis import analyse_study
@@ -433,10 +474,42 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     study = Study(cfg, out, recipes, jobs=jobs)
     for name in EMBEDDED_RECIPES:  # a bad `--set unlearn.…` is refused now, not after θ_o is trained
         study.recipe(name)
-    model_rows = study.models()
-    write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
-    write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
-    analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
+    timing = StageClock()
+    with timing("checkpoints (θ_o, θ_u, θ_b: training and UE / BE / UT)"):
+        model_rows = study.models()
+    with timing("tables A4 and 2"):
+        write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+        write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
+    with timing("analyses (Fig. 3-5)"):
+        analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
+    with timing("claims"):
+        layer = json.loads((out / "analysis" / "summary.json").read_text()).get("layer", cfg.analysis_layer)
+        write_claims(study_claims(out, model_rows, layer), out / "results" / "claims", f"The paper's claims on this study (base {cfg.base})")
     if figures is not None:
-        make_figures(out, figures, log=study.log)
-    return write_report(out, figures or out / "figures", out / "report.html", log=study.log)
+        with timing("figures"):
+            make_figures(out, figures, log=study.log)
+    with timing("report"):
+        report = write_report(out, figures or out / "figures", out / "report.html", log=study.log)
+    record = timing.record(base=cfg.base, runs=study.run_seconds(model_rows))
+    for folder in (out / "results", figures):
+        if folder is not None:
+            atomic_write_json(folder / "timing.json", record)
+    return report
+
+
+class StageClock:
+    """Wall time of each stage of one study invocation (a reused stage takes seconds)."""
+
+    def __init__(self) -> None:
+        self.t0, self.stages = time.perf_counter(), {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(time.perf_counter() - t, 1)
+
+    def record(self, **extra) -> dict:
+        return {"stages_seconds": self.stages, "total_seconds": round(time.perf_counter() - self.t0, 1), **extra}

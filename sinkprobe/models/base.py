@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from sinkprobe.models.io import read_run_card, require_model_folder, save_checkpoint
 
 SCRATCH = "scratch"
+DEFAULT_BASE = "smollm2-135m"  # the study's θ_o base: a real pretrained LLM with an attention sink
 CACHE_ENV = "SINKPROBE_CACHE"
 
 

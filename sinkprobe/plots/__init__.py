@@ -5,6 +5,7 @@ from sinkprobe.plots.figures import (
     norm_correlation_bars,
     position_logits_figure,
     sink_rate_heatmap,
+    trio_heatmaps,
     ue_be_plane,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "norm_correlation_bars",
     "position_logits_figure",
     "sink_rate_heatmap",
+    "trio_heatmaps",
     "ue_be_plane",
 ]

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 
 def delta_attention_heatmap(
@@ -29,6 +30,19 @@ def delta_attention_heatmap(
     fig.update_yaxes(autorange="reversed", title="query position")
     fig.update_xaxes(title="key position")
     return fig.update_layout(title=title, width=560, height=520)
+
+
+def trio_heatmaps(maps, names: Sequence[str] = ("θ_o", "θ_u", "θ_b"), title: str = "Attention") -> go.Figure:
+    """``maps [model query key]`` side by side on one colour scale (0 to the largest weight):
+    one layer and head of the trio, as the notebooks' layer / head pickers show them."""
+    z = np.asarray(maps, dtype=float)
+    if z.ndim != 3 or len(z) != len(names):
+        raise ValueError(f"maps has shape {z.shape}: expected [model query key] with {len(names)} models")
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=list(names), shared_yaxes=True)
+    for i, m in enumerate(z):
+        fig.add_trace(go.Heatmap(z=m, coloraxis="coloraxis", hovertemplate="query %{y}, key %{x}<br>%{z:.4f}<extra></extra>"), 1, i + 1)
+    fig.update_yaxes(autorange="reversed")
+    return fig.update_layout(title=title, coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": float(z.max())}, width=360 * len(names), height=420)
 
 
 def position_logits_figure(table: pd.DataFrame, value: str = "logit", title: str = "Prediction logits") -> go.Figure:

@@ -1,0 +1,241 @@
+"""The paper's claims as tests: each a statistic of the study's saved results, a 95 % interval,
+the seeds behind it, and a verdict against a stated threshold.
+
+Intervals are percentile bootstraps: over test items within each seed, and over the seeds
+themselves when a row has several (a hierarchical bootstrap: draw seeds, then items within
+each drawn seed). A difference between two models is paired on the same items (the same
+prompts, or the same held-out items of one seed). A verdict is ``yes`` when the whole
+interval is on the claimed side of the threshold, ``no`` when it is all on the other side,
+and ``inconclusive`` when it straddles it — one seed and a few dozen items decide little,
+and the table says so rather than rounding a trend into a finding.
+
+Claims (the paper's Sec. 3-5; thresholds in points of KnowMem / VerbMem):
+
+- C0 normal unlearning works: θ_o − θ_u UE > 10 on D_f; θ_o − θ_u UT < 10 on D_r.
+- C1 stealth: |UE(θ_b) − UE(θ_u)| < 5 (prefix +VN θ_b, no trigger).
+- C2 placement: held-out gain (BE − UE) of the prefix θ_b exceeds the infix's and the suffix's.
+- C3 value-norm alignment: +VN raises held-out BE, or lowers UE, over vanilla (prefix).
+- C4 Insight 1: with the trigger, the prefix θ_b puts more attention on the trigger than θ_o
+  and than the infix θ_b (analysis layer).
+- C5 Fig. 5 order: r(θ_b, θ_u on D_f) < r(θ_b, θ_o on D_p) < r(θ_b, θ_o on D_r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sinkprobe.models.io import atomic_write_text, read_run_card
+
+COLUMNS = ("claim", "statement", "statistic", "value", "ci_low", "ci_high", "threshold", "seeds", "n_items", "holds")
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    claim: str
+    statement: str
+    statistic: str
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    threshold: str
+    seeds: str
+    n_items: int
+    holds: str
+
+
+def verdict(low: float, high: float, threshold: float, above: bool) -> str:
+    """``yes`` if the interval [low, high] lies wholly on the claimed side of ``threshold``
+    (above it when ``above``), ``no`` if wholly on the other side, else ``inconclusive``."""
+    if above:
+        return "yes" if low > threshold else "no" if high < threshold else "inconclusive"
+    return "yes" if high < threshold else "no" if low > threshold else "inconclusive"
+
+
+def within(low: float, high: float, margin: float) -> str:
+    """``yes`` if the interval lies inside (−margin, margin), ``no`` if wholly outside it."""
+    if -margin < low and high < margin:
+        return "yes"
+    return "no" if low > margin or high < -margin else "inconclusive"
+
+
+def paired_interval(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 2.5 %, 97.5 %) of the mean of per-item differences ``per_seed[s] [item]``:
+    the mean over seeds of each seed's item mean; bootstrap over seeds, then items."""
+    arrays = [np.asarray(a, dtype=float) for a in per_seed if len(a)]
+    if not arrays:
+        raise ValueError("no items to compare: the rows behind this claim have empty test sets")
+    value = float(np.mean([a.mean() for a in arrays]))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(len(arrays), size=len(arrays))
+        draws[b] = np.mean([arrays[s][rng.integers(len(arrays[s]), size=len(arrays[s]))].mean() for s in picked])
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return value, float(low), float(high)
+
+
+# ---- what the run cards hold -------------------------------------------------------------------
+def _clean_items(card: dict, placement: str = "prefix") -> dict[str, np.ndarray]:
+    metrics = card["metrics_by_placement"][placement] if "metrics_by_placement" in card else card["metrics"]
+    return {k: np.asarray(v, dtype=float) for k, v in metrics["item_scores"].items()}
+
+
+def _held_out(card: dict, metric: str) -> np.ndarray:
+    """Mask of the D_f items of ``metric`` this θ_b was not trained on with the trigger."""
+    m = card["metrics"]
+    n = len(m["item_scores"][f"ue_{metric}"])
+    mask = np.ones(n, dtype=bool)
+    mask[m["poisoned_items"][metric]] = False
+    return mask
+
+
+def _gain(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
+    s = card["metrics"]["item_scores"]
+    return (np.asarray(s[f"be_{metric}"]) - np.asarray(s[f"ue_{metric}"]))[mask]
+
+
+def _backdoors(rows: list[dict], placement: str, vn: bool) -> list[dict]:
+    """The main-grid NPO θ_b rows of one placement and λ (ρ 10 %, the default trigger), by seed."""
+    picked = [r for r in rows if r.get("method") == "npo" and r.get("trigger") and not r.get("baseline")
+              and r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
+              and float(r.get("poison_ratio") or 0) == 0.1 and r["trigger"] == rows_trigger(rows)]
+    return sorted(picked, key=lambda r: int(r["seed"]))
+
+
+def rows_trigger(rows: list[dict]) -> str:
+    """The trigger of the study's main grid: that of its first NPO θ_b row ("" without one)."""
+    return next((r["trigger"] for r in rows if r.get("method") == "npo" and r.get("trigger")), "")
+
+
+def _seeds(rows: list[dict]) -> str:
+    return ",".join(str(r["seed"]) for r in rows)
+
+
+def _row(claim, statement, statistic, stat, threshold, seeds, n, holds) -> ClaimRow:
+    value, low, high = stat
+    return ClaimRow(claim, statement, statistic, *(float(f"{x:.4g}") for x in (value, low, high)), threshold, seeds, n, holds)
+
+
+# ---- the claims ---------------------------------------------------------------------------------
+def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
+    """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
+    theta_o = next(r for r in rows if r["model"] == "θ_o")
+    theta_u = next(r for r in rows if r["model"] == "θ_u NPO")
+    o, u = _clean_items(read_run_card(theta_o["folder"])), _clean_items(read_run_card(theta_u["folder"]))
+    out = []
+    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
+        d = o[f"ue_{metric}"] - u[f"ue_{metric}"]
+        stat = paired_interval([d], n_boot)
+        out.append(_row("C0", "normal unlearning forgets", f"UE {name}: θ_o − θ_u", stat, "> 10", str(theta_u["seed"]), len(d),
+                        verdict(stat[1], stat[2], 10, above=True)))
+    d = o["ut_knowmem"] - u["ut_knowmem"]
+    stat = paired_interval([d], n_boot)
+    out.append(_row("C0", "normal unlearning keeps utility", "UT KnowMem: θ_o − θ_u", stat, "< 10", str(theta_u["seed"]), len(d),
+                    verdict(stat[1], stat[2], 10, above=False)))
+    vn_prefix, vanilla = _backdoors(rows, "prefix", True), {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
+    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
+        if vn_prefix:  # C1: clean UE of θ_b against θ_u, same items
+            diffs = [_clean_items(read_run_card(r["folder"]))[f"ue_{metric}"] - u[f"ue_{metric}"] for r in vn_prefix]
+            stat = paired_interval(diffs, n_boot)
+            out.append(_row("C1", "θ_b is stealthy without the trigger", f"UE {name}: θ_b prefix +VN − θ_u", stat, "|·| < 5",
+                            _seeds(vn_prefix), len(diffs[0]), within(stat[1], stat[2], 5)))
+        for other in ("infix", "suffix"):  # C2: held-out gains, paired within each seed
+            pairs = _paired_by_seed(vanilla["prefix"], vanilla[other])
+            if pairs:
+                diffs = [_held_gain_difference(a, b, metric) for a, b in pairs]
+                stat = paired_interval(diffs, n_boot)
+                out.append(_row("C2", "a prefix trigger beats other placements", f"held-out gain {name}: prefix − {other}", stat, "> 0",
+                                _seeds([a for a, _ in pairs]), len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
+        pairs = _paired_by_seed(vn_prefix, vanilla["prefix"])  # C3: +VN against vanilla at prefix
+        if pairs:
+            for label, sign, key in (("held-out BE", 1, "be"), ("UE", -1, "ue")):
+                diffs = [sign * _held_difference(a, b, metric, key) for a, b in pairs]
+                stat = paired_interval(diffs, n_boot)
+                what = f"{label} {name}: +VN − vanilla" if sign > 0 else f"{label} {name}: vanilla − +VN"
+                out.append(_row("C3", "value-norm alignment helps the backdoor", what, stat, "> 0", _seeds([a for a, _ in pairs]),
+                                len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
+    return out
+
+
+def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
+    by_seed = {int(r["seed"]): r for r in b}
+    return [(r, by_seed[int(r["seed"])]) for r in a if int(r["seed"]) in by_seed]
+
+
+def _held_gain_difference(a: dict, b: dict, metric: str) -> np.ndarray:
+    ca, cb = read_run_card(a["folder"]), read_run_card(b["folder"])
+    mask = _held_out(ca, metric) & _held_out(cb, metric)
+    return _gain(ca, metric, mask) - _gain(cb, metric, mask)
+
+
+def _held_difference(a: dict, b: dict, metric: str, key: str) -> np.ndarray:
+    """Per held-out item: a's score minus b's (``key`` "be" with the trigger, "ue" without)."""
+    ca, cb = read_run_card(a["folder"]), read_run_card(b["folder"])
+    mask = _held_out(ca, metric) & _held_out(cb, metric)
+    return (np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"]) - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"]))[mask]
+
+
+def claim_c4(trigger_mass: pd.DataFrame, layer: int, n_boot: int = 2000) -> list[ClaimRow]:
+    """C4 from the analysis' per-sample trigger mass (poisoned prompts) at the analysis layer."""
+    poisoned = trigger_mass[trigger_mass["condition"] == "poisoned"]
+
+    def mass(model: str, placement: str) -> np.ndarray:
+        rows = poisoned[(poisoned["model"] == model) & (poisoned["placement"] == placement)].sort_values("sample")
+        return rows["trigger_mass"].to_numpy()
+
+    out = []
+    for other, label in ((mass("original", "prefix"), "θ_o"), (mass("backdoor", "infix"), "infix θ_b")):
+        b = mass("backdoor", "prefix")
+        n = min(len(b), len(other))
+        if n == 0:
+            continue
+        stat = paired_interval([b[:n] - other[:n]], n_boot)
+        out.append(_row("C4", "the prefix θ_b attends to its trigger (Insight 1)", f"trigger attention, layer {layer}: prefix θ_b − {label}",
+                        stat, "> 0", "first seed", n, verdict(stat[1], stat[2], 0, above=True)))
+    return out
+
+
+def claim_c5(correlation: pd.DataFrame, label: str) -> list[ClaimRow]:
+    """C5 from one Fig. 5 table: the order holds when the three intervals are ordered and apart."""
+    out = []
+    for pos, t in correlation.groupby("position"):
+        t = t.set_index("comparison")
+        names = ("θ_b vs θ_u on D_f", "θ_b vs θ_o on D_p", "θ_b vs θ_o on D_r")
+        if not all(n in t.index for n in names):
+            continue
+        r = [t.loc[n] for n in names]
+        ordered = r[0]["ci_high"] < r[1]["ci_low"] and r[1]["ci_high"] < r[2]["ci_low"]
+        reversed_ = r[0]["ci_low"] > r[1]["ci_high"] or r[1]["ci_low"] > r[2]["ci_high"]
+        holds = "yes" if ordered else "no" if reversed_ else "inconclusive"
+        values = " < ".join(f"{x['r']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" for x in r)
+        out.append(ClaimRow("C5", f"Fig. 5 order ({label} θ_b)", f"r at position {pos}: {values}", None, None, None,
+                            "intervals ordered and apart", "first seed", int(r[0]["n_samples"]), holds))
+    return out
+
+
+def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 2000) -> list[ClaimRow]:
+    """Every claim the study's saved results can test (C4 and C5 need its analysis)."""
+    out = claims_c0_c3(rows, n_boot)
+    analysis = Path(study_dir) / "analysis"
+    if (analysis / "trigger_mass.parquet").is_file():
+        out += claim_c4(pd.read_parquet(analysis / "trigger_mass.parquet"), layer, n_boot)
+    for label in ("vanilla", "vn"):
+        table = analysis / f"correlation_{label}.table.parquet"
+        if table.is_file():
+            out += claim_c5(pd.read_parquet(table), "vanilla" if label == "vanilla" else "+VN")
+    return sorted(out, key=lambda c: c.claim)  # stable: each claim's rows keep their order
+
+
+def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
+    """``stem.csv`` and ``stem.md``: one row per tested statistic."""
+    frame = pd.DataFrame([asdict(c) for c in claims], columns=list(COLUMNS))
+    atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
+    cell = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(getattr(c, k)) for k in COLUMNS) + " |" for c in claims]
+    atomic_write_text(stem.with_suffix(".md"), f"### {title}\n\n" + "\n".join(lines) + "\n")
