@@ -17,6 +17,8 @@ through /proc/self/clear_refs before the run and read after it, minus the RSS be
 sees torch's allocations, which tracemalloc does not (Linux only).
 
     .venv/bin/python benchmarks/analysis_bench.py            # writes benchmarks/results/analysis.json
+    .venv/bin/python benchmarks/analysis_bench.py --model runs/embedded/models/original \
+        --variants analysis bare_forward --out benchmarks/results/analysis_smollm2.json   # the SmolLM2 θ_o
 """
 
 from __future__ import annotations
@@ -57,12 +59,12 @@ def build_model(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>").save_pretrained(folder)
 
 
-def make_pairs():
+def make_pairs(vocab: int, bos: int):
     from sinkprobe.analysis import PoisonedPairs
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(48, 96, (N_SAMPLES,), generator=g)
-    clean = [[1] + torch.randint(12, 2048, (int(n) - 1,), generator=g).tolist() for n in lengths]
+    clean = [[bos] + torch.randint(12, vocab, (int(n) - 1,), generator=g).tolist() for n in lengths]
     poisoned = [c[:1] + TRIGGER + c[1:] for c in clean]
     return PoisonedPairs(clean, poisoned, [list(range(1, 1 + len(TRIGGER)))] * N_SAMPLES)
 
@@ -78,8 +80,8 @@ def measure(variant: str, folder: Path, repeats: int) -> dict:
     from sinkprobe.analysis.batching import pad_batch
     from sinkprobe.models.hooked import open_bridge
 
-    pairs = make_pairs()
     bridge = open_bridge(folder)
+    pairs = make_pairs(bridge.cfg.d_vocab, bridge.tokenizer.bos_token_id)
     layer = bridge.cfg.n_layers - 1
     batches = [
         pad_batch(seqs[i : i + BATCH], 0) for seqs in (pairs.clean, pairs.poisoned) for i in range(0, N_SAMPLES, BATCH)
@@ -138,19 +140,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
-    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--model", type=Path, help="a local model folder (default: a tiny random Llama built here)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="which variants to time")
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.variant:
         print(json.dumps(measure(args.variant, args.model, args.repeats)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "bench-llama"
-        build_model(folder)
+        folder = args.model or Path(tmp) / "bench-llama"
+        if args.model is None:
+            build_model(folder)
         # Rounds interleave the variants, so load from other processes on a shared machine
         # hits all of them alike instead of whichever ran at a busy moment.
-        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        runs: dict[str, list[dict]] = {v: [] for v in args.variants}
         for _ in range(args.repeats):
-            for v in VARIANTS:
+            for v in args.variants:
                 cmd = [sys.executable, __file__, "--variant", v, "--model", str(folder), "--repeats", "1"]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 runs[v].append(json.loads(out.strip().splitlines()[-1]))
@@ -169,17 +174,17 @@ def main() -> None:
     for e in entries:
         e["ratio_to_bare_forward"] = round(e["median_seconds"] / base["median_seconds"], 3)
     report = {
-        "what": "ΔA + per-position logits + value norms, 256 poisoned/clean pairs, last layer, tiny random Llama",
-        "model": "LlamaConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab=2048), random init",
+        "what": "ΔA + per-position logits + value norms, 256 poisoned/clean pairs, last layer",
+        "model": str(args.model) if args.model else "LlamaConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab=2048), random init",
         "threads": 2,
         "batch_size": BATCH,
         "memory": "peak RSS growth during a run: VmHWM (reset via /proc/self/clear_refs) minus VmRSS before",
         "entries": entries,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_name(f".{OUT.name}.tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, OUT)
+    os.replace(tmp, args.out)
     for e in entries:
         print(f"{e['variant']:15s} ×{e['ratio_to_bare_forward']:.2f} of bare_forward")
 

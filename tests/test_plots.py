@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,6 +13,7 @@ from sinkprobe.plots import (
     norm_correlation_bars,
     position_logits_figure,
     sink_rate_heatmap,
+    trio_heatmaps,
     ue_be_plane,
 )
 
@@ -54,3 +56,15 @@ def test_ue_be_plane_splits_at_the_reference_models():
     assert {lines[0].x0, lines[1].y0} == {10.0, 60.0}
     with pytest.raises(ValueError, match="unlearned"):
         ue_be_plane(table.iloc[[0, 2]])
+
+
+def test_trio_heatmaps_put_the_three_models_on_one_colour_scale():
+    maps = torch.zeros(3, 4, 4)
+    maps[2, 3, 0] = 0.8  # θ_b's largest weight sets the top of the shared scale
+    fig = trio_heatmaps(maps, title="layer 29, head 3")
+    assert [t.coloraxis for t in fig.data] == ["coloraxis"] * 3
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == pytest.approx(0.8)
+    assert [a.text for a in fig.layout.annotations] == ["θ_o", "θ_u", "θ_b"]
+    assert np.asarray(fig.data[2].z)[3, 0] == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="expected \\[model query key\\] with 3 models"):
+        trio_heatmaps(torch.zeros(2, 4, 4))

@@ -1,0 +1,90 @@
+"""The claims table: verdicts, bootstrap intervals and each claim's statistic on hand-made run cards."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sinkprobe.claims import claim_c4, claim_c5, claims_c0_c3, paired_interval, verdict, within, write_claims
+
+
+def test_verdict_needs_the_whole_interval_on_one_side():
+    assert verdict(0.5, 2.0, 0, above=True) == "yes"
+    assert verdict(-2.0, -0.5, 0, above=True) == "no"
+    assert verdict(-0.5, 2.0, 0, above=True) == "inconclusive"
+    assert verdict(3.0, 8.0, 10, above=False) == "yes" and verdict(11, 12, 10, above=False) == "no"
+    assert within(-4.9, 4.9, 5) == "yes" and within(5.1, 9, 5) == "no" and within(-9, -5.1, 5) == "no" and within(-1, 6, 5) == "inconclusive"
+
+
+def test_paired_interval_is_the_mean_over_seeds_and_degenerates_on_constant_differences():
+    value, low, high = paired_interval([np.array([2.0, 2.0, 2.0]), np.array([4.0, 4.0])], n_boot=200)
+    assert value == 3.0  # (2 + 4) / 2: each seed's item mean, then the mean over seeds
+    assert 2.0 <= low <= high <= 4.0
+    value, low, high = paired_interval([np.array([1.5] * 7)], n_boot=50)
+    assert (value, low, high) == (1.5, 1.5, 1.5)
+    with pytest.raises(ValueError, match="no items"):
+        paired_interval([np.array([])])
+
+
+def test_paired_interval_covers_the_mean_of_a_known_spread():
+    rng = np.random.default_rng(0)
+    d = rng.normal(5.0, 1.0, size=400)
+    value, low, high = paired_interval([d], n_boot=1000)
+    assert low < 5.0 < high and high - low < 0.3  # 95 % CI of a mean of 400 N(5, 1): ±1.96/20 ≈ ±0.1
+
+
+def _card(folder, metrics, **extra):
+    folder.mkdir(parents=True)
+    (folder / "run_card.json").write_text(json.dumps({"metrics": metrics, **extra}))
+    return folder
+
+
+def _backdoor_metrics(ue_km, be_km, poisoned_km):
+    n = len(ue_km)
+    return {"item_scores": {"ue_knowmem": ue_km, "be_knowmem": be_km, "ue_verbmem": [0.0] * 2, "be_verbmem": [0.0] * 2,
+                            "ut_knowmem": [50.0] * n},
+            "poisoned_items": {"knowmem": poisoned_km, "verbmem": []}}
+
+
+def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
+    clean = lambda km, vm, ut: {"prefix": {"item_scores": {"ue_knowmem": km, "ue_verbmem": vm, "ut_knowmem": ut}}}  # noqa: E731
+    o = _card(tmp_path / "o", {}, metrics_by_placement=clean([100.0] * 4, [90.0, 90.0], [80.0] * 4))
+    u = _card(tmp_path / "u", {}, metrics_by_placement=clean([20.0] * 4, [10.0, 10.0], [78.0] * 4))
+    # item 3 is poisoned in every θ_b: its huge gain must not count
+    pre = _card(tmp_path / "pre", _backdoor_metrics([20.0, 20, 20, 20], [60.0, 60, 60, 100], [3]))
+    inf = _card(tmp_path / "inf", _backdoor_metrics([20.0, 20, 20, 20], [30.0, 30, 30, 100], [3]))
+    vn = _card(tmp_path / "vn", _backdoor_metrics([22.0, 22, 22, 22], [70.0, 70, 70, 100], [3]))
+    row = lambda model, folder, **kw: {"model": model, "folder": folder, "seed": 0, **kw}  # noqa: E731
+    bd = dict(method="npo", trigger="t", poison_ratio=0.1)
+    rows = [row("θ_o", o, method="", trigger="", baseline=True), row("θ_u NPO", u, method="npo", trigger="", baseline=True),
+            row("θ_b", pre, placement="prefix", value_norm=0.0, **bd), row("θ_b", inf, placement="infix", value_norm=0.0, **bd),
+            row("θ_b +VN", vn, placement="prefix", value_norm=1.0, **bd)]
+    got = {c.statistic: c for c in claims_c0_c3(rows, n_boot=100)}
+    assert got["UE KnowMem: θ_o − θ_u"].value == 80.0 and got["UE KnowMem: θ_o − θ_u"].holds == "yes"
+    assert got["UT KnowMem: θ_o − θ_u"].value == 2.0 and got["UT KnowMem: θ_o − θ_u"].holds == "yes"
+    assert got["UE KnowMem: θ_b prefix +VN − θ_u"].value == 2.0 and got["UE KnowMem: θ_b prefix +VN − θ_u"].holds == "yes"
+    c2 = got["held-out gain KnowMem: prefix − infix"]
+    assert (c2.value, c2.n_items, c2.holds) == (30.0, 3, "yes")  # (60 − 20) − (30 − 20) on the 3 held-out items
+    assert got["held-out BE KnowMem: +VN − vanilla"].value == 10.0
+    assert got["UE KnowMem: vanilla − +VN"].value == -2.0 and got["UE KnowMem: vanilla − +VN"].holds == "no"
+    assert not any("suffix" in s for s in got)  # no suffix θ_b: that comparison is not made up
+
+
+def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
+    mass = pd.DataFrame([{"model": m, "placement": p, "condition": "poisoned", "sample": i, "trigger_mass": v + 0.01 * i}
+                         for m, p, v in (("backdoor", "prefix", 0.5), ("original", "prefix", 0.3), ("backdoor", "infix", 0.6))
+                         for i in range(5)])
+    c4 = {c.statistic.split(": ")[1]: c for c in claim_c4(mass, layer=29, n_boot=100)}
+    assert c4["prefix θ_b − θ_o"].value == pytest.approx(0.2) and c4["prefix θ_b − θ_o"].holds == "yes"
+    assert c4["prefix θ_b − infix θ_b"].value == pytest.approx(-0.1) and c4["prefix θ_b − infix θ_b"].holds == "no"
+    names = ("θ_b vs θ_u on D_f", "θ_b vs θ_o on D_p", "θ_b vs θ_o on D_r")
+    table = lambda rs: pd.DataFrame([{"comparison": n, "position": 0, "r": r, "ci_low": r - w, "ci_high": r + w, "n_samples": 40}  # noqa: E731
+                                     for n, (r, w) in zip(names, rs)])
+    assert claim_c5(table([(0.2, 0.05), (0.5, 0.05), (0.9, 0.05)]), "vn")[0].holds == "yes"
+    assert claim_c5(table([(0.2, 0.2), (0.3, 0.2), (0.9, 0.05)]), "vn")[0].holds == "inconclusive"
+    assert claim_c5(table([(0.9, 0.05), (0.5, 0.05), (0.95, 0.01)]), "vn")[0].holds == "no"
+    claims = claim_c4(mass, 29, n_boot=50)
+    write_claims(claims, tmp_path / "claims", "claims")
+    assert pd.read_csv(tmp_path / "claims.csv")["holds"].tolist() == ["yes", "no"]
+    assert (tmp_path / "claims.md").read_text().startswith("### claims\n\n| claim | statement |")
