@@ -16,7 +16,7 @@ Claims (the paper's Sec. 3-5; thresholds in points of KnowMem / VerbMem):
 - C2 placement: held-out gain (BE − UE) of the prefix θ_b exceeds the infix's and the suffix's.
 - C3 value-norm alignment: +VN raises held-out BE, or lowers UE, over vanilla (prefix).
 - C4 Insight 1: with the trigger, the prefix θ_b puts more attention on the trigger than θ_o
-  and than the infix θ_b (analysis layer).
+  and than the infix θ_b (at the analysis layer, and averaged over θ_o's sink layers).
 - C5 Fig. 5 order: r(θ_b, θ_u on D_f) < r(θ_b, θ_o on D_p) < r(θ_b, θ_o on D_r).
 """
 
@@ -180,13 +180,14 @@ def _held_difference(a: dict, b: dict, metric: str, key: str) -> np.ndarray:
     return (np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"]) - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"]))[mask]
 
 
-def claim_c4(trigger_mass: pd.DataFrame, layer: int, n_boot: int = 2000) -> list[ClaimRow]:
-    """C4 from the analysis' per-sample trigger mass (poisoned prompts) at the analysis layer."""
-    poisoned = trigger_mass[trigger_mass["condition"] == "poisoned"]
+def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000) -> list[ClaimRow]:
+    """C4 from per-sample trigger attention on poisoned prompts (``trigger_mass``: the analysis
+    layer's rows, or one row per sink layer, averaged here per sample); ``where`` names it."""
+    poisoned = trigger_mass[trigger_mass.get("condition", "poisoned") == "poisoned"]
 
     def mass(model: str, placement: str) -> np.ndarray:
-        rows = poisoned[(poisoned["model"] == model) & (poisoned["placement"] == placement)].sort_values("sample")
-        return rows["trigger_mass"].to_numpy()
+        rows = poisoned[(poisoned["model"] == model) & (poisoned["placement"] == placement)]
+        return rows.groupby("sample")["trigger_mass"].mean().sort_index().to_numpy()
 
     out = []
     for other, label in ((mass("original", "prefix"), "θ_o"), (mass("backdoor", "infix"), "infix θ_b")):
@@ -195,7 +196,7 @@ def claim_c4(trigger_mass: pd.DataFrame, layer: int, n_boot: int = 2000) -> list
         if n == 0:
             continue
         stat = paired_interval([b[:n] - other[:n]], n_boot)
-        out.append(_row("C4", "the prefix θ_b attends to its trigger (Insight 1)", f"trigger attention, layer {layer}: prefix θ_b − {label}",
+        out.append(_row("C4", "the prefix θ_b attends to its trigger (Insight 1)", f"trigger attention, {where}: prefix θ_b − {label}",
                         stat, "> 0", "first seed", n, verdict(stat[1], stat[2], 0, above=True)))
     return out
 
@@ -223,7 +224,10 @@ def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 20
     out = claims_c0_c3(rows, n_boot)
     analysis = Path(study_dir) / "analysis"
     if (analysis / "trigger_mass.parquet").is_file():
-        out += claim_c4(pd.read_parquet(analysis / "trigger_mass.parquet"), layer, n_boot)
+        out += claim_c4(pd.read_parquet(analysis / "trigger_mass.parquet"), f"layer {layer}", n_boot)
+    if (analysis / "trigger_mass_sink_layers.parquet").is_file():
+        by_layer = pd.read_parquet(analysis / "trigger_mass_sink_layers.parquet")
+        out += claim_c4(by_layer, f"mean over θ_o's {by_layer['layer'].nunique()} sink layers", n_boot)
     for label in ("vanilla", "vn"):
         table = analysis / f"correlation_{label}.table.parquet"
         if table.is_file():

@@ -1,5 +1,5 @@
-"""One self-contained HTML page for a finished study: θ_o's card, Table 1 / A4, the figures and the
-analysis numbers. plotly.js is inlined once (no network needed to open it); the figures are rebuilt
+"""One self-contained HTML page for a finished study: the claims table, θ_o's card, Table 1 / A4,
+the figures and the analysis numbers. plotly.js is inlined once (no network needed to open it); the figures are rebuilt
 from the saved results (:func:`sinkprobe.paper_figures.build_figures`), never from a model.
 """
 
@@ -86,6 +86,15 @@ def _figures(study_dir: Path, figures: Path, out: Path, log: Callable[[str], Non
     return "\n".join(parts)
 
 
+def _claims(study_dir: Path) -> str:
+    path = study_dir / "results" / "claims.csv"
+    if not path.is_file():
+        return ""
+    return ("<h2>The paper's claims on this study</h2><p>95 % bootstrap intervals over test items (and seeds, where a row has "
+            "several); a verdict is yes / no only when the whole interval is on one side of the threshold (<code>sinkprobe/claims.py</code>).</p>"
+            + _table(pd.read_csv(path, keep_default_na=False)))
+
+
 def _table2(study_dir: Path) -> str:
     path = study_dir / "results" / "table2.csv"
     if not path.is_file():
@@ -102,7 +111,8 @@ def write_report(study_dir: Path, figures: Path, out: Path, log: Callable[[str],
     body = (
         f"<h1>sinkprobe study: {html.escape(str(study_dir))}</h1>"
         "<p>Reproduction of <i>Forgetting to Forget: Attention Sink as A Gateway for Backdooring LLM Unlearning</i> (arXiv 2510.17021).</p>"
-        "<h2>Original model θ_o</h2>" + _original_card(study_dir)
+        + _claims(study_dir)
+        + "<h2>Original model θ_o</h2>" + _original_card(study_dir)
         + "<h2>Table 1</h2>" + _table(t1)
         + _table2(study_dir)
         + "<h2>Table A4: UE / BE / UT per model × seed</h2>" + _table(a4.drop(columns=["vn"]))

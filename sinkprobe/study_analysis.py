@@ -11,7 +11,8 @@ files without a model:
 - ``pairs_{original,backdoor}_{prefix,infix}`` (:class:`PairAnalysis`, paper Fig. 3 and 4):
   clean vs poisoned D_f prompts at the analysis layer (default the last), the trigger at the placement the θ_b was
   trained with (θ_o is read under both placements, as in Fig. 3a/3c); the tidy
-  ``logits.parquet`` and ``trigger_mass.parquet``;
+  ``logits.parquet`` and ``trigger_mass.parquet``, and ``trigger_mass_sink_layers.parquet`` (the
+  trigger attention on poisoned prompts at each of θ_o's sink layers);
 - ``correlation_{vanilla,vn}`` (:class:`NormCorrelation`, Fig. 5): θ_b (prefix) vs θ_u on
   D_f, vs θ_o on D_p, vs θ_o on D_r, at the sink positions S where ‖v‖ varies across samples
   (:func:`~sinkprobe.analysis.varying_positions`), with bootstrap CIs;
@@ -46,6 +47,7 @@ from sinkprobe.analysis import (
     paper_comparisons,
     save_result,
     save_table,
+    trigger_mass_by_layer,
     varying_positions,
 )
 from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
@@ -61,8 +63,9 @@ ANALYSIS = "analysis"
 PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fig. 3 and 4
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
+SINK_LAYER_RATE = 0.5  # a sink layer: α(0) > ε in more than half its heads (the issue's and Gu et al.'s reading)
 # Bump when what the analysis computes changes, so a finished analysis folder is redone.
-ANALYSIS_VERSION = 2  # 2: whole-string trigger placement, Fig. 5 on varying positions
+ANALYSIS_VERSION = 3  # 2: whole-string trigger placement, Fig. 5 on varying positions; 3: trigger attention at the sink layers
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
@@ -177,8 +180,8 @@ def analyse_study(
     clean = forget_prompts(tok, corpus, None, n_samples)
     layer = (bridges["original"].cfg.n_layers - 1 if layer is None else layer) % bridges["original"].cfg.n_layers
 
-    sink_positions = _sinks(bridges, clean, out, layer)
-    triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer)
+    sink_positions, sink_layers = _sinks(bridges, clean, out, layer)
+    triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer, sink_layers)
     _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out, layer)
 
     numbers = summarise(out)
@@ -194,8 +197,9 @@ def analyse_study(
     return out
 
 
-def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> list[int]:
-    """Sink scores of θ_o and the prefix θ_b; returns S: θ_o's sinks at ``layer``, or the first positions."""
+def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> tuple[list[int], list[int]]:
+    """Sink scores of θ_o and the prefix θ_b; returns S (θ_o's sinks at ``layer``, or the first
+    positions) and θ_o's sink layers (first-token sink rate above one half)."""
     reports = {}
     for name in ("original", "backdoor_prefix", "backdoor_prefix_vn"):
         if name in bridges:
@@ -205,12 +209,15 @@ def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> list
     save_table(pd.concat([r.score_table() for r in reports.values()], ignore_index=True), out / "sink_alpha.parquet")
     shortest = min(len(s) for s in clean)
     detected = [p for p in reports["original"].positions(SINK_THRESHOLD, layers=[layer]) if p < shortest]
-    return detected or list(FALLBACK_SINKS)
+    sink_layers = [l for l, r in enumerate(reports["original"].rate[:, 0].tolist()) if r > SINK_LAYER_RATE]
+    return detected or list(FALLBACK_SINKS), sink_layers
 
 
-def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int) -> dict[str, Trigger]:
-    """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement; returns the triggers used."""
-    triggers, logits, mass = {}, [], []
+def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int,
+           sink_layers: list[int]) -> dict[str, Trigger]:
+    """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement, and the trigger attention at
+    θ_o's sink layers; returns the triggers used."""
+    triggers, logits, mass, by_layer = {}, [], [], []
     for placement in PLACEMENTS:
         name = f"backdoor_{placement}"
         if name not in models:
@@ -224,8 +231,14 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
             save_result(result, out, f"pairs_{model}_{placement}", run)
             logits.append(result.logit_table().assign(placement=placement))
             mass.append(result.trigger_mass_table().assign(placement=placement))
+            if sink_layers:
+                m = trigger_mass_by_layer(bridge, pairs.poisoned, pairs.trigger_positions, sink_layers)  # [n layer]
+                by_layer.append(pd.DataFrame([{"model": model, "placement": placement, "sample": i, "layer": l, "trigger_mass": float(m[i, j])}
+                                              for i in range(m.shape[0]) for j, l in enumerate(sink_layers)]))
     save_table(pd.concat(logits, ignore_index=True), out / "logits.parquet")
     save_table(pd.concat(mass, ignore_index=True), out / "trigger_mass.parquet")
+    if by_layer:  # poisoned prompts only: Insight 1 across the sink layers (claim C4)
+        save_table(pd.concat(by_layer, ignore_index=True), out / "trigger_mass_sink_layers.parquet")
     return triggers
 
 

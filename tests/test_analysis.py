@@ -32,6 +32,7 @@ from sinkprobe.analysis import (
     save_result,
     sink_scores,
     sink_set,
+    trigger_mass_by_layer,
     true_token_scores,
 )
 from sinkprobe.analysis import attention as att
@@ -199,6 +200,16 @@ def test_pair_analysis_shapes_and_tables(bridges):
     assert len(masses) == 2 * n and masses["trigger_mass"].between(0, 1).all()
     # the trigger columns are the poisoned map's attention on the trigger: between 0 and 1
     assert ((r.trigger_columns >= 0) & (r.trigger_columns <= 1)).all()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_trigger_mass_by_layer_equals_the_pair_analysis_at_each_layer(bridges, family):
+    """Insight 1 at several layers from one forward: each column equals analyze_pairs' poisoned mass there."""
+    pairs = poisoned_pairs(5)
+    m = trigger_mass_by_layer(bridges[family], pairs.poisoned, pairs.trigger_positions, [0, 1], batch_size=2)
+    assert m.shape == (5, 2)
+    for j, layer in enumerate((0, 1)):
+        torch.testing.assert_close(m[:, j], analyze_pairs(bridges[family], pairs, layer).trigger_mass[:, 1], atol=1e-5, rtol=0)
 
 
 def test_sink_detection_finds_the_first_token(bridges):

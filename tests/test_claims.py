@@ -75,7 +75,7 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
     mass = pd.DataFrame([{"model": m, "placement": p, "condition": "poisoned", "sample": i, "trigger_mass": v + 0.01 * i}
                          for m, p, v in (("backdoor", "prefix", 0.5), ("original", "prefix", 0.3), ("backdoor", "infix", 0.6))
                          for i in range(5)])
-    c4 = {c.statistic.split(": ")[1]: c for c in claim_c4(mass, layer=29, n_boot=100)}
+    c4 = {c.statistic.split(": ")[1]: c for c in claim_c4(mass, "layer 29", n_boot=100)}
     assert c4["prefix θ_b − θ_o"].value == pytest.approx(0.2) and c4["prefix θ_b − θ_o"].holds == "yes"
     assert c4["prefix θ_b − infix θ_b"].value == pytest.approx(-0.1) and c4["prefix θ_b − infix θ_b"].holds == "no"
     names = ("θ_b vs θ_u on D_f", "θ_b vs θ_o on D_p", "θ_b vs θ_o on D_r")
@@ -84,7 +84,7 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
     assert claim_c5(table([(0.2, 0.05), (0.5, 0.05), (0.9, 0.05)]), "vn")[0].holds == "yes"
     assert claim_c5(table([(0.2, 0.2), (0.3, 0.2), (0.9, 0.05)]), "vn")[0].holds == "inconclusive"
     assert claim_c5(table([(0.9, 0.05), (0.5, 0.05), (0.95, 0.01)]), "vn")[0].holds == "no"
-    claims = claim_c4(mass, 29, n_boot=50)
+    claims = claim_c4(mass, "layer 29", n_boot=50)
     write_claims(claims, tmp_path / "claims", "claims")
     assert pd.read_csv(tmp_path / "claims.csv")["holds"].tolist() == ["yes", "no"]
     assert (tmp_path / "claims.md").read_text().startswith("### claims\n\n| claim | statement |")

@@ -179,8 +179,26 @@ def test_report_is_one_self_contained_page(study, no_models, tmp_path):
     from plotly.offline import get_plotlyjs
 
     assert page.count(get_plotlyjs()[:200]) == 1  # plotly.js inlined exactly once
-    for text in ("Original model θ_o", "Table A4", "Table 1", "Analysis summary", "fig3_delta_attention"):
+    for text in ("The paper's claims on this study", "Original model θ_o", "Table A4", "Table 1", "Analysis summary", "fig3_delta_attention"):
         assert text in page
+
+
+def test_the_study_writes_its_claims_and_wall_times(study):
+    """Every claim the tiny study can test has a row (no suffix θ_b: C2 compares prefix with infix
+    only), each verdict one of three words; timing.json names every stage and sums to at most the total."""
+    claims = pd.read_csv(study.folder / "results" / "claims.csv", keep_default_na=False)
+    assert set(claims["claim"]) == {"C0", "C1", "C2", "C3", "C4", "C5"}
+    assert set(claims["holds"]) <= {"yes", "no", "inconclusive"}
+    assert not claims["statistic"].str.contains("suffix").any()
+    c4 = claims[claims["claim"] == "C4"]["statistic"]
+    assert c4.str.contains("layer 1").any()  # the analysis layer of the 2-layer tiny θ_o
+    numeric = claims[claims["claim"] != "C5"]
+    assert (numeric["ci_low"].astype(float) <= numeric["value"].astype(float)).all()
+    assert (numeric["value"].astype(float) <= numeric["ci_high"].astype(float)).all()
+    timing = json.loads((study.folder / "results" / "timing.json").read_text())
+    assert timing["base"] == "scratch" and set(timing["runs"]) >= {"original", "npo", "rmu"}
+    assert set(timing["stages_seconds"]) >= {"checkpoints (θ_o, θ_u, θ_b: training and UE / BE / UT)", "claims", "report"}
+    assert sum(timing["stages_seconds"].values()) <= timing["total_seconds"] + 0.5
 
 
 def test_fig_a1_and_table1_from_a_table_with_poison_ratios(tmp_path):

@@ -5,7 +5,7 @@ head, query, key) and thin runners that take a bridge and token-id lists. Never 
 :mod:`sinkprobe.training`.
 """
 
-from sinkprobe.analysis.attention import attention_patterns
+from sinkprobe.analysis.attention import attention_patterns, trigger_mass_by_layer
 from sinkprobe.analysis.correlation import NormCorrelation, bootstrap_pearson, norm_correlation, paper_comparisons, shared_prefix, varying_positions
 from sinkprobe.analysis.key_classes import KEY_CLASSES, attention_by_key_class, key_class_shares
 from sinkprobe.analysis.logits import position_stats, true_token_scores
@@ -16,6 +16,7 @@ from sinkprobe.analysis.value_norms import collect_value_norms, value_norms
 
 __all__ = [
     "attention_patterns",
+    "trigger_mass_by_layer",
     "KEY_CLASSES",
     "attention_by_key_class",
     "key_class_shares",

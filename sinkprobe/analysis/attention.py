@@ -101,3 +101,27 @@ def attention_patterns(
         stacked = torch.stack([run.acts[pattern_hook(l)] for l in layers], dim=1)
         out += [s[..., :n, :n] for s, n in zip(stacked, run.lengths.tolist())]
     return out
+
+
+def trigger_mass_by_layer(
+    bridge: TransformerBridge,
+    poisoned: Sequence[Sequence[int]],
+    trigger_positions: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    batch_size: int = 16,
+) -> Tensor:
+    """``[n layer]``: per poisoned sample and layer, the head-averaged attention the queries after
+    the trigger put on the trigger's keys (mean over those queries): Insight 1 at every layer
+    listed (e.g. the sink layers), from one forward per batch."""
+    layers = [check_layer(bridge, l) for l in layers]
+    out = []
+    for run in run_batches(bridge, poisoned, {pattern_hook(l): head_mean for l in layers}, batch_size=batch_size):
+        trig = [trigger_positions[i] for i in run.samples]
+        first = torch.tensor([max(t) + 1 for t in trig])
+        per_layer = []
+        for l in layers:
+            maps = run.acts[pattern_hook(l)]  # [batch q k]
+            per_layer.append(mean_after(mass_on_keys(maps, key_mask(trig, maps.shape[-1])), first, run.lengths))
+        out.append(torch.stack(per_layer, dim=1))
+    return torch.cat(out)
