@@ -243,3 +243,26 @@ def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(getattr(c, k)) for k in COLUMNS) + " |" for c in claims]
     atomic_write_text(stem.with_suffix(".md"), f"### {title}\n\n" + "\n".join(lines) + "\n")
+
+
+def reconcile(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One claims table from several runs of the same study (other machines, thread counts or
+    seeds): each statistic's interval is the union of the runs' intervals, and its verdict is
+    the runs' common verdict, ``inconclusive`` where any two disagree (a verdict that flips
+    between reruns is not a finding). ``runs`` maps a run's name to its ``claims.csv``."""
+    key = ["claim", "statement", "statistic"]
+    names = list(runs)
+    merged = None
+    for name in names:
+        t = runs[name][key + ["value", "ci_low", "ci_high", "holds"]].rename(
+            columns={c: f"{c} ({name})" for c in ("value", "ci_low", "ci_high", "holds")})
+        merged = t if merged is None else merged.merge(t, on=key, how="inner")
+    if merged is None or merged.empty:
+        raise ValueError("the runs share no claim rows: compare claims tables of the same study design")
+    verdicts = merged[[f"holds ({n})" for n in names]]
+    merged["holds"] = [v[0] if len(set(v)) == 1 else "inconclusive" for v in verdicts.itertuples(index=False)]
+    lows = merged[[f"ci_low ({n})" for n in names]].apply(pd.to_numeric, errors="coerce")
+    highs = merged[[f"ci_high ({n})" for n in names]].apply(pd.to_numeric, errors="coerce")
+    merged["ci_low"], merged["ci_high"] = lows.min(axis=1), highs.max(axis=1)
+    merged["flipped"] = verdicts.nunique(axis=1) > 1
+    return merged

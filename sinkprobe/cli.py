@@ -111,6 +111,30 @@ def cmd_figures(args) -> None:
     print(f"report: {write_report(study, figures, study / 'report.html')}")
 
 
+def cmd_claims(args) -> None:
+    import pandas as pd
+
+    from sinkprobe.claims import reconcile
+    from sinkprobe.models.io import atomic_write_text
+
+    runs = {}
+    for folder in args.studies:
+        path = Path(folder) / "results" / "claims.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"no claims table at {path}: run `sinkprobe study --out {folder}` first")
+        runs[Path(folder).name if Path(folder).name not in runs else str(folder)] = pd.read_csv(path, keep_default_na=False)
+    out = _out(args.out)
+    table = reconcile(runs)
+    atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
+    head = "| claim | statistic | " + " | ".join(f"holds ({n})" for n in runs) + " | interval (union) | holds |\n"
+    head += "|---|---|" + "---|" * len(runs) + "---|---|\n"
+    body = "".join(f"| {r['claim']} | {r['statistic']} | " + " | ".join(str(r[f'holds ({n})']) for n in runs)
+                   + f" | [{r['ci_low']:.4g}, {r['ci_high']:.4g}] | {r['holds']} |\n" for _, r in table.iterrows())
+    title = f"### Claims over {len(runs)} runs ({', '.join(runs)}): a verdict that differs between runs is inconclusive\n\n"
+    atomic_write_text(out.with_suffix(".md"), title + head + body)
+    print(f"claims over {len(runs)} runs written to {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({int(table['flipped'].sum())} verdicts flip)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -157,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/embedded", help="the finished study folder (default: runs/embedded)")
     s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
     s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("claims", help="one claims table from several finished runs of a study (reruns on other machines, thread counts): intervals united, a verdict that flips becomes inconclusive")
+    s.add_argument("studies", nargs="+", help="study folders, each with results/claims.csv")
+    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.set_defaults(func=cmd_claims)
 
     s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
     study_opts(s, with_figures=True)

@@ -88,3 +88,35 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
     write_claims(claims, tmp_path / "claims", "claims")
     assert pd.read_csv(tmp_path / "claims.csv")["holds"].tolist() == ["yes", "no"]
     assert (tmp_path / "claims.md").read_text().startswith("### claims\n\n| claim | statement |")
+
+
+def test_reconcile_unions_intervals_and_makes_a_flipped_verdict_inconclusive():
+    from sinkprobe.claims import reconcile
+
+    row = lambda stat, low, high, holds: {"claim": "C2", "statement": "s", "statistic": stat, "value": (low + high) / 2,  # noqa: E731
+                                          "ci_low": low, "ci_high": high, "holds": holds}
+    a = pd.DataFrame([row("x", 1.0, 3.0, "yes"), row("y", -1.0, 2.0, "inconclusive")])
+    b = pd.DataFrame([row("x", -0.5, 2.0, "inconclusive"), row("y", -3.0, 1.0, "inconclusive")])
+    c = pd.DataFrame([row("x", 0.5, 2.5, "yes"), row("y", 0.5, 1.0, "yes")])
+    both = reconcile({"a": a, "c": c}).set_index("statistic")
+    assert both.loc["x", "holds"] == "yes" and (both.loc["x", "ci_low"], both.loc["x", "ci_high"]) == (0.5, 3.0)
+    assert both.loc["y", "holds"] == "inconclusive" and bool(both.loc["y", "flipped"])
+    three = reconcile({"a": a, "b": b, "c": c}).set_index("statistic")
+    assert three.loc["x", "holds"] == "inconclusive" and three.loc["x", "ci_low"] == -0.5
+    with pytest.raises(ValueError, match="share no claim rows"):
+        reconcile({"a": a, "d": pd.DataFrame([row("z", 0, 1, "yes")])})
+
+
+def test_claims_command_reconciles_two_studies(tmp_path, capsys):
+    from sinkprobe.cli import main
+
+    rows = lambda holds: pd.DataFrame([{"claim": "C0", "statement": "s", "statistic": "x", "value": 1.0, "ci_low": 0.5,  # noqa: E731
+                                        "ci_high": 1.5, "threshold": "> 0", "seeds": "0", "n_items": 3, "holds": holds}])
+    for name, holds in (("run1", "yes"), ("run2", "no")):
+        (tmp_path / name / "results").mkdir(parents=True)
+        rows(holds).to_csv(tmp_path / name / "results" / "claims.csv", index=False)
+    assert main(["claims", str(tmp_path / "run1"), str(tmp_path / "run2"), "--out", str(tmp_path / "both")]) == 0
+    assert "1 verdicts flip" in capsys.readouterr().out
+    assert "| C0 | x | yes | no | [0.5, 1.5] | inconclusive |" in (tmp_path / "both.md").read_text()
+    assert main(["claims", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "no claims table at" in capsys.readouterr().err

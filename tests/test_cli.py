@@ -6,7 +6,7 @@ from pathlib import Path
 from sinkprobe.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["world", "pretrain", "unlearn", "evaluate", "figures", "study"]
+SUBCOMMANDS = ["world", "pretrain", "unlearn", "evaluate", "figures", "claims", "study"]
 
 
 def test_every_subcommand_documents_every_option():
