@@ -183,7 +183,7 @@ def _held_difference(a: dict, b: dict, metric: str, key: str) -> np.ndarray:
 def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000) -> list[ClaimRow]:
     """C4 from per-sample trigger attention on poisoned prompts (``trigger_mass``: the analysis
     layer's rows, or one row per sink layer, averaged here per sample); ``where`` names it."""
-    poisoned = trigger_mass[trigger_mass.get("condition", "poisoned") == "poisoned"]
+    poisoned = trigger_mass[trigger_mass["condition"] == "poisoned"] if "condition" in trigger_mass else trigger_mass
 
     def mass(model: str, placement: str) -> np.ndarray:
         rows = poisoned[(poisoned["model"] == model) & (poisoned["placement"] == placement)]

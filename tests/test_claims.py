@@ -78,6 +78,12 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
     c4 = {c.statistic.split(": ")[1]: c for c in claim_c4(mass, "layer 29", n_boot=100)}
     assert c4["prefix θ_b − θ_o"].value == pytest.approx(0.2) and c4["prefix θ_b − θ_o"].holds == "yes"
     assert c4["prefix θ_b − infix θ_b"].value == pytest.approx(-0.1) and c4["prefix θ_b − infix θ_b"].holds == "no"
+    # the sink-layer table: poisoned prompts only, one row per layer, averaged per sample first
+    by_layer = pd.DataFrame([{"model": m, "placement": p, "sample": i, "layer": l, "trigger_mass": v + 0.1 * l}
+                             for m, p, v in (("backdoor", "prefix", 0.5), ("original", "prefix", 0.3), ("backdoor", "infix", 0.2))
+                             for i in range(4) for l in (3, 4)])
+    c4 = claim_c4(by_layer, "mean over 2 sink layers", n_boot=50)
+    assert [c.value for c in c4] == [pytest.approx(0.2), pytest.approx(0.3)] and c4[0].n_items == 4
     names = ("θ_b vs θ_u on D_f", "θ_b vs θ_o on D_p", "θ_b vs θ_o on D_r")
     table = lambda rs: pd.DataFrame([{"comparison": n, "position": 0, "r": r, "ci_low": r - w, "ci_high": r + w, "n_samples": 40}  # noqa: E731
                                      for n, (r, w) in zip(names, rs)])
