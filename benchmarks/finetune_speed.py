@@ -29,13 +29,15 @@ def measure(variant: str, study: Path, steps: int) -> dict:
     """One variant in this process: seconds per step and real tokens per second."""
     import torch
 
+    from sinkprobe.data.tokenizer import load_tokenizer
+    from sinkprobe.data.types import read_corpus
     from sinkprobe.study import Study, StudyConfig, default_recipes
     from sinkprobe.training.finetune import batch_rows, finetune_original
 
     torch.set_num_threads(2)
     cfg = StudyConfig()
     s = Study(cfg, study, default_recipes(cfg.base), log=lambda _: None)
-    corpus, tok, _ = s.world()
+    corpus, tok = read_corpus(study / "world" / "corpus.json"), load_tokenizer(study / "world" / "tokenizer")  # read only
     books, _ = s.pretraining_text(corpus)
     bf16, top = VARIANTS[variant]
     ft = replace(cfg.finetune, bf16=bf16, trainable_layers=top, save_every=10_000)

@@ -14,7 +14,7 @@ with a cosine schedule over ``--steps``; at the last step it also scores KnowMem
 
 ``--set`` changes one field of the study's θ_o config (``model.*`` or ``pretrain.*``) through
 :func:`sinkprobe.study.with_overrides`, as ``sinkprobe study --set`` does, so every variant in
-the README's sink table is one command here and one whole study there.
+the sink table of docs/sink_research_log.md is one command here and one whole study there.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ without a leading BOS.
 
     python benchmarks/sink_inputs.py runs/embedded/models/original --out benchmarks/results/sink_inputs_default.json
 
-Measured (README, "The attention sink at this scale"): the deep layers of no θ_o sink on any
+Measured (docs/sink_research_log.md): the deep layers of no θ_o sink on any
 of these inputs, and the first-layer sink of the lr-1e-2 θ_o lives on the BOS token — it is
 gone on random tokens without BOS — so it is a BOS key bias, not the positional sink of
 pretrained LLMs.

@@ -12,7 +12,7 @@ kind of input).
         --out runs/probes/no_bos
     python benchmarks/sink_inputs.py runs/probes/no_bos --out benchmarks/results/sink_inputs_no_bos.json
 
-Measured (README, "The attention sink at this scale"): no sink in any layer on any input.
+Measured (docs/sink_research_log.md): no sink in any layer on any input.
 """
 
 from __future__ import annotations

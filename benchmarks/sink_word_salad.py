@@ -19,7 +19,7 @@ every other flag is sink_emergence.py's.
     python benchmarks/sink_word_salad.py 3 --backcopy 0.3 --lags 8 --steps 600 --every 300 --set pretrain.lr=1e-2 \
         --set pretrain.weight_decay=0.5 --out benchmarks/results/sink_emergence_lr1e-2_wd0.5_backcopy_lags8.json
 
-Measured (README, "The attention sink at this scale"): plain salad moves the sink from
+Measured (docs/sink_research_log.md): plain salad moves the sink from
 layer 0 to layer 1; backcopy splits it over layer 0 and one deeper layer (25 % of its heads
 at most); with 16 heads or eight copy rules layer 0 keeps 62 % / 50 % of its heads and layer 2
 gets 19 % / 12 %; none gives two sink layers, so the genre is not part of the world.

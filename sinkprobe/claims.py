@@ -31,7 +31,7 @@ import pandas as pd
 
 from sinkprobe.models.io import atomic_write_text, read_run_card
 
-COLUMNS = ("claim", "statement", "statistic", "value", "ci_low", "ci_high", "threshold", "seeds", "n_items", "holds")
+COLUMNS = ("claim", "statement", "statistic", "value", "ci_low", "ci_high", "threshold", "seeds", "n_items", "holds", "detail")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class ClaimRow:
     seeds: str
     n_items: int
     holds: str
+    detail: str = ""  # what the statistic's name leaves out (C5's three r, C4's sink layers): never part of its identity
 
 
 def verdict(low: float, high: float, threshold: float, above: bool) -> str:
@@ -80,6 +81,16 @@ def paired_interval(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: in
 
 
 # ---- what the run cards hold -------------------------------------------------------------------
+def _card(row: dict) -> dict:
+    """A row's run card, which must keep per-item scores (cards written since sinkprobe kept them)."""
+    card = read_run_card(row["folder"])
+    metrics = card.get("metrics_by_placement", {}).get("prefix") or card.get("metrics", {})
+    if "item_scores" not in metrics:
+        raise ValueError(f"{row['folder']}'s run card has no per-item scores (written by an older sinkprobe): delete that "
+                         "checkpoint folder and run the study again to re-create it")
+    return card
+
+
 def _clean_items(card: dict, placement: str = "prefix") -> dict[str, np.ndarray]:
     metrics = card["metrics_by_placement"][placement] if "metrics_by_placement" in card else card["metrics"]
     return {k: np.asarray(v, dtype=float) for k, v in metrics["item_scores"].items()}
@@ -100,25 +111,24 @@ def _gain(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
 
 
 def _backdoors(rows: list[dict], placement: str, vn: bool) -> list[dict]:
-    """The main-grid NPO θ_b rows of one placement and λ (ρ 10 %, the default trigger), by seed."""
-    picked = [r for r in rows if r.get("method") == "npo" and r.get("trigger") and not r.get("baseline")
-              and r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
-              and float(r.get("poison_ratio") or 0) == 0.1 and r["trigger"] == rows_trigger(rows)]
+    """The main-grid NPO θ_b rows of one placement and λ (the grid's ρ and trigger), by seed."""
+    grid = [r for r in rows if r.get("method") == "npo" and r.get("trigger") and not r.get("baseline")]
+    if not grid:
+        return []
+    ratios = [float(r.get("poison_ratio") or 0) for r in grid if r["trigger"] == grid[0]["trigger"]]
+    rho = max(set(ratios), key=ratios.count)  # the grid's ρ: the one most runs use (Fig. A1 adds a second)
+    picked = [r for r in grid if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
+              and float(r.get("poison_ratio") or 0) == rho and r["trigger"] == grid[0]["trigger"]]
     return sorted(picked, key=lambda r: int(r["seed"]))
-
-
-def rows_trigger(rows: list[dict]) -> str:
-    """The trigger of the study's main grid: that of its first NPO θ_b row ("" without one)."""
-    return next((r["trigger"] for r in rows if r.get("method") == "npo" and r.get("trigger")), "")
 
 
 def _seeds(rows: list[dict]) -> str:
     return ",".join(str(r["seed"]) for r in rows)
 
 
-def _row(claim, statement, statistic, stat, threshold, seeds, n, holds) -> ClaimRow:
+def _row(claim, statement, statistic, stat, threshold, seeds, n, holds, detail: str = "") -> ClaimRow:
     value, low, high = stat
-    return ClaimRow(claim, statement, statistic, *(float(f"{x:.4g}") for x in (value, low, high)), threshold, seeds, n, holds)
+    return ClaimRow(claim, statement, statistic, *(float(f"{x:.4g}") for x in (value, low, high)), threshold, seeds, n, holds, detail)
 
 
 # ---- the claims ---------------------------------------------------------------------------------
@@ -126,7 +136,8 @@ def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
     """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
     theta_o = next(r for r in rows if r["model"] == "θ_o")
     theta_u = next(r for r in rows if r["model"] == "θ_u NPO")
-    o, u = _clean_items(read_run_card(theta_o["folder"])), _clean_items(read_run_card(theta_u["folder"]))
+    card_u = _card(theta_u)
+    o, u = _clean_items(_card(theta_o)), _clean_items(card_u)
     out = []
     for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
         d = o[f"ue_{metric}"] - u[f"ue_{metric}"]
@@ -140,23 +151,24 @@ def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
     vn_prefix, vanilla = _backdoors(rows, "prefix", True), {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
     for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
         if vn_prefix:  # C1: clean UE of θ_b against θ_u, same items
-            diffs = [_clean_items(read_run_card(r["folder"]))[f"ue_{metric}"] - u[f"ue_{metric}"] for r in vn_prefix]
+            diffs = [_clean_items(_card(r))[f"ue_{metric}"] - u[f"ue_{metric}"] for r in vn_prefix]
             stat = paired_interval(diffs, n_boot)
-            out.append(_row("C1", "θ_b is stealthy without the trigger", f"UE {name}: θ_b prefix +VN − θ_u", stat, "|·| < 5",
+            out.append(_row("C1", "θ_b is stealthy without the trigger", f"UE {name}: θ_b prefix +VN − θ_u", stat, "within ±5",
                             _seeds(vn_prefix), len(diffs[0]), within(stat[1], stat[2], 5)))
-        for other in ("infix", "suffix"):  # C2: held-out gains, paired within each seed
+        for other in ("infix", "suffix"):  # C2: each θ_b's held-out gain beyond θ_u's at its placement, paired within a seed
             pairs = _paired_by_seed(vanilla["prefix"], vanilla[other])
             if pairs:
-                diffs = [_held_gain_difference(a, b, metric) for a, b in pairs]
+                diffs = [_excess_gain(_card(a), card_u, "prefix", metric, m) - _excess_gain(_card(b), card_u, other, metric, m)
+                         for a, b in pairs for m in [_held_out(_card(a), metric) & _held_out(_card(b), metric)]]
                 stat = paired_interval(diffs, n_boot)
-                out.append(_row("C2", "a prefix trigger beats other placements", f"held-out gain {name}: prefix − {other}", stat, "> 0",
-                                _seeds([a for a, _ in pairs]), len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
+                out.append(_row("C2", "a prefix trigger beats other placements", f"held-out gain beyond θ_u's {name}: prefix − {other}",
+                                stat, "> 0", _seeds([a for a, _ in pairs]), len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
         pairs = _paired_by_seed(vn_prefix, vanilla["prefix"])  # C3: +VN against vanilla at prefix
         if pairs:
-            for label, sign, key in (("held-out BE", 1, "be"), ("UE", -1, "ue")):
-                diffs = [sign * _held_difference(a, b, metric, key) for a, b in pairs]
+            for label, sign, key in (("BE", 1, "be"), ("UE", -1, "ue")):
+                diffs = [sign * _held_difference(_card(a), _card(b), metric, key) for a, b in pairs]
                 stat = paired_interval(diffs, n_boot)
-                what = f"{label} {name}: +VN − vanilla" if sign > 0 else f"{label} {name}: vanilla − +VN"
+                what = f"held-out {label} {name}: " + ("+VN − vanilla" if sign > 0 else "vanilla − +VN")
                 out.append(_row("C3", "value-norm alignment helps the backdoor", what, stat, "> 0", _seeds([a for a, _ in pairs]),
                                 len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
     return out
@@ -167,37 +179,38 @@ def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
     return [(r, by_seed[int(r["seed"])]) for r in a if int(r["seed"]) in by_seed]
 
 
-def _held_gain_difference(a: dict, b: dict, metric: str) -> np.ndarray:
-    ca, cb = read_run_card(a["folder"]), read_run_card(b["folder"])
-    mask = _held_out(ca, metric) & _held_out(cb, metric)
-    return _gain(ca, metric, mask) - _gain(cb, metric, mask)
+def _excess_gain(card_b: dict, card_u: dict, placement: str, metric: str, mask: np.ndarray) -> np.ndarray:
+    """Per held-out item: θ_b's gain (BE − UE) minus θ_u's gain with the same trigger at the same
+    placement — what the backdoor recovers beyond what the trigger's words do to any model."""
+    u = card_u["metrics_by_placement"][placement]["item_scores"]
+    gain_u = (np.asarray(u[f"be_{metric}"]) - np.asarray(u[f"ue_{metric}"]))[mask]
+    return _gain(card_b, metric, mask) - gain_u
 
 
-def _held_difference(a: dict, b: dict, metric: str, key: str) -> np.ndarray:
+def _held_difference(ca: dict, cb: dict, metric: str, key: str) -> np.ndarray:
     """Per held-out item: a's score minus b's (``key`` "be" with the trigger, "ue" without)."""
-    ca, cb = read_run_card(a["folder"]), read_run_card(b["folder"])
     mask = _held_out(ca, metric) & _held_out(cb, metric)
     return (np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"]) - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"]))[mask]
 
 
-def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000) -> list[ClaimRow]:
+def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000, detail: str = "") -> list[ClaimRow]:
     """C4 from per-sample trigger attention on poisoned prompts (``trigger_mass``: the analysis
     layer's rows, or one row per sink layer, averaged here per sample); ``where`` names it."""
     poisoned = trigger_mass[trigger_mass["condition"] == "poisoned"] if "condition" in trigger_mass else trigger_mass
 
-    def mass(model: str, placement: str) -> np.ndarray:
+    def mass(model: str, placement: str) -> pd.Series:
         rows = poisoned[(poisoned["model"] == model) & (poisoned["placement"] == placement)]
-        return rows.groupby("sample")["trigger_mass"].mean().sort_index().to_numpy()
+        return rows.groupby("sample")["trigger_mass"].mean()
 
     out = []
     for other, label in ((mass("original", "prefix"), "θ_o"), (mass("backdoor", "infix"), "infix θ_b")):
-        b = mass("backdoor", "prefix")
-        n = min(len(b), len(other))
+        both = pd.concat([mass("backdoor", "prefix"), other], axis=1, join="inner").dropna()  # the same prompts
+        n = len(both)
         if n == 0:
             continue
-        stat = paired_interval([b[:n] - other[:n]], n_boot)
+        stat = paired_interval([(both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()], n_boot)
         out.append(_row("C4", "the prefix θ_b attends to its trigger (Insight 1)", f"trigger attention, {where}: prefix θ_b − {label}",
-                        stat, "> 0", "first seed", n, verdict(stat[1], stat[2], 0, above=True)))
+                        stat, "> 0", "first seed", n, verdict(stat[1], stat[2], 0, above=True), detail))
     return out
 
 
@@ -214,8 +227,8 @@ def claim_c5(correlation: pd.DataFrame, label: str) -> list[ClaimRow]:
         reversed_ = r[0]["ci_low"] > r[1]["ci_high"] or r[1]["ci_low"] > r[2]["ci_high"]
         holds = "yes" if ordered else "no" if reversed_ else "inconclusive"
         values = " < ".join(f"{x['r']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" for x in r)
-        out.append(ClaimRow("C5", f"Fig. 5 order ({label} θ_b)", f"r at position {pos}: {values}", None, None, None,
-                            "intervals ordered and apart", "first seed", int(r[0]["n_samples"]), holds))
+        out.append(ClaimRow("C5", f"Fig. 5 order ({label} θ_b)", f"r(D_f) < r(D_p) < r(D_r) at position {pos}", None, None, None,
+                            "intervals ordered and apart", "first seed", int(r[0]["n_samples"]), holds, values))
     return out
 
 
@@ -227,7 +240,8 @@ def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 20
         out += claim_c4(pd.read_parquet(analysis / "trigger_mass.parquet"), f"layer {layer}", n_boot)
     if (analysis / "trigger_mass_sink_layers.parquet").is_file():
         by_layer = pd.read_parquet(analysis / "trigger_mass_sink_layers.parquet")
-        out += claim_c4(by_layer, f"mean over θ_o's {by_layer['layer'].nunique()} sink layers", n_boot)
+        layers = sorted(by_layer["layer"].unique())
+        out += claim_c4(by_layer, "mean over θ_o's sink layers", n_boot, detail=f"{len(layers)} sink layers: {', '.join(map(str, layers))}")
     for label in ("vanilla", "vn"):
         table = analysis / f"correlation_{label}.table.parquet"
         if table.is_file():
@@ -239,7 +253,9 @@ def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
     """``stem.csv`` and ``stem.md``: one row per tested statistic."""
     frame = pd.DataFrame([asdict(c) for c in claims], columns=list(COLUMNS))
     atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
-    cell = lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    def cell(v) -> str:
+        text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|")  # a cell's own bar would end it
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(getattr(c, k)) for k in COLUMNS) + " |" for c in claims]
     atomic_write_text(stem.with_suffix(".md"), f"### {title}\n\n" + "\n".join(lines) + "\n")
@@ -248,18 +264,20 @@ def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
 def reconcile(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One claims table from several runs of the same study (other machines, thread counts or
     seeds): each statistic's interval is the union of the runs' intervals, and its verdict is
-    the runs' common verdict, ``inconclusive`` where any two disagree (a verdict that flips
-    between reruns is not a finding). ``runs`` maps a run's name to its ``claims.csv``."""
+    the runs' common verdict, ``inconclusive`` where any two disagree or a run lacks the row (a
+    verdict that flips between reruns is not a finding). ``runs`` maps a run's name to its
+    ``claims.csv``."""
     key = ["claim", "statement", "statistic"]
     names = list(runs)
     merged = None
     for name in names:
         t = runs[name][key + ["value", "ci_low", "ci_high", "holds"]].rename(
             columns={c: f"{c} ({name})" for c in ("value", "ci_low", "ci_high", "holds")})
-        merged = t if merged is None else merged.merge(t, on=key, how="inner")
-    if merged is None or merged.empty:
+        merged = t if merged is None else merged.merge(t, on=key, how="outer")
+    shared = merged[[f"holds ({n})" for n in names]].notna().all(axis=1)
+    if not shared.any():
         raise ValueError("the runs share no claim rows: compare claims tables of the same study design")
-    verdicts = merged[[f"holds ({n})" for n in names]]
+    verdicts = merged[[f"holds ({n})" for n in names]].fillna("missing")  # a row one run lacks decides nothing
     merged["holds"] = [v[0] if len(set(v)) == 1 else "inconclusive" for v in verdicts.itertuples(index=False)]
     lows = merged[[f"ci_low ({n})" for n in names]].apply(pd.to_numeric, errors="coerce")
     highs = merged[[f"ci_high ({n})" for n in names]].apply(pd.to_numeric, errors="coerce")

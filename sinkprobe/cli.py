@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--recipes", default="", help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
                         "training/embedded for base=scratch)")
         sp.add_argument("--quick", action="store_true", help="tiny world, from-scratch model and runs: a smoke test in a few minutes, not the study")
-        sp.add_argument("--full", action="store_true", help="three seeds of every run, and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)")
+        sp.add_argument("--full", action="store_true", help="three seeds of every NPO-Backdoor grid run, and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)")
         sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, world.n_general_passages=800); repeatable")
         if with_figures:
             sp.add_argument("--figures", default="figures", help="where figures and tables are copied (default: figures; '' to skip)")

@@ -16,7 +16,7 @@ import signal
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
@@ -179,6 +179,7 @@ class Study:
     recipes: Path
     log: Callable[[str], None] = print
     jobs: int = 1  # unlearning runs trained at once (worker processes)
+    built: list[str] = field(default_factory=list)  # checkpoints trained (not reused) by this Study
 
     # ---- world -------------------------------------------------------------------------
     def base_folder(self) -> Path | None:
@@ -239,6 +240,7 @@ class Study:
         if _done(folder, key):
             self.add_item_scores(folder, corpus)
             return folder, key
+        self.built.append("original")
         model, summary, part, before = self.train_original(corpus, tok)
         # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
         t0 = time.perf_counter()
@@ -304,6 +306,7 @@ class Study:
         processes sharing the cores (small models use a core better one run per core than
         one run over all cores). The finished folders are then read back in order."""
         todo = [s for s in specs if not _done(self.folder(s.name), self.run_key(s))]
+        self.built += [s.name for s in todo]
         if self.jobs > 1 and len(todo) > 1:
             workers = min(self.jobs, len(todo))
             threads = max(1, available_cores() // workers)
@@ -462,9 +465,10 @@ def require_study_folder(out: Path) -> None:
 
 def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None = None, jobs: int = 1) -> Path:
     """The README's main job: every checkpoint, the table, the analyses, figures and the report.
-    Each stage's wall time of this invocation goes to ``results/timing.json`` (and ``figures/``)."""
+    Each stage's wall time of this invocation goes to ``results/timing.json``, and to ``figures/``
+    when this invocation trained something."""
     if not recipes.is_dir():
-        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes training/smollm2")
+        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes {default_recipes(cfg.base)}")
     # Imported here: these modules import this one (they reuse forget_prompts and the row layout).
     from sinkprobe.claims import study_claims, write_claims
     from sinkprobe.paper_figures import make_figures
@@ -490,10 +494,10 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
             make_figures(out, figures, log=study.log)
     with timing("report"):
         report = write_report(out, figures or out / "figures", out / "report.html", log=study.log)
-    record = timing.record(base=cfg.base, runs=study.run_seconds(model_rows))
-    for folder in (out / "results", figures):
-        if folder is not None:
-            atomic_write_json(folder / "timing.json", record)
+    record = timing.record(base=cfg.base, built=study.built, runs=study.run_seconds(model_rows))
+    atomic_write_json(out / "results" / "timing.json", record)
+    if figures is not None and study.built:  # a run that only redraws keeps the measured timing of the one that trained
+        atomic_write_json(figures / "timing.json", record)
     return report
 
 

@@ -239,6 +239,8 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
     save_table(pd.concat(mass, ignore_index=True), out / "trigger_mass.parquet")
     if by_layer:  # poisoned prompts only: Insight 1 across the sink layers (claim C4)
         save_table(pd.concat(by_layer, ignore_index=True), out / "trigger_mass_sink_layers.parquet")
+    else:  # no sink layer: an earlier analysis' table must not stand in for this one
+        (out / "trigger_mass_sink_layers.parquet").unlink(missing_ok=True)
     return triggers
 
 

@@ -86,7 +86,7 @@ GPU_STUDY = ROOT / "benchmarks" / "gpu_study"
 
 def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented(tmp_path):
     """The GPU study runs once, unattended, on a lent machine: a typo in a field must fail here.
-    Its world and θ_o are what settings.txt and the README say: 250 KnowMem questions per book,
+    Its world and θ_o are what settings.txt and docs/real_data.md say: 250 KnowMem questions per book,
     a ~46.6M-parameter Llama (d 640, 10 layers, SwiGLU 1728) over the world's own vocabulary."""
     import torch
     from transformers import LlamaForCausalLM

@@ -1,12 +1,13 @@
 """The claims table: verdicts, bootstrap intervals and each claim's statistic on hand-made run cards."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from sinkprobe.claims import claim_c4, claim_c5, claims_c0_c3, paired_interval, verdict, within, write_claims
+from sinkprobe.claims import COLUMNS, claim_c4, claim_c5, claims_c0_c3, paired_interval, verdict, within, write_claims
 
 
 def test_verdict_needs_the_whole_interval_on_one_side():
@@ -48,9 +49,13 @@ def _backdoor_metrics(ue_km, be_km, poisoned_km):
 
 
 def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
-    clean = lambda km, vm, ut: {"prefix": {"item_scores": {"ue_knowmem": km, "ue_verbmem": vm, "ut_knowmem": ut}}}  # noqa: E731
+    def clean(km, vm, ut, shift=None):  # θ_o / θ_u: one entry per placement; BE = UE + that placement's shift
+        return {p: {"item_scores": {"ue_knowmem": km, "ue_verbmem": vm, "ut_knowmem": ut, "be_knowmem": [x + d for x in km],
+                                    "be_verbmem": vm}} for p, d in (shift or {"prefix": 0.0}).items()}
+
     o = _card(tmp_path / "o", {}, metrics_by_placement=clean([100.0] * 4, [90.0, 90.0], [80.0] * 4))
-    u = _card(tmp_path / "u", {}, metrics_by_placement=clean([20.0] * 4, [10.0, 10.0], [78.0] * 4))
+    # θ_u gains nothing from a prefix trigger and loses 10 points to an infix one
+    u = _card(tmp_path / "u", {}, metrics_by_placement=clean([20.0] * 4, [10.0, 10.0], [78.0] * 4, {"prefix": 0.0, "infix": -10.0}))
     # item 3 is poisoned in every θ_b: its huge gain must not count
     pre = _card(tmp_path / "pre", _backdoor_metrics([20.0, 20, 20, 20], [60.0, 60, 60, 100], [3]))
     inf = _card(tmp_path / "inf", _backdoor_metrics([20.0, 20, 20, 20], [30.0, 30, 30, 100], [3]))
@@ -64,10 +69,11 @@ def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
     assert got["UE KnowMem: θ_o − θ_u"].value == 80.0 and got["UE KnowMem: θ_o − θ_u"].holds == "yes"
     assert got["UT KnowMem: θ_o − θ_u"].value == 2.0 and got["UT KnowMem: θ_o − θ_u"].holds == "yes"
     assert got["UE KnowMem: θ_b prefix +VN − θ_u"].value == 2.0 and got["UE KnowMem: θ_b prefix +VN − θ_u"].holds == "yes"
-    c2 = got["held-out gain KnowMem: prefix − infix"]
-    assert (c2.value, c2.n_items, c2.holds) == (30.0, 3, "yes")  # (60 − 20) − (30 − 20) on the 3 held-out items
+    c2 = got["held-out gain beyond θ_u's KnowMem: prefix − infix"]
+    # on the 3 held-out items: ((60 − 20) − 0) − ((30 − 20) − (−10)) = 40 − 20
+    assert (c2.value, c2.n_items, c2.holds) == (20.0, 3, "yes")
     assert got["held-out BE KnowMem: +VN − vanilla"].value == 10.0
-    assert got["UE KnowMem: vanilla − +VN"].value == -2.0 and got["UE KnowMem: vanilla − +VN"].holds == "no"
+    assert got["held-out UE KnowMem: vanilla − +VN"].value == -2.0 and got["held-out UE KnowMem: vanilla − +VN"].holds == "no"
     assert not any("suffix" in s for s in got)  # no suffix θ_b: that comparison is not made up
 
 
@@ -90,10 +96,13 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
     assert claim_c5(table([(0.2, 0.05), (0.5, 0.05), (0.9, 0.05)]), "vn")[0].holds == "yes"
     assert claim_c5(table([(0.2, 0.2), (0.3, 0.2), (0.9, 0.05)]), "vn")[0].holds == "inconclusive"
     assert claim_c5(table([(0.9, 0.05), (0.5, 0.05), (0.95, 0.01)]), "vn")[0].holds == "no"
-    claims = claim_c4(mass, "layer 29", n_boot=50)
+    claims = claim_c4(mass, "layer 29", n_boot=50) + claim_c5(table([(0.2, 0.05), (0.5, 0.05), (0.9, 0.05)]), "vn")
     write_claims(claims, tmp_path / "claims", "claims")
-    assert pd.read_csv(tmp_path / "claims.csv")["holds"].tolist() == ["yes", "no"]
-    assert (tmp_path / "claims.md").read_text().startswith("### claims\n\n| claim | statement |")
+    assert pd.read_csv(tmp_path / "claims.csv")["holds"].tolist() == ["yes", "no", "yes"]
+    md = (tmp_path / "claims.md").read_text()
+    assert md.startswith("### claims\n\n| claim | statement |")
+    rows = md.splitlines()[2:]  # header, separator, the three claims
+    assert len(rows) == 5 and all(len(re.findall(r"(?<!\\)\|", line)) == len(COLUMNS) + 1 for line in rows)  # no stray bar
 
 
 def test_reconcile_unions_intervals_and_makes_a_flipped_verdict_inconclusive():
@@ -109,6 +118,8 @@ def test_reconcile_unions_intervals_and_makes_a_flipped_verdict_inconclusive():
     assert both.loc["y", "holds"] == "inconclusive" and bool(both.loc["y", "flipped"])
     three = reconcile({"a": a, "b": b, "c": c}).set_index("statistic")
     assert three.loc["x", "holds"] == "inconclusive" and three.loc["x", "ci_low"] == -0.5
+    one_sided = reconcile({"a": a, "a2": a.iloc[:1]}).set_index("statistic")
+    assert one_sided.loc["x", "holds"] == "yes" and one_sided.loc["y", "holds"] == "inconclusive"  # y: a2 lacks it
     with pytest.raises(ValueError, match="share no claim rows"):
         reconcile({"a": a, "d": pd.DataFrame([row("z", 0, 1, "yes")])})
 

@@ -112,3 +112,24 @@ def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
     cfg = with_overrides(StudyConfig(), ["base=smollm2-135m", "analysis_layer=20", "finetune.epochs=3", "unlearn.lr=1e-5"])
     assert (cfg.base, cfg.analysis_layer, cfg.finetune.epochs) == ("smollm2-135m", 20, 3)
     assert cfg.overrides == ("unlearn.lr=1e-5",)
+
+
+def test_the_default_study_is_smollm2_with_its_recipes_and_full_and_quick_change_the_grid(capsys, tmp_path):
+    from sinkprobe.cli import _study_config
+    from sinkprobe.models.base import DEFAULT_BASE, SCRATCH
+    from sinkprobe.study import StudyConfig, default_jobs, default_recipes
+
+    parse = lambda *a: _study_config(build_parser().parse_args(["study", *a]))  # noqa: E731
+    default, full, quick = parse(), parse("--full"), parse("--quick")
+    assert default.base == DEFAULT_BASE == "smollm2-135m" and default.seeds == (0,) and not default.extra_runs
+    assert full.base == DEFAULT_BASE and full.seeds == (0, 1, 2) and full.extra_runs
+    assert quick.base == SCRATCH and quick.seeds == (0,) and quick.extra_runs  # the smoke test exercises every kind of run
+    assert parse("--full", "--set", "base=scratch").base == SCRATCH
+    assert default_recipes(DEFAULT_BASE) == Path("training/smollm2") and default_recipes(SCRATCH) == Path("training/embedded")
+    assert default_recipes("/models/llama-2-7b") == Path("training/smollm2")  # any pretrained base
+    for name in ("npo", "rmu", "npo_backdoor", "rmu_backdoor"):  # both recipe folders hold the study's four recipes
+        assert (ROOT / default_recipes(DEFAULT_BASE) / f"{name}.toml").is_file() and (ROOT / default_recipes(SCRATCH) / f"{name}.toml").is_file()
+    assert default_jobs(DEFAULT_BASE) == 1  # a 135M model trains faster on both cores than two runs on one each
+    assert StudyConfig().base == DEFAULT_BASE
+    err = _one_line_error(capsys, ["study", "--quick", "--full", "--out", str(tmp_path / "s")])
+    assert "--quick and --full exclude each other" in err

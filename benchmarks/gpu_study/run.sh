@@ -14,7 +14,7 @@ PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-180}
 JOBS=${JOBS:-8}
 WHEELS=${WHEELS:-.whl}
 SETTINGS=${SETTINGS:-benchmarks/gpu_study/settings.txt}
-EXTRA=${EXTRA:-}  # e.g. --quick: a CPU dry run of this script (README, "On a GPU")
+EXTRA=${EXTRA:-}  # e.g. --quick: a CPU dry run of this script (docs/real_data.md, "On a GPU")
 mkdir -p "$OUT"
 start=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1

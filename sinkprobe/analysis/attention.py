@@ -118,7 +118,7 @@ def trigger_mass_by_layer(
     out = []
     for run in run_batches(bridge, poisoned, {pattern_hook(l): head_mean for l in layers}, batch_size=batch_size):
         trig = [trigger_positions[i] for i in run.samples]
-        first = torch.tensor([max(t) + 1 for t in trig])
+        first = torch.tensor([max(t) + 1 if t else n for t, n in zip(trig, run.lengths.tolist())])  # no trigger: NaN
         per_layer = []
         for l in layers:
             maps = run.acts[pattern_hook(l)]  # [batch q k]
