@@ -158,8 +158,7 @@ def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
         for other in ("infix", "suffix"):  # C2: each θ_b's held-out gain beyond θ_u's at its placement, paired within a seed
             pairs = _paired_by_seed(vanilla["prefix"], vanilla[other])
             if pairs:
-                diffs = [_excess_gain(_card(a), card_u, "prefix", metric, m) - _excess_gain(_card(b), card_u, other, metric, m)
-                         for a, b in pairs for m in [_held_out(_card(a), metric) & _held_out(_card(b), metric)]]
+                diffs = [_placement_difference(_card(a), _card(b), card_u, other, metric) for a, b in pairs]
                 stat = paired_interval(diffs, n_boot)
                 out.append(_row("C2", "a prefix trigger beats other placements", f"held-out gain beyond θ_u's {name}: prefix − {other}",
                                 stat, "> 0", _seeds([a for a, _ in pairs]), len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
@@ -177,6 +176,12 @@ def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
 def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
     by_seed = {int(r["seed"]): r for r in b}
     return [(r, by_seed[int(r["seed"])]) for r in a if int(r["seed"]) in by_seed]
+
+
+def _placement_difference(card_prefix: dict, card_other: dict, card_u: dict, other: str, metric: str) -> np.ndarray:
+    """Per item held out in both θ_b: the prefix θ_b's excess gain minus the other placement's."""
+    mask = _held_out(card_prefix, metric) & _held_out(card_other, metric)
+    return _excess_gain(card_prefix, card_u, "prefix", metric, mask) - _excess_gain(card_other, card_u, other, metric, mask)
 
 
 def _excess_gain(card_b: dict, card_u: dict, placement: str, metric: str, mask: np.ndarray) -> np.ndarray:

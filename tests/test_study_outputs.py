@@ -226,3 +226,20 @@ def test_table_stem_keeps_its_dots(tmp_path):
     assert (csv_path.name, md_path.name) == ("eval_wd0.5.csv", "eval_wd0.5.md")
     assert "| θ_u NPO |" in md_path.read_text() and "17.0" in csv_path.read_text()
     assert [p.name for p in write_table(rows, tmp_path / "t.md")] == ["t.csv", "t.md"]  # an extension given is not doubled
+
+
+def test_a_theta_o_card_without_per_item_scores_gets_them_back_unchanged(study):
+    """A θ_o card from before cards kept per-item scores is re-evaluated, not retrained: the same
+    greedy scores come back and nothing is built."""
+    from sinkprobe.study import Study
+    from tiny_study import RECIPES, tiny_config
+
+    path = study.folder / "models" / "original" / "run_card.json"
+    card = json.loads(path.read_text())
+    before = card["metrics_by_placement"]
+    stripped = {p: {k: v for k, v in m.items() if k != "item_scores"} for p, m in before.items()}
+    path.write_text(json.dumps({**card, "metrics_by_placement": stripped}))
+    s = Study(tiny_config(), study.folder, RECIPES, log=lambda _: None)
+    corpus, tok, key = s.world()
+    s.original(corpus, tok, key)
+    assert read_run_card(study.folder / "models" / "original")["metrics_by_placement"] == before and s.built == []
