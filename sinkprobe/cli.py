@@ -116,14 +116,16 @@ def cmd_claims(args) -> None:
 
     from sinkprobe.claims import reconcile
     from sinkprobe.models.io import atomic_write_text
+    from sinkprobe.runs import check_table_target
 
+    out = _out(args.out)
+    check_table_target(out, args.overwrite)  # before reading anything: replace nothing unasked
     runs = {}
     for folder in args.studies:
         path = Path(folder) / "results" / "claims.csv"
         if not path.is_file():
             raise FileNotFoundError(f"no claims table at {path}: run `sinkprobe study --out {folder}` first")
         runs[Path(folder).name if Path(folder).name not in runs else str(folder)] = pd.read_csv(path, keep_default_na=False)
-    out = _out(args.out)
     table = reconcile(runs)
     atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
     head = "| claim | statistic | " + " | ".join(f"holds ({n})" for n in runs) + " | interval (union) | holds |\n"
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("claims", help="one claims table from several finished runs of a study (reruns on other machines, thread counts): intervals united, a verdict that flips becomes inconclusive")
     s.add_argument("studies", nargs="+", help="study folders, each with results/claims.csv")
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
     s.set_defaults(func=cmd_claims)
 
     s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")

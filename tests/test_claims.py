@@ -137,3 +137,7 @@ def test_claims_command_reconciles_two_studies(tmp_path, capsys):
     assert "| C0 | x | yes | no | [0.5, 1.5] | inconclusive |" in (tmp_path / "both.md").read_text()
     assert main(["claims", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "no claims table at" in capsys.readouterr().err
+    written = (tmp_path / "both.md").read_text()
+    assert main(["claims", str(tmp_path / "run1"), "--out", str(tmp_path / "both")]) == 2  # an existing table is kept
+    assert "pass --overwrite" in capsys.readouterr().err and (tmp_path / "both.md").read_text() == written
+    assert main(["claims", str(tmp_path / "run1"), "--out", str(tmp_path / "both"), "--overwrite"]) == 0
