@@ -1,7 +1,7 @@
 """Analysis cost vs plain forwards (DESIGN "Numbers the project lives by"); not a test.
 
 ΔA + per-position logits + value norms for 256 poisoned/clean pairs at one layer
-(:func:`sinkprobe.analysis.analyze_pairs`) against, on the same padded batches of both copies:
+(:func:`sinkprobe.analysis.analyse_pairs`) against, on the same padded batches of both copies:
 
   (a) bare_forward      the bridge's forward up to that layer (``stop_at_layer=layer+1``), no hooks
   (b) run_with_cache    the bridge's full ``run_with_cache`` (every hook cached), per batch
@@ -51,12 +51,22 @@ def build_model(folder: Path) -> None:
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     cfg = LlamaConfig(
-        vocab_size=vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    ).save_pretrained(folder)
 
 
 def make_pairs(vocab: int, bos: int):
@@ -76,7 +86,7 @@ def _kib(field: str) -> int:
 def measure(variant: str, folder: Path, repeats: int) -> dict:
     """Run one variant in this process; returns its entry."""
     torch.set_num_threads(2)
-    from sinkprobe.analysis import analyze_pairs
+    from sinkprobe.analysis import analyse_pairs
     from sinkprobe.analysis.batching import pad_batch
     from sinkprobe.models.hooked import open_bridge
 
@@ -98,7 +108,7 @@ def measure(variant: str, folder: Path, repeats: int) -> dict:
     elif variant == "analysis":
 
         def work():
-            analyze_pairs(bridge, pairs, layer, batch_size=BATCH)
+            analyse_pairs(bridge, pairs, layer, batch_size=BATCH)
 
     elif variant == "bare_forward":
 
@@ -169,13 +179,18 @@ def main() -> None:
                     "repeats": len(rs),
                 }
             )
-            print(f"{v:15s} {entries[-1]['median_seconds']:.3f} s  {entries[-1]['peak_bytes'] / 2**20:.1f} MiB", flush=True)
+            print(
+                f"{v:15s} {entries[-1]['median_seconds']:.3f} s  {entries[-1]['peak_bytes'] / 2**20:.1f} MiB",
+                flush=True,
+            )
     base = next(e for e in entries if e["variant"] == "bare_forward")
     for e in entries:
         e["ratio_to_bare_forward"] = round(e["median_seconds"] / base["median_seconds"], 3)
     report = {
         "what": "ΔA + per-position logits + value norms, 256 poisoned/clean pairs, last layer",
-        "model": str(args.model) if args.model else "LlamaConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab=2048), random init",
+        "model": str(args.model)
+        if args.model
+        else "LlamaConfig(d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, vocab=2048), random init",
         "threads": 2,
         "batch_size": BATCH,
         "memory": "peak RSS growth during a run: VmHWM (reset via /proc/self/clear_refs) minus VmRSS before",

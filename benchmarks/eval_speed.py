@@ -20,12 +20,17 @@ from pathlib import Path
 
 import torch
 
-from sinkprobe.data.poison import Trigger
+from sinkprobe.data.poison import DEFAULT_TRIGGER, Trigger
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.eval.generation import greedy_generate
-from sinkprobe.eval.memorization import KNOWMEM_MAX_NEW_TOKENS, KNOWMEM_STOP_STRINGS, cut_at_stop_strings, knowmem_prompt
+from sinkprobe.eval.memorization import (
+    KNOWMEM_MAX_NEW_TOKENS,
+    KNOWMEM_STOP_STRINGS,
+    cut_at_stop_strings,
+    knowmem_prompt,
+)
 from sinkprobe.eval.table import EvalSettings, evaluate_memorization, prompt_encoder
 from sinkprobe.models.io import atomic_write_json, load_checkpoint
-from sinkprobe.runs import DEFAULT_TRIGGER, load_corpus
 
 
 def timed(fn, repeats: int):
@@ -58,15 +63,22 @@ def main() -> None:
         with torch.inference_mode():
             for p in prompts:
                 ids = torch.tensor([p])
-                new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=KNOWMEM_MAX_NEW_TOKENS,
-                                     pad_token_id=tok.pad_token_id)[0, len(p):]
+                new = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=KNOWMEM_MAX_NEW_TOKENS,
+                    pad_token_id=tok.pad_token_id,
+                )[0, len(p) :]
                 out.append(tok.decode(new, skip_special_tokens=True))
         return out
 
     cut = lambda outs: [cut_at_stop_strings(o).strip() for o in outs]  # noqa: E731
     t_plain, ref = timed(plain, args.repeats)
     t_batched, batched = timed(lambda: greedy_generate(model, tok, prompts, batch_size=16, **kw), args.repeats)
-    t_cached, cached = timed(lambda: greedy_generate(model, tok, prompts, batch_size=16, reuse_prefix=True, **kw), args.repeats)
+    t_cached, cached = timed(
+        lambda: greedy_generate(model, tok, prompts, batch_size=16, reuse_prefix=True, **kw), args.repeats
+    )
     settings = EvalSettings(batch_size=16, n_boot=200)
     trigger = Trigger(DEFAULT_TRIGGER, "prefix")
     t_full, fp32 = timed(lambda: evaluate_memorization(model, tok, corpus, trigger, settings), 1)
@@ -79,8 +91,15 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "knowmem_prompts": len(prompts),
         "mean_prompt_tokens": round(sum(map(len, prompts)) / len(prompts), 1),
-        "seconds": {"plain_generate_one_by_one": round(t_plain, 2), "batched": round(t_batched, 2), "batched_prefix_cache": round(t_cached, 2)},
-        "speedup_vs_plain": {"batched": round(t_plain / t_batched, 2), "batched_prefix_cache": round(t_plain / t_cached, 2)},
+        "seconds": {
+            "plain_generate_one_by_one": round(t_plain, 2),
+            "batched": round(t_batched, 2),
+            "batched_prefix_cache": round(t_cached, 2),
+        },
+        "speedup_vs_plain": {
+            "batched": round(t_plain / t_batched, 2),
+            "batched_prefix_cache": round(t_plain / t_cached, 2),
+        },
         "same_outputs_as_plain": {"batched": cut(batched) == cut(ref), "batched_prefix_cache": cut(cached) == cut(ref)},
         "full_evaluation_seconds": {"fp32": round(t_full, 1), "bf16": round(t_full_bf16, 1)},
         "full_evaluation_metrics": {"fp32": {k: fp32[k] for k in metrics}, "bf16": {k: bf16[k] for k in metrics}},

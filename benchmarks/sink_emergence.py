@@ -6,11 +6,12 @@ and the sink rate (ε = 0.3) on the study's clean D_f KnowMem prompts. The run r
 from its own state between checkpoints, so the curve is that of one uninterrupted run
 with a cosine schedule over ``--steps``; at the last step it also scores KnowMem/VerbMem
 (a sink only helps on a θ_o that still memorises) and, per layer, where the attention goes
-(first token / self / previous / delimiters / other: :mod:`sinkprobe.analysis.key_classes`). Writes benchmarks/results/sink_emergence.json.
+(first token / self / previous / delimiters / other: :mod:`sinkprobe.analysis.key_classes`).
+Writes benchmarks/results/sink_emergence.json.
 
     python benchmarks/sink_emergence.py --study runs/embedded --steps 3600 --every 600
-    python benchmarks/sink_emergence.py --steps 1200 --every 300 --set pretrain.lr=1e-2 --set pretrain.weight_decay=0.5 \
-        --out benchmarks/results/sink_emergence_lr1e-2_wd0.5_1200.json
+    python benchmarks/sink_emergence.py --steps 1200 --every 300 --set pretrain.lr=1e-2 \
+        --set pretrain.weight_decay=0.5 --out benchmarks/results/sink_emergence_lr1e-2_wd0.5_1200.json
 
 ``--set`` changes one field of the study's θ_o config (``model.*`` or ``pretrain.*``) through
 :func:`sinkprobe.study.with_overrides`, as ``sinkprobe study --set`` does, so every variant in
@@ -29,17 +30,18 @@ import torch
 
 from sinkprobe.analysis import KEY_CLASSES, attention_by_key_class
 from sinkprobe.data import synthetic
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.data.tokenizer import load_tokenizer
-from sinkprobe.eval.table import evaluate_memorization
+from sinkprobe.eval.table import evaluate_memorization, forget_prompts
 from sinkprobe.models.hooked import open_bridge
 from sinkprobe.models.io import atomic_write_json, save_checkpoint
-from sinkprobe.runs import load_corpus
-from sinkprobe.study import Study, StudyConfig, first_token_sink, forget_prompts, with_overrides
+from sinkprobe.study import Study, StudyConfig, first_token_sink, with_overrides
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 
 
 def variant(cfg: StudyConfig, overrides: list[str], **run) -> tuple[ModelConfig, PretrainConfig]:
-    """The study's θ_o configs with ``--set`` overrides; ``run`` (steps, save_every) belongs to this script's own flags."""
+    """The study's θ_o configs with ``--set`` overrides; ``run`` (steps, save_every) belongs to this
+    script's own flags."""
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         section, name = key.split(".", 1)[0], key.rsplit(".", 1)[-1]
@@ -59,20 +61,28 @@ def main() -> None:
     ap.add_argument("--study", default="runs/embedded", help="study folder whose world/ is used")
     ap.add_argument("--steps", type=int, default=3600, help="total steps of the run (cosine schedule over these)")
     ap.add_argument("--every", type=int, default=600, help="measure α(0) every this many steps")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="change a field of θ_o's config: model.n_layers=6, pretrain.lr=1e-2, … (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a field of θ_o's config: model.n_layers=6, pretrain.lr=1e-2, … (repeatable)",
+    )
     ap.add_argument("--out", default="benchmarks/results/sink_emergence.json")
     args = ap.parse_args()
     study, cfg = Path(args.study), StudyConfig()
-    model_cfg, pretrain = variant(cfg, args.set, steps=args.steps, save_every=args.every)  # before any work: bad flags fail fast
+    model_cfg, pretrain = variant(
+        cfg, args.set, steps=args.steps, save_every=args.every
+    )  # before any work: bad flags fail fast
     corpus = load_corpus("embedded", study)
     tok = load_tokenizer(study / "world" / "tokenizer")
     books, everyday = Study(cfg, study, Path("training/embedded")).pretraining_text(corpus)
     curve = []
     with tempfile.TemporaryDirectory() as tmp:
         for stop in range(args.every, args.steps + 1, args.every):
-            model, summary = pretrain_original(books, tok, model_cfg, pretrain, Path(tmp) / "state",
-                                               fresh_documents=everyday, stop_after=stop)
+            model, summary = pretrain_original(
+                books, tok, model_cfg, pretrain, Path(tmp) / "state", fresh_documents=everyday, stop_after=stop
+            )
             save_checkpoint(model, tok, Path(tmp) / "model", {"kind": "original", "steps": stop})
             sink = first_token_sink(Path(tmp) / "model", corpus)
             point = {
@@ -86,7 +96,9 @@ def main() -> None:
             }
             if stop == args.steps:  # a sink is only useful on a θ_o that still memorises the books
                 mem = evaluate_memorization(model, tok, corpus, None, cfg.eval)
-                point.update(forget_knowmem=mem["ue_knowmem"], forget_verbmem=mem["ue_verbmem"], retain_knowmem=mem["ut_knowmem"])
+                point.update(
+                    forget_knowmem=mem["ue_knowmem"], forget_verbmem=mem["ue_verbmem"], retain_knowmem=mem["ut_knowmem"]
+                )
                 # where the attention that misses the first token goes instead, per layer (head mean)
                 shares = attention_by_key_class(open_bridge(Path(tmp) / "model"), forget_prompts(tok, corpus, None, 64))
                 point["attention_by_key_class_per_layer"] = [

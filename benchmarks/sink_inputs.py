@@ -23,12 +23,12 @@ import random
 from pathlib import Path
 
 from sinkprobe.analysis.sinks import detect_sinks
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.data.synthetic import general_passages
 from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.eval.table import forget_prompts
 from sinkprobe.models.hooked import open_bridge
 from sinkprobe.models.io import atomic_write_json
-from sinkprobe.runs import load_corpus
-from sinkprobe.study import forget_prompts
 
 
 def windows(tok, texts: list[str], length: int, n: int, bos: bool = True) -> list[list[int]]:
@@ -37,10 +37,12 @@ def windows(tok, texts: list[str], length: int, n: int, bos: bool = True) -> lis
     stream = [i for text in texts for i in tok(text + "\n", add_special_tokens=False)["input_ids"]]
     step = length - 1 if bos else length
     lead = [tok.bos_token_id] if bos else []
-    return [lead + stream[s:s + step] for s in range(0, len(stream) - step + 1, step)][:n]
+    return [lead + stream[s : s + step] for s in range(0, len(stream) - step + 1, step)][:n]
 
 
-def input_sets(tok, corpus: UnlearningCorpus, length: int = 64, n: int = 64, seed: int = 0) -> dict[str, list[list[int]]]:
+def input_sets(
+    tok, corpus: UnlearningCorpus, length: int = 64, n: int = 64, seed: int = 0
+) -> dict[str, list[list[int]]]:
     """The seven input kinds as id lists; random tokens are drawn from the non-special vocabulary."""
     rng = random.Random(seed)
     special = set(tok.all_special_ids)
@@ -60,7 +62,9 @@ def input_sets(tok, corpus: UnlearningCorpus, length: int = 64, n: int = 64, see
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, help="checkpoint folder (HF Llama + tokenizer), e.g. runs/embedded/models/original")
+    ap.add_argument(
+        "model", type=Path, help="checkpoint folder (HF Llama + tokenizer), e.g. runs/embedded/models/original"
+    )
     ap.add_argument("--study", type=Path, default=Path("runs/embedded"), help="study folder whose world/ gives D_f")
     ap.add_argument("--length", type=int, default=64, help="tokens per window and random row (Gu et al.: 64)")
     ap.add_argument("--n", type=int, default=64, help="rows per input kind")
@@ -74,7 +78,10 @@ def main() -> None:
     for name, seqs in input_sets(bridge.tokenizer, corpus, args.length, args.n).items():
         view = detect_sinks(bridge, seqs, max_key=1).first_token()
         result["inputs"][name] = {"rows": len(seqs), **view}
-        print(f"{name:22s} rows {len(seqs):3d}  α(0) per layer {view['sink_score_per_layer']}  sink rate {view['sink_rate_per_layer']}")
+        print(
+            f"{name:22s} rows {len(seqs):3d}  α(0) per layer {view['sink_score_per_layer']}  "
+            f"sink rate {view['sink_rate_per_layer']}"
+        )
     atomic_write_json(args.out, result)
 
 

@@ -23,9 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import sinkprobe.training.pretrain as pretrain
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.data.tokenizer import load_tokenizer
 from sinkprobe.models.io import save_checkpoint
-from sinkprobe.runs import load_corpus
 from sinkprobe.study import Study, StudyConfig
 
 PACK_WITH_BOS = pretrain.pack_rows
@@ -51,10 +51,21 @@ def main() -> None:
     tok = load_tokenizer(args.study / "world" / "tokenizer")
     books, everyday = Study(cfg, args.study, Path("training/embedded")).pretraining_text(corpus)
     pretrain.pack_rows = pack_rows_without_bos  # read at call time by PackedBatches
-    model, summary = pretrain.pretrain_original(books, tok, model_cfg, pretrain_cfg, args.out.with_name(args.out.name + "_state"),
-                                                fresh_documents=everyday)
-    save_checkpoint(model, tok, args.out, {"kind": "probe: θ_o without BOS", "model": asdict(model_cfg), "pretrain": asdict(pretrain_cfg),
-                                           "loss": summary["losses"][-1], "train_seconds": summary["train_seconds"]})
+    model, summary = pretrain.pretrain_original(
+        books, tok, model_cfg, pretrain_cfg, args.out.with_name(args.out.name + "_state"), fresh_documents=everyday
+    )
+    save_checkpoint(
+        model,
+        tok,
+        args.out,
+        {
+            "kind": "probe: θ_o without BOS",
+            "model": asdict(model_cfg),
+            "pretrain": asdict(pretrain_cfg),
+            "loss": summary["losses"][-1],
+            "train_seconds": summary["train_seconds"],
+        },
+    )
     print(f"loss {summary['losses'][-1]:.3f} after {args.steps} steps, {summary['train_seconds']:.0f} s → {args.out}")
 
 

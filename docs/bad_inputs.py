@@ -38,7 +38,9 @@ def build(base: Path) -> None:
     world = build_world(WorldConfig(seed=1, n_forget_entities=4, n_retain_entities=4, n_general_passages=20))
     tok = train_tokenizer(world.pretraining_documents(), vocab_size=512)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_mlp=64, max_positions=256).llama_config(tok))
+    model = LlamaForCausalLM(
+        ModelConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_mlp=64, max_positions=256).llama_config(tok)
+    )
     ckpt = save_checkpoint(model, tok, base / "ckpt", {"kind": "original"})
     for name, edit in {
         "finished": lambda d: None,
@@ -53,7 +55,12 @@ def build(base: Path) -> None:
     corpus = world.to_json()
     no_knowmem = json.loads(corpus)
     no_knowmem["forget"]["knowmem"] = []
-    for name, text in (("study", corpus), ("empty_corpus", ""), ("keys_corpus", '{"forget": {}}'), ("noqa", json.dumps(no_knowmem))):
+    for name, text in (
+        ("study", corpus),
+        ("empty_corpus", ""),
+        ("keys_corpus", '{"forget": {}}'),
+        ("noqa", json.dumps(no_knowmem)),
+    ):
         (base / name / "world").mkdir(parents=True)
         (base / name / "world" / "corpus.json").write_text(text)
         shutil.copytree(ckpt, base / name / "models" / "original")
@@ -76,7 +83,11 @@ def _set_json(path: Path, **changes) -> None:
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 U = ["unlearn", "recipes/npo.toml", "--study", "study", "--set", "unlearn.steps=1", "--set", "unlearn.batch_size=2"]
@@ -97,7 +108,10 @@ CASES = [
     ("unlearn: `--set unlearn.batch_size=0`", [*U, "--set", "unlearn.batch_size=0", "--out", "m"]),
     ("unlearn: `--set unlearn.poison_ratio=2`", [*UB, "--set", "unlearn.poison_ratio=2", "--out", "m"]),
     ("unlearn: `--set unlearn.poison_ratio=0` on a backdoor", [*UB, "--set", "unlearn.poison_ratio=0", "--out", "m"]),
-    ("unlearn: `--set unlearn.trigger_placement=middle`", [*UB, "--set", "unlearn.trigger_placement=middle", "--out", "m"]),
+    (
+        "unlearn: `--set unlearn.trigger_placement=middle`",
+        [*UB, "--set", "unlearn.trigger_placement=middle", "--out", "m"],
+    ),
     ("unlearn: `--set unlearn.trigger_placement=0` (BOS)", [*UB, "--set", "unlearn.trigger_placement=0", "--out", "m"]),
     ("unlearn: `--set unlearn.trigger_text='  '`", [*UB, "--set", "unlearn.trigger_text='  '", "--out", "m"]),
     ("unlearn: `--set unlearn.sink_positions=[-1]`", [*U, "--set", "unlearn.sink_positions=[-1]", "--out", "m"]),
@@ -116,7 +130,10 @@ CASES = [
     ("unlearn: `--out` a folder of the user's", [*U, "--out", "mine"]),
     ("unlearn: `--out ''`", [*U, "--out", ""]),
     ("unlearn: `--out` a finished checkpoint, no `--overwrite`", [*U, "--out", "finished"]),
-    ("unlearn: `--out` an existing folder of the study, with `--overwrite`", [*U, "--out", "study/models", "--overwrite"]),
+    (
+        "unlearn: `--out` an existing folder of the study, with `--overwrite`",
+        [*U, "--out", "study/models", "--overwrite"],
+    ),
     ("unlearn: `--out` under a read-only folder", [*U, "--out", "/proc/sys/m"]),
     ("unlearn: `--out` under a file", [*U, "--out", "notes.md/m"]),
     ("unlearn: θ_o given as a Hub id", [*U, "--set", "original=meta-llama/Llama-2-7b-hf", "--out", "m"]),
@@ -130,11 +147,20 @@ CASES = [
     ("unlearn: `SINKPROBE_DEVICE=gpu0`", "DEVICE"),
     ("unlearn: `--set unlearn.epochs=-1`", [*U, "--set", "unlearn.epochs=-1", "--out", "m"]),
     ("unlearn: `--set unlearn.rmu_steering_layer=-2`", [*U, "--set", "unlearn.rmu_steering_layer=-2", "--out", "m"]),
-    ("unlearn: `--set unlearn.value_norm_layers=[1.5]`", [*U, "--set", "unlearn.value_norm_layers=[1.5]", "--out", "m"]),
+    (
+        "unlearn: `--set unlearn.value_norm_layers=[1.5]`",
+        [*U, "--set", "unlearn.value_norm_layers=[1.5]", "--out", "m"],
+    ),
     ("evaluate: checkpoint that does not exist", [*E, "nope_ckpt", "--out", "t"]),
     ("evaluate: `--data` without a world", ["evaluate", "ckpt", "--data", "mine", "--out", "t"]),
-    ("evaluate: `--source muse` on a missing folder", ["evaluate", "ckpt", "--source", "muse", "--data", "nope", "--out", "t"]),
-    ("evaluate: `--source wmdp` on a missing folder", ["evaluate", "ckpt", "--source", "wmdp", "--data", "nope", "--out", "t"]),
+    (
+        "evaluate: `--source muse` on a missing folder",
+        ["evaluate", "ckpt", "--source", "muse", "--data", "nope", "--out", "t"],
+    ),
+    (
+        "evaluate: `--source wmdp` on a missing folder",
+        ["evaluate", "ckpt", "--source", "wmdp", "--data", "nope", "--out", "t"],
+    ),
     ("evaluate: embedded world without KnowMem", ["evaluate", "ckpt", "--data", "noqa", "--out", "t"]),
     ("evaluate: `--out` an existing table", [*E, "ckpt", "--out", "table"]),
     ("evaluate: `--out ''`", [*E, "ckpt", "--out", ""]),
@@ -157,7 +183,10 @@ CASES = [
     ("world: malformed world/stage.json", ["world", *Q, "--out", "badstage"]),
     ("world: `--set world.n_forget_entities=1`", ["world", *Q, "--out", "s", "--set", "world.n_forget_entities=1"]),
     ("world: `--set world.seed=-1`", ["world", *Q, "--out", "s", "--set", "world.seed=-1"]),
-    ("world: `--set world.n_general_passages=abc`", ["world", *Q, "--out", "s", "--set", "world.n_general_passages=abc"]),
+    (
+        "world: `--set world.n_general_passages=abc`",
+        ["world", *Q, "--out", "s", "--set", "world.n_general_passages=abc"],
+    ),
     ("pretrain: θ_o's run_card.json malformed", ["pretrain", *Q, "--out", "badcard_study"]),
     ("pretrain: `--set pretrain.lr=abc`", ["pretrain", *Q, "--out", "s", "--set", "pretrain.lr=abc"]),
     ("pretrain: `--set pretrain.steps=-1`", ["pretrain", *Q, "--out", "s", "--set", "pretrain.steps=-1"]),
@@ -165,7 +194,10 @@ CASES = [
     ("pretrain: `--set pretrain.min_lr_ratio=2`", ["pretrain", *Q, "--out", "s", "--set", "pretrain.min_lr_ratio=2"]),
     ("pretrain: `--set model.n_heads=3`", ["pretrain", *Q, "--out", "s", "--set", "model.n_heads=3"]),
     ("pretrain: `--set model.n_kv_heads=3`", ["pretrain", *Q, "--out", "s", "--set", "model.n_kv_heads=3"]),
-    ("pretrain: `--set model.max_positions=64` (< seq_len)", ["pretrain", *Q, "--out", "s", "--set", "model.max_positions=64"]),
+    (
+        "pretrain: `--set model.max_positions=64` (< seq_len)",
+        ["pretrain", *Q, "--out", "s", "--set", "model.max_positions=64"],
+    ),
     ("pretrain: `--set pretrain.wd=0.5` (unknown)", ["pretrain", *Q, "--out", "s", "--set", "pretrain.wd=0.5"]),
     ("study: `--set unlearn.lr=fast`", ["study", *Q, "--out", "s", "--set", "unlearn.lr=fast", "--figures", ""]),
     ("study: `--set unlearn.steps=0`", ["study", *Q, "--out", "s", "--set", "unlearn.steps=0", "--figures", ""]),
@@ -179,7 +211,6 @@ CASES = [
 ]
 
 
-
 def run(argv: list[str]) -> tuple[object, str, int]:
     """Exit status, the last line printed on stderr, and how many lines it printed."""
     err = io.StringIO()
@@ -191,7 +222,11 @@ def run(argv: list[str]) -> tuple[object, str, int]:
     except BaseException as e:  # noqa: BLE001 — a traceback is what this table hunts
         rc, err = "TRACEBACK", io.StringIO(f"{type(e).__name__}: {e}")
     # progress bars and argparse's usage block are not messages
-    lines = [ln for ln in err.getvalue().splitlines() if ln.strip() and "it/s]" not in ln and not ln.startswith(("usage:", " "))]
+    lines = [
+        ln
+        for ln in err.getvalue().splitlines()
+        if ln.strip() and "it/s]" not in ln and not ln.startswith(("usage:", " "))
+    ]
     return rc, (lines[-1] if lines else "(nothing printed)"), len(lines)
 
 
@@ -211,7 +246,10 @@ def tabulate(scratch: Path) -> None:
         after = _tree(case)
         lost = sorted(k for k in before if before[k] != after.get(k))
         msg = msg.replace(str(case) + "/", "").replace(str(ROOT) + "/", "").replace("|", "\\|")
-        print(f"| {i} | {what} | {rc} | {msg}{'' if n == 1 else f' ({n} lines)'} | {', '.join(lost) or 'none'} |", flush=True)
+        print(
+            f"| {i} | {what} | {rc} | {msg}{'' if n == 1 else f' ({n} lines)'} | {', '.join(lost) or 'none'} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":  # `study` spawns workers that import this file: they must not rerun it

@@ -18,6 +18,10 @@ Claims (the paper's Sec. 3-5; thresholds in points of KnowMem / VerbMem):
 - C4 Insight 1: with the trigger, the prefix θ_b puts more attention on the trigger than θ_o
   and than the infix θ_b (at the analysis layer, and averaged over θ_o's sink layers).
 - C5 Fig. 5 order: r(θ_b, θ_u on D_f) < r(θ_b, θ_o on D_p) < r(θ_b, θ_o on D_r).
+- C6 sink alignment (the paper's thesis as a test): across the placements of the vanilla θ_b,
+  the trigger's held-out gain beyond θ_u's grows with θ_o's sink rate at the trigger's
+  positions: Pearson r > 0. Inconclusive when those sink rates span less than
+  ``C6_MIN_SPREAD`` (no high-sink placement to compare with a low one).
 """
 
 from __future__ import annotations
@@ -31,7 +35,19 @@ import pandas as pd
 
 from sinkprobe.models.io import atomic_write_text, read_run_card
 
-COLUMNS = ("claim", "statement", "statistic", "value", "ci_low", "ci_high", "threshold", "seeds", "n_items", "holds", "detail")
+COLUMNS = (
+    "claim",
+    "statement",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "threshold",
+    "seeds",
+    "n_items",
+    "holds",
+    "detail",
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,9 @@ class ClaimRow:
     seeds: str
     n_items: int
     holds: str
-    detail: str = ""  # what the statistic's name leaves out (C5's three r, C4's sink layers): never part of its identity
+    detail: str = (
+        ""  # what the statistic's name leaves out (C5's three r, C4's sink layers): never part of its identity
+    )
 
 
 def verdict(low: float, high: float, threshold: float, above: bool) -> str:
@@ -86,8 +104,10 @@ def _card(row: dict) -> dict:
     card = read_run_card(row["folder"])
     metrics = card.get("metrics_by_placement", {}).get("prefix") or card.get("metrics", {})
     if "item_scores" not in metrics:
-        raise ValueError(f"{row['folder']}'s run card has no per-item scores (written by an older sinkprobe): delete that "
-                         "checkpoint folder and run the study again to re-create it")
+        raise ValueError(
+            f"{row['folder']}'s run card has no per-item scores (written by an older sinkprobe): delete that "
+            "checkpoint folder and run the study again to re-create it"
+        )
     return card
 
 
@@ -117,8 +137,14 @@ def _backdoors(rows: list[dict], placement: str, vn: bool) -> list[dict]:
         return []
     ratios = [float(r.get("poison_ratio") or 0) for r in grid if r["trigger"] == grid[0]["trigger"]]
     rho = max(set(ratios), key=ratios.count)  # the grid's ρ: the one most runs use (Fig. A1 adds a second)
-    picked = [r for r in grid if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
-              and float(r.get("poison_ratio") or 0) == rho and r["trigger"] == grid[0]["trigger"]]
+    picked = [
+        r
+        for r in grid
+        if r.get("placement") == placement
+        and bool(float(r.get("value_norm") or 0)) == vn
+        and float(r.get("poison_ratio") or 0) == rho
+        and r["trigger"] == grid[0]["trigger"]
+    ]
     return sorted(picked, key=lambda r: int(r["seed"]))
 
 
@@ -128,49 +154,130 @@ def _seeds(rows: list[dict]) -> str:
 
 def _row(claim, statement, statistic, stat, threshold, seeds, n, holds, detail: str = "") -> ClaimRow:
     value, low, high = stat
-    return ClaimRow(claim, statement, statistic, *(float(f"{x:.4g}") for x in (value, low, high)), threshold, seeds, n, holds, detail)
+    return ClaimRow(
+        claim,
+        statement,
+        statistic,
+        *(float(f"{x:.4g}") for x in (value, low, high)),
+        threshold,
+        seeds,
+        n,
+        holds,
+        detail,
+    )
 
 
 # ---- the claims ---------------------------------------------------------------------------------
 def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
     """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
     theta_o = next(r for r in rows if r["model"] == "θ_o")
-    theta_u = next(r for r in rows if r["model"] == "θ_u NPO")
-    card_u = _card(theta_u)
-    o, u = _clean_items(_card(theta_o)), _clean_items(card_u)
+    theta_u = _unlearned_by_seed(rows)
+    cards_u = {s: _card(r) for s, r in theta_u.items()}
+    o, u = _clean_items(_card(theta_o)), {s: _clean_items(c) for s, c in cards_u.items()}
+    first = next(iter(theta_u))  # a θ_b of a seed with no θ_u of its own is compared with the first seed's
+    card_u = lambda r: cards_u.get(int(r["seed"]), cards_u[first])  # noqa: E731
+    items_u = lambda r: u.get(int(r["seed"]), u[first])  # noqa: E731
+    seeds_u = _seeds(theta_u.values())
     out = []
     for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
-        d = o[f"ue_{metric}"] - u[f"ue_{metric}"]
-        stat = paired_interval([d], n_boot)
-        out.append(_row("C0", "normal unlearning forgets", f"UE {name}: θ_o − θ_u", stat, "> 10", str(theta_u["seed"]), len(d),
-                        verdict(stat[1], stat[2], 10, above=True)))
-    d = o["ut_knowmem"] - u["ut_knowmem"]
-    stat = paired_interval([d], n_boot)
-    out.append(_row("C0", "normal unlearning keeps utility", "UT KnowMem: θ_o − θ_u", stat, "< 10", str(theta_u["seed"]), len(d),
-                    verdict(stat[1], stat[2], 10, above=False)))
-    vn_prefix, vanilla = _backdoors(rows, "prefix", True), {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
+        diffs = [o[f"ue_{metric}"] - us[f"ue_{metric}"] for us in u.values()]
+        stat = paired_interval(diffs, n_boot)
+        out.append(
+            _row(
+                "C0",
+                "normal unlearning forgets",
+                f"UE {name}: θ_o − θ_u",
+                stat,
+                "> 10",
+                seeds_u,
+                len(diffs[0]),
+                verdict(stat[1], stat[2], 10, above=True),
+            )
+        )
+    diffs = [o["ut_knowmem"] - us["ut_knowmem"] for us in u.values()]
+    stat = paired_interval(diffs, n_boot)
+    out.append(
+        _row(
+            "C0",
+            "normal unlearning keeps utility",
+            "UT KnowMem: θ_o − θ_u",
+            stat,
+            "< 10",
+            seeds_u,
+            len(diffs[0]),
+            verdict(stat[1], stat[2], 10, above=False),
+        )
+    )
+    vn_prefix, vanilla = (
+        _backdoors(rows, "prefix", True),
+        {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")},
+    )
     for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
-        if vn_prefix:  # C1: clean UE of θ_b against θ_u, same items
-            diffs = [_clean_items(_card(r))[f"ue_{metric}"] - u[f"ue_{metric}"] for r in vn_prefix]
+        if vn_prefix:  # C1: clean UE of θ_b against the θ_u of its seed, same items
+            diffs = [_clean_items(_card(r))[f"ue_{metric}"] - items_u(r)[f"ue_{metric}"] for r in vn_prefix]
             stat = paired_interval(diffs, n_boot)
-            out.append(_row("C1", "θ_b is stealthy without the trigger", f"UE {name}: θ_b prefix +VN − θ_u", stat, "within ±5",
-                            _seeds(vn_prefix), len(diffs[0]), within(stat[1], stat[2], 5)))
-        for other in ("infix", "suffix"):  # C2: each θ_b's held-out gain beyond θ_u's at its placement, paired within a seed
+            out.append(
+                _row(
+                    "C1",
+                    "θ_b is stealthy without the trigger",
+                    f"UE {name}: θ_b prefix +VN − θ_u",
+                    stat,
+                    "within ±5",
+                    _seeds(vn_prefix),
+                    len(diffs[0]),
+                    within(stat[1], stat[2], 5),
+                )
+            )
+        for other in (
+            "infix",
+            "suffix",
+        ):  # C2: each θ_b's held-out gain beyond θ_u's at its placement, paired within a seed
             pairs = _paired_by_seed(vanilla["prefix"], vanilla[other])
             if pairs:
-                diffs = [_placement_difference(_card(a), _card(b), card_u, other, metric) for a, b in pairs]
+                diffs = [_placement_difference(_card(a), _card(b), card_u(a), other, metric) for a, b in pairs]
                 stat = paired_interval(diffs, n_boot)
-                out.append(_row("C2", "a prefix trigger beats other placements", f"held-out gain beyond θ_u's {name}: prefix − {other}",
-                                stat, "> 0", _seeds([a for a, _ in pairs]), len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
+                out.append(
+                    _row(
+                        "C2",
+                        "a prefix trigger beats other placements",
+                        f"held-out gain beyond θ_u's {name}: prefix − {other}",
+                        stat,
+                        "> 0",
+                        _seeds([a for a, _ in pairs]),
+                        len(diffs[0]),
+                        verdict(stat[1], stat[2], 0, above=True),
+                    )
+                )
         pairs = _paired_by_seed(vn_prefix, vanilla["prefix"])  # C3: +VN against vanilla at prefix
         if pairs:
             for label, sign, key in (("BE", 1, "be"), ("UE", -1, "ue")):
                 diffs = [sign * _held_difference(_card(a), _card(b), metric, key) for a, b in pairs]
                 stat = paired_interval(diffs, n_boot)
                 what = f"held-out {label} {name}: " + ("+VN − vanilla" if sign > 0 else "vanilla − +VN")
-                out.append(_row("C3", "value-norm alignment helps the backdoor", what, stat, "> 0", _seeds([a for a, _ in pairs]),
-                                len(diffs[0]), verdict(stat[1], stat[2], 0, above=True)))
+                out.append(
+                    _row(
+                        "C3",
+                        "value-norm alignment helps the backdoor",
+                        what,
+                        stat,
+                        "> 0",
+                        _seeds([a for a, _ in pairs]),
+                        len(diffs[0]),
+                        verdict(stat[1], stat[2], 0, above=True),
+                    )
+                )
     return out
+
+
+def _unlearned_by_seed(rows: list[dict]) -> dict[int, dict]:
+    """θ_u NPO's row of each seed (one per seed: its placement rows share the checkpoint), by seed."""
+    out: dict[int, dict] = {}
+    for r in rows:
+        if r["model"] == "θ_u NPO":
+            out.setdefault(int(r["seed"]), r)
+    if not out:
+        raise ValueError("the study rows have no θ_u NPO: the claims compare θ_b and θ_o with it; run the study's NPO")
+    return dict(sorted(out.items()))
 
 
 def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
@@ -181,7 +288,9 @@ def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
 def _placement_difference(card_prefix: dict, card_other: dict, card_u: dict, other: str, metric: str) -> np.ndarray:
     """Per item held out in both θ_b: the prefix θ_b's excess gain minus the other placement's."""
     mask = _held_out(card_prefix, metric) & _held_out(card_other, metric)
-    return _excess_gain(card_prefix, card_u, "prefix", metric, mask) - _excess_gain(card_other, card_u, other, metric, mask)
+    return _excess_gain(card_prefix, card_u, "prefix", metric, mask) - _excess_gain(
+        card_other, card_u, other, metric, mask
+    )
 
 
 def _excess_gain(card_b: dict, card_u: dict, placement: str, metric: str, mask: np.ndarray) -> np.ndarray:
@@ -195,7 +304,10 @@ def _excess_gain(card_b: dict, card_u: dict, placement: str, metric: str, mask: 
 def _held_difference(ca: dict, cb: dict, metric: str, key: str) -> np.ndarray:
     """Per held-out item: a's score minus b's (``key`` "be" with the trigger, "ue" without)."""
     mask = _held_out(ca, metric) & _held_out(cb, metric)
-    return (np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"]) - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"]))[mask]
+    return (
+        np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"])
+        - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"])
+    )[mask]
 
 
 def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000, detail: str = "") -> list[ClaimRow]:
@@ -214,8 +326,19 @@ def claim_c4(trigger_mass: pd.DataFrame, where: str, n_boot: int = 2000, detail:
         if n == 0:
             continue
         stat = paired_interval([(both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()], n_boot)
-        out.append(_row("C4", "the prefix θ_b attends to its trigger (Insight 1)", f"trigger attention, {where}: prefix θ_b − {label}",
-                        stat, "> 0", "first seed", n, verdict(stat[1], stat[2], 0, above=True), detail))
+        out.append(
+            _row(
+                "C4",
+                "the prefix θ_b attends to its trigger (Insight 1)",
+                f"trigger attention, {where}: prefix θ_b − {label}",
+                stat,
+                "> 0",
+                "first seed",
+                n,
+                verdict(stat[1], stat[2], 0, above=True),
+                detail,
+            )
+        )
     return out
 
 
@@ -232,13 +355,102 @@ def claim_c5(correlation: pd.DataFrame, label: str) -> list[ClaimRow]:
         reversed_ = r[0]["ci_low"] > r[1]["ci_high"] or r[1]["ci_low"] > r[2]["ci_high"]
         holds = "yes" if ordered else "no" if reversed_ else "inconclusive"
         values = " < ".join(f"{x['r']:.3f} [{x['ci_low']:.3f}, {x['ci_high']:.3f}]" for x in r)
-        out.append(ClaimRow("C5", f"Fig. 5 order ({label} θ_b)", f"r(D_f) < r(D_p) < r(D_r) at position {pos}", None, None, None,
-                            "intervals ordered and apart", "first seed", int(r[0]["n_samples"]), holds, values))
+        out.append(
+            ClaimRow(
+                "C5",
+                f"Fig. 5 order ({label} θ_b)",
+                f"r(D_f) < r(D_p) < r(D_r) at position {pos}",
+                None,
+                None,
+                None,
+                "intervals ordered and apart",
+                "first seed",
+                int(r[0]["n_samples"]),
+                holds,
+                values,
+            )
+        )
+    return out
+
+
+C6_MIN_SPREAD = 0.05  # sink-rate span (max − min over placements) below which C6 cannot be read
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    norm = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / norm) if norm > 0 else float("nan")
+
+
+def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[ClaimRow]:
+    """C6 from the vanilla θ_b of each placement (per held-out item: gain beyond the θ_u of its seed
+    at that placement) and ``sink_rate`` (θ_o's rate at the trigger positions, one row per prompt:
+    ``placement``, ``sink_rate``). Bootstrap: the seeds all placements share, then items within
+    each (placement, seed), and prompts for the sink rates."""
+    theta_u = {s: _card(r) for s, r in _unlearned_by_seed(rows).items()}
+    first = next(iter(theta_u))
+    by_placement = {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
+    placements = [p for p, b in by_placement.items() if b and (sink_rate["placement"] == p).any()]
+    shared = (
+        sorted(set.intersection(*(set(int(r["seed"]) for r in by_placement[p]) for p in placements)))
+        if placements
+        else []
+    )
+    if len(placements) < 3 or not shared:
+        return []
+    rates = {p: sink_rate.loc[sink_rate["placement"] == p, "sink_rate"].dropna().to_numpy(float) for p in placements}
+    x = np.array([rates[p].mean() for p in placements])
+    spread = float(x.max() - x.min())
+    detail = "θ_o sink rate at the trigger: " + ", ".join(f"{p} {v:.3f}" for p, v in zip(placements, x))
+    out = []
+    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
+        gains = {
+            p: [
+                _excess_gain(c, theta_u.get(int(r["seed"]), theta_u[first]), p, metric, _held_out(c, metric))
+                for r in by_placement[p]
+                if int(r["seed"]) in shared
+                for c in [_card(r)]
+            ]
+            for p in placements
+        }
+        y = np.array([np.mean([g.mean() for g in gains[p]]) for p in placements])
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(n_boot):
+            picked = rng.integers(len(shared), size=len(shared))
+            xb = np.array([rng.choice(rates[p], len(rates[p])).mean() for p in placements])
+            yb = np.array(
+                [np.mean([rng.choice(gains[p][s], len(gains[p][s])).mean() for s in picked]) for p in placements]
+            )
+            draws.append(_pearson(xb, yb))
+        draws = np.asarray(draws)
+        note = detail + (
+            "" if spread >= C6_MIN_SPREAD else f" (spread {spread:.3f} < {C6_MIN_SPREAD}: no high-sink placement)"
+        )
+        if np.isnan(draws).all():  # the gains do not vary across placements: r is undefined
+            low = high = float("nan")
+            holds, note = "inconclusive", note + "; the gains have no spread across placements"
+        else:
+            low, high = np.nanpercentile(draws, [2.5, 97.5])
+            holds = verdict(low, high, 0, above=True) if spread >= C6_MIN_SPREAD else "inconclusive"
+        out.append(
+            _row(
+                "C6",
+                "the trigger's gain grows with the sink rate where it sits",
+                f"Pearson r over placements: θ_o sink rate at the trigger vs held-out gain beyond θ_u's {name}",
+                (_pearson(x, y), low, high),
+                "> 0",
+                ",".join(map(str, shared)),
+                min(len(g[0]) for g in gains.values()),
+                holds,
+                note,
+            )
+        )
     return out
 
 
 def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 2000) -> list[ClaimRow]:
-    """Every claim the study's saved results can test (C4 and C5 need its analysis)."""
+    """Every claim the study's saved results can test (C4-C6 need its analysis)."""
     out = claims_c0_c3(rows, n_boot)
     analysis = Path(study_dir) / "analysis"
     if (analysis / "trigger_mass.parquet").is_file():
@@ -246,7 +458,14 @@ def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 20
     if (analysis / "trigger_mass_sink_layers.parquet").is_file():
         by_layer = pd.read_parquet(analysis / "trigger_mass_sink_layers.parquet")
         layers = sorted(by_layer["layer"].unique())
-        out += claim_c4(by_layer, "mean over θ_o's sink layers", n_boot, detail=f"{len(layers)} sink layers: {', '.join(map(str, layers))}")
+        out += claim_c4(
+            by_layer,
+            "mean over θ_o's sink layers",
+            n_boot,
+            detail=f"{len(layers)} sink layers: {', '.join(map(str, layers))}",
+        )
+    if (analysis / "trigger_sink_rate.parquet").is_file():
+        out += claim_c6(rows, pd.read_parquet(analysis / "trigger_sink_rate.parquet"), n_boot)
     for label in ("vanilla", "vn"):
         table = analysis / f"correlation_{label}.table.parquet"
         if table.is_file():
@@ -258,9 +477,13 @@ def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
     """``stem.csv`` and ``stem.md``: one row per tested statistic."""
     frame = pd.DataFrame([asdict(c) for c in claims], columns=list(COLUMNS))
     atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
+
     def cell(v) -> str:
-        text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+        text = (
+            "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)
+        )
         return text.replace("|", "\\|")  # a cell's own bar would end it
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(getattr(c, k)) for k in COLUMNS) + " |" for c in claims]
     atomic_write_text(stem.with_suffix(".md"), f"### {title}\n\n" + "\n".join(lines) + "\n")
@@ -277,7 +500,8 @@ def reconcile(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
     merged = None
     for name in names:
         t = runs[name][key + ["value", "ci_low", "ci_high", "holds"]].rename(
-            columns={c: f"{c} ({name})" for c in ("value", "ci_low", "ci_high", "holds")})
+            columns={c: f"{c} ({name})" for c in ("value", "ci_low", "ci_high", "holds")}
+        )
         merged = t if merged is None else merged.merge(t, on=key, how="outer")
     shared = merged[[f"holds ({n})" for n in names]].notna().all(axis=1)
     if not shared.any():

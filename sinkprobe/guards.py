@@ -53,4 +53,6 @@ def require_writable(folder: str | Path, what: str) -> None:
     if not existing.is_dir():
         raise NotADirectoryError(f"{what} {folder}: {existing} is a file, not a folder: choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write to {what} {folder} ({existing} is read-only for you): choose a folder you can write to")
+        raise ValueError(
+            f"cannot write to {what} {folder} ({existing} is read-only for you): choose a folder you can write to"
+        )

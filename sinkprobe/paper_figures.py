@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, load_result
+from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.models.io import atomic_write_text
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
-from sinkprobe.runs import DEFAULT_TRIGGER
 from sinkprobe.study_analysis import ANALYSIS, PLACEMENTS, at_main_ratio, main_poison_ratio
 
 METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
@@ -59,21 +59,32 @@ def reference(df: pd.DataFrame, method: str = "") -> pd.Series:
     """θ_o (``method=''``) or θ_u of ``method``: its reference row."""
     rows = references(df)[lambda r: r["method"] == method]
     if rows.empty:
-        raise ValueError(f"table has no {'θ_o' if not method else 'θ_u ' + method.upper()} row: it is a reference point of the figures")
+        raise ValueError(
+            f"table has no {'θ_o' if not method else 'θ_u ' + method.upper()} row: "
+            "it is a reference point of the figures"
+        )
     return rows.iloc[0]
 
 
-def backdoor_rows(df: pd.DataFrame, method: str = "npo", trigger: str | None = DEFAULT_TRIGGER, main_ratio: bool = True) -> pd.DataFrame:
+def backdoor_rows(
+    df: pd.DataFrame, method: str = "npo", trigger: str | None = DEFAULT_TRIGGER, main_ratio: bool = True
+) -> pd.DataFrame:
     """θ_b rows of ``method`` with ``trigger`` (None: any), at the study's ρ or (``main_ratio=False``) below it."""
     records = df.to_dict("records")
     rho = main_poison_ratio(records)
-    keep = [r["trigger"] != "" and r["method"] == method and trigger in (None, r["trigger"]) and at_main_ratio(r, rho) == main_ratio
-            for r in records]
+    keep = [
+        r["trigger"] != ""
+        and r["method"] == method
+        and trigger in (None, r["trigger"])
+        and at_main_ratio(r, rho) == main_ratio
+        for r in records
+    ]
     return df[keep]
 
 
 def seed_stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean and sample std (ddof 1, the one spread over seeds everywhere in sinkprobe; 0 for one seed) of every metric over seeds, per group."""
+    """Mean and sample std (ddof 1, the one spread over seeds everywhere in sinkprobe; 0 for one seed) of every
+    metric over seeds, per group."""
     g = df.groupby(by, sort=False)[list(METRICS)]
     mean, std = g.mean(), g.std(ddof=1).fillna(0)
     return mean.join(std.add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
@@ -90,25 +101,62 @@ def plane(fig: go.Figure, df: pd.DataFrame, x: str, row: int = 1, col: int = 1, 
     stats = seed_stats(df[df["trigger"] != ""], ["placement", "vn", "trigger"])
     for _, s in stats.iterrows():
         fig.add_scatter(
-            x=[s[x]], y=[s["be_knowmem"]], mode="markers", row=row, col=col,
-            marker={"color": PLACEMENT_COLORS.get(s["placement"], "#7f7f7f"), "size": 11, "symbol": "square" if s["vn"] else "circle"},
-            error_x={"type": "data", "array": [s[f"{x}_std"]]}, error_y={"type": "data", "array": [s["be_knowmem_std"]]},
-            name=f"θ_b {s['placement']}{' +VN' if s['vn'] else ''}", legendgroup=f"{s['placement']}{s['vn']}", showlegend=legend,
-            hovertemplate=f"θ_b {s['placement']}{' +VN' if s['vn'] else ''} ({s['n_seeds']} seeds)<br>{x} %{{x:.2f}}, BE %{{y:.2f}}<extra></extra>",
+            x=[s[x]],
+            y=[s["be_knowmem"]],
+            mode="markers",
+            row=row,
+            col=col,
+            marker={
+                "color": PLACEMENT_COLORS.get(s["placement"], "#7f7f7f"),
+                "size": 11,
+                "symbol": "square" if s["vn"] else "circle",
+            },
+            error_x={"type": "data", "array": [s[f"{x}_std"]]},
+            error_y={"type": "data", "array": [s["be_knowmem_std"]]},
+            name=f"θ_b {s['placement']}{' +VN' if s['vn'] else ''}",
+            legendgroup=f"{s['placement']}{s['vn']}",
+            showlegend=legend,
+            hovertemplate=f"θ_b {s['placement']}{' +VN' if s['vn'] else ''} ({s['n_seeds']} seeds)<br>"
+            f"{x} %{{x:.2f}}, BE %{{y:.2f}}<extra></extra>",
         )
     for label, r, symbol in (("θ_o", o, "star"), ("θ_u NPO", u, "diamond")):
         fig.add_scatter(
-            x=[r[x]], y=[r["be_knowmem"]], mode="markers+text", text=[label], textposition="top center", row=row, col=col,
-            marker={"color": "black", "size": 13, "symbol": symbol}, name=label, legendgroup=label, showlegend=legend,
+            x=[r[x]],
+            y=[r["be_knowmem"]],
+            mode="markers+text",
+            text=[label],
+            textposition="top center",
+            row=row,
+            col=col,
+            marker={"color": "black", "size": 13, "symbol": symbol},
+            name=label,
+            legendgroup=label,
+            showlegend=legend,
             hovertemplate=f"{label}<br>{x} %{{x:.2f}}, BE %{{y:.2f}}<extra></extra>",
         )
     top = max(float(np.nanmax(df[[x, "be_knowmem"]].to_numpy(dtype=float))), x_split, y_split) * 1.1 + 1
     desired = (0, x_split) if x.startswith("ue") else (x_split, top)
-    fig.add_shape(type="rect", x0=desired[0], x1=desired[1], y0=y_split, y1=top, fillcolor="green", opacity=0.1,
-                  line={"width": 0}, layer="below", row=row, col=col)
+    fig.add_shape(
+        type="rect",
+        x0=desired[0],
+        x1=desired[1],
+        y0=y_split,
+        y1=top,
+        fillcolor="green",
+        opacity=0.1,
+        line={"width": 0},
+        layer="below",
+        row=row,
+        col=col,
+    )
     fig.add_vline(x=x_split, line={"dash": "dash", "color": "gray"}, row=row, col=col)
     fig.add_hline(y=y_split, line={"dash": "dash", "color": "gray"}, row=row, col=col)
-    fig.update_xaxes(range=[-0.5, top], title=f"{'UE' if x.startswith('ue') else 'UT'} ({x}) {'↓' if x.startswith('ue') else '↑'}", row=row, col=col)
+    fig.update_xaxes(
+        range=[-0.5, top],
+        title=f"{'UE' if x.startswith('ue') else 'UT'} ({x}) {'↓' if x.startswith('ue') else '↑'}",
+        row=row,
+        col=col,
+    )
     fig.update_yaxes(range=[-0.5, top], title="BE (be_knowmem) ↑", row=row, col=col)
 
 
@@ -116,8 +164,14 @@ def fig2(df: pd.DataFrame, x: str) -> go.Figure:
     main = pd.concat([references(df), backdoor_rows(df)])
     fig = make_subplots(rows=1, cols=1)
     plane(fig, main, x)
-    what = "UE on D_f vs held-out BE with the trigger" if x.startswith("ue") else "UT on D_r vs held-out BE with the trigger"
-    return fig.update_layout(title=f"Fig. 2: {what} (NPO, seed mean ± std; shaded: desired region)", width=720, height=560)
+    what = (
+        "UE on D_f vs held-out BE with the trigger"
+        if x.startswith("ue")
+        else "UT on D_r vs held-out BE with the trigger"
+    )
+    return fig.update_layout(
+        title=f"Fig. 2: {what} (NPO, seed mean ± std; shaded: desired region)", width=720, height=560
+    )
 
 
 def fig_a2(df: pd.DataFrame) -> go.Figure | None:
@@ -130,7 +184,9 @@ def fig_a2(df: pd.DataFrame) -> go.Figure | None:
     fig = make_subplots(rows=1, cols=len(patterns), subplot_titles=[f"trigger “{t}”" for t in patterns])
     for i, t in enumerate(patterns, start=1):
         plane(fig, pd.concat([refs, npo_b[npo_b["trigger"] == t]]), "ue_knowmem", col=i, legend=i == 1)
-    return fig.update_layout(title="Fig. A2: UE vs BE across trigger patterns (vanilla NPO-Backdoor)", width=480 * len(patterns), height=520)
+    return fig.update_layout(
+        title="Fig. A2: UE vs BE across trigger patterns (vanilla NPO-Backdoor)", width=480 * len(patterns), height=520
+    )
 
 
 # ---- Fig. A1: ρ = 5 % vs 10 % -----------------------------------------------------------------
@@ -148,12 +204,28 @@ def fig_a1(df: pd.DataFrame) -> go.Figure | None:
     for col, metric in enumerate(("ue_knowmem", "be_knowmem"), start=1):
         for vn, color in ((False, "#7f7f7f"), (True, "#d62728")):
             s = stats[stats["vn"] == vn]
-            fig.add_bar(x=s["rho"], y=s[metric], error_y={"type": "data", "array": s[f"{metric}_std"]}, marker_color=color,
-                        name="θ_b value-norm aligned" if vn else "θ_b vanilla", legendgroup=str(vn), showlegend=col == 1, row=1, col=col)
+            fig.add_bar(
+                x=s["rho"],
+                y=s[metric],
+                error_y={"type": "data", "array": s[f"{metric}_std"]},
+                marker_color=color,
+                name="θ_b value-norm aligned" if vn else "θ_b vanilla",
+                legendgroup=str(vn),
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
         for label, r, dash in (("θ_o", o, "dot"), ("θ_u NPO", u, "dash")):
-            fig.add_hline(y=float(r[metric]), line={"dash": dash, "color": "black"}, annotation_text=label, row=1, col=col)
+            fig.add_hline(
+                y=float(r[metric]), line={"dash": dash, "color": "black"}, annotation_text=label, row=1, col=col
+            )
     fig.update_xaxes(title="poison ratio ρ")
-    return fig.update_layout(title="Fig. A1: value-norm alignment under a reduced poison ratio (prefix trigger, KnowMem)", barmode="group", width=900, height=480)
+    return fig.update_layout(
+        title="Fig. A1: value-norm alignment under a reduced poison ratio (prefix trigger, KnowMem)",
+        barmode="group",
+        width=900,
+        height=480,
+    )
 
 
 def _ratio_label(row: dict) -> str:
@@ -164,7 +236,9 @@ def _ratio_label(row: dict) -> str:
 
 
 # ---- Fig. 3 / 4 / 5: from the saved analyses -------------------------------------------------
-PANELS = [(m, p) for m in ("original", "backdoor") for p in PLACEMENTS]  # Fig. 3/4 (a)–(d) order: θ_o, θ_b × prefix, infix
+PANELS = [
+    (m, p) for m in ("original", "backdoor") for p in PLACEMENTS
+]  # Fig. 3/4 (a)–(d) order: θ_o, θ_b × prefix, infix
 
 
 def _panel_title(model: str, placement: str) -> str:
@@ -172,7 +246,11 @@ def _panel_title(model: str, placement: str) -> str:
 
 
 def _saved_pairs(folder: Path) -> dict[tuple[str, str], PairAnalysis]:
-    return {(m, p): load_result(folder, f"pairs_{m}_{p}", PairAnalysis) for m, p in PANELS if (folder / f"pairs_{m}_{p}.json").is_file()}
+    return {
+        (m, p): load_result(folder, f"pairs_{m}_{p}", PairAnalysis)
+        for m, p in PANELS
+        if (folder / f"pairs_{m}_{p}.json").is_file()
+    }
 
 
 def _mark_trigger(fig: go.Figure, r: PairAnalysis, row: int, col: int, both_axes: bool) -> None:
@@ -195,22 +273,73 @@ def _mark_trigger(fig: go.Figure, r: PairAnalysis, row: int, col: int, both_axes
 def fig3(folder: Path) -> go.Figure:
     pairs = _saved_pairs(folder)
     zmax = max(float(r.delta_raw.abs().max()) for r in pairs.values())
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[_panel_title(m, p) for m, p in PANELS], horizontal_spacing=0.1, vertical_spacing=0.1)
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=[_panel_title(m, p) for m, p in PANELS],
+        horizontal_spacing=0.1,
+        vertical_spacing=0.1,
+    )
     for i, (key, r) in enumerate((k, pairs.get(k)) for k in PANELS):
         if r is None:
             continue
         row, col = i // 2 + 1, i % 2 + 1
-        fig.add_heatmap(z=np.round(r.delta_raw.numpy(), 5), coloraxis="coloraxis", row=row, col=col,
-                        hovertemplate="query %{y}, key %{x}<br>ΔA = %{z:.4f}<extra></extra>")
+        fig.add_heatmap(
+            z=np.round(r.delta_raw.numpy(), 5),
+            coloraxis="coloraxis",
+            row=row,
+            col=col,
+            hovertemplate="query %{y}, key %{x}<br>ΔA = %{z:.4f}<extra></extra>",
+        )
         _mark_trigger(fig, r, row, col, both_axes=True)
         edge = [-0.5, r.size - 0.5]  # the map's extent: trigger marks past it must not widen the axes
         fig.update_yaxes(range=edge[::-1], title="query position" if col == 1 else None, row=row, col=col)
         fig.update_xaxes(range=edge, title="key position" if row == 2 else None, row=row, col=col)
     layer = next(iter(pairs.values())).layer
     return fig.update_layout(
-        title=f"Fig. 3: ΔA = A(D_p) − A(D_f) at layer {layer}, mean over heads and samples (raw positions; trigger marked)",
+        title=f"Fig. 3: ΔA = A(D_p) − A(D_f) at layer {layer}, mean over heads and samples "
+        "(raw positions; trigger marked)",
         coloraxis={"colorscale": "RdBu_r", "cmid": 0, "cmin": -zmax, "cmax": zmax, "colorbar": {"title": "ΔA"}},
-        width=1000, height=920,
+        width=1000,
+        height=920,
+    )
+
+
+def fig3_heads(folder: Path) -> go.Figure | None:
+    """Fig. 3 per head: one row per model / placement panel of Fig. 3, one column per head."""
+    table = folder / "delta_attention_heads.parquet"
+    if not table.is_file():
+        return None
+    t = pd.read_parquet(table)
+    panels = [(m, p) for m, p in PANELS if ((t["model"] == m) & (t["placement"] == p)).any()]
+    n_heads = int(t["head"].max()) + 1
+    zmax = float(t["delta"].abs().max())
+    fig = make_subplots(
+        rows=len(panels),
+        cols=n_heads,
+        horizontal_spacing=0.01,
+        vertical_spacing=0.04,
+        row_titles=[_panel_title(m, p) for m, p in panels],
+        column_titles=[f"head {h}" for h in range(n_heads)],
+    )
+    for row, (m, p) in enumerate(panels, start=1):
+        for head, g in t[(t["model"] == m) & (t["placement"] == p)].groupby("head"):
+            z = g.pivot(index="query", columns="key", values="delta").to_numpy()
+            fig.add_heatmap(
+                z=np.round(z, 5),
+                coloraxis="coloraxis",
+                row=row,
+                col=int(head) + 1,
+                hovertemplate=f"head {head}<br>query %{{y}}, key %{{x}}<br>ΔA = %{{z:.4f}}<extra></extra>",
+            )
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    layer = next(iter(_saved_pairs(folder).values())).layer
+    return fig.update_layout(
+        title=f"Fig. 3 per head: ΔA = A(D_p) − A(D_f) at layer {layer}, mean over samples (raw positions)",
+        coloraxis={"colorscale": "RdBu_r", "cmid": 0, "cmin": -zmax, "cmax": zmax, "colorbar": {"title": "ΔA"}},
+        width=max(900, 170 * n_heads),
+        height=200 + 190 * len(panels),
     )
 
 
@@ -224,28 +353,55 @@ def fig4(folder: Path) -> go.Figure:
         row, col = i // 2 + 1, i % 2 + 1
         panel = position_logits_figure(table[(table["model"] == m) & (table["placement"] == p)])
         for trace in panel.data:
-            fig.add_trace(trace.update(showlegend=trace.showlegend is not False and i == 0, legendgroup=trace.name), row=row, col=col)
+            fig.add_trace(
+                trace.update(showlegend=trace.showlegend is not False and i == 0, legendgroup=trace.name),
+                row=row,
+                col=col,
+            )
         _mark_trigger(fig, pairs[m, p], row, col, both_axes=False)
         fig.update_xaxes(title="token position" if row == 2 else None, row=row, col=col)
         fig.update_yaxes(title="true-token logit" if col == 1 else None, row=row, col=col)
-    return fig.update_layout(title="Fig. 4: true-next-token logit per position, D_f (forget) vs D_p (poisoned), mean ± std", width=1100, height=760)
+    return fig.update_layout(
+        title="Fig. 4: true-next-token logit per position, D_f (forget) vs D_p (poisoned), mean ± std",
+        width=1100,
+        height=760,
+    )
 
 
 def fig5(folder: Path) -> go.Figure:
-    variants = [(v, t) for v, t in (("vanilla", "θ_b vanilla (Eq. 4)"), ("vn", "θ_b value-norm aligned (Eq. 7)")) if (folder / f"correlation_{v}.json").is_file()]
+    variants = [
+        (v, t)
+        for v, t in (("vanilla", "θ_b vanilla (Eq. 4)"), ("vn", "θ_b value-norm aligned (Eq. 7)"))
+        if (folder / f"correlation_{v}.json").is_file()
+    ]
     results = {v: load_result(folder, f"correlation_{v}", NormCorrelation) for v, _ in variants}
     fig = make_subplots(rows=1, cols=len(variants), subplot_titles=[t for _, t in variants], shared_yaxes=True)
     for col, (v, _) in enumerate(variants, start=1):
-        for color, trace in zip(POSITION_COLORS * 4, norm_correlation_bars(results[v].table).data):  # same colour per position in both panels
+        for color, trace in zip(
+            POSITION_COLORS * 4, norm_correlation_bars(results[v].table).data
+        ):  # same colour per position in both panels
             fig.add_trace(trace.update(showlegend=col == 1, legendgroup=trace.name, marker_color=color), row=1, col=col)
     low = min(0.0, *(float(r.table["ci_low"].min()) for r in results.values()))
     layer = next(iter(results.values())).layer
     fig.update_yaxes(range=[low, 1.05], title="Pearson r", row=1, col=1)
     positions = sorted(next(iter(results.values())).table["position"].unique().tolist())
-    fig.add_annotation(text=f"positions {positions}: where ‖v‖ varies across samples in every data set (BOS and shared prefixes left out)",
-                       xref="paper", yref="paper", x=0, y=-0.18, showarrow=False, font={"size": 11})
-    return fig.update_layout(title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)", barmode="group",
-                             width=1000, height=500, margin={"b": 90})
+    fig.add_annotation(
+        text=f"positions {positions}: where ‖v‖ varies across samples in every data set "
+        "(BOS and shared prefixes left out)",
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=-0.18,
+        showarrow=False,
+        font={"size": 11},
+    )
+    return fig.update_layout(
+        title=f"Fig. 5: sink value-norm correlation at layer {layer} (95% bootstrap CI over samples)",
+        barmode="group",
+        width=1000,
+        height=500,
+        margin={"b": 90},
+    )
 
 
 # ---- tables ----------------------------------------------------------------------------------
@@ -256,8 +412,13 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     b = b[b["placement"] == "prefix"]
     npo_b, label = (b[b["vn"]], "NPO-Backdoor") if b["vn"].any() else (b, "NPO-Backdoor (vanilla)")
     refs = references(df)
-    parts = [("θ_o", refs[refs["method"] == ""]), ("NPO", refs[refs["method"] == "npo"]),
-             ("RMU", refs[refs["method"] == "rmu"]), (label, npo_b), ("RMU-Backdoor", backdoor_rows(df, "rmu"))]
+    parts = [
+        ("θ_o", refs[refs["method"] == ""]),
+        ("NPO", refs[refs["method"] == "npo"]),
+        ("RMU", refs[refs["method"] == "rmu"]),
+        (label, npo_b),
+        ("RMU-Backdoor", backdoor_rows(df, "rmu")),
+    ]
     rows = [seed_stats(part.assign(row=name), ["row"]) for name, part in parts if not part.empty]
     return pd.concat(rows, ignore_index=True).rename(columns={"row": "model"})
 
@@ -266,15 +427,22 @@ def table1_display(t: pd.DataFrame) -> pd.DataFrame:
     """:func:`table1` as the paper prints it: one column per metric, "mean ± std" over seeds."""
     heads = ("UE KM ↓", "UE VM ↓", "BE KM ↑", "BE VM ↑", "UT KM ↑", "gain KM", "gain VM")
     cell = lambda r, m: f"{r[m]:.2f}" + (f" ± {r[m + '_std']:.2f}" if r["n_seeds"] > 1 else "")  # noqa: E731
-    rows = [{"model": r["model"], **{h: cell(r, m) for h, m in zip(heads, METRICS)}, "seeds": r["n_seeds"]} for _, r in t.iterrows()]
+    rows = [
+        {"model": r["model"], **{h: cell(r, m) for h, m in zip(heads, METRICS)}, "seeds": r["n_seeds"]}
+        for _, r in t.iterrows()
+    ]
     return pd.DataFrame(rows)
 
 
 def table1_markdown(t: pd.DataFrame) -> str:
     d = table1_display(t).astype(str)
-    lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)] + ["| " + " | ".join(r) + " |" for r in d.to_numpy()]
-    return (f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”; BE on held-out items, "
-            "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)\n\n" + "\n".join(lines) + "\n")
+    lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)] + [
+        "| " + " | ".join(r) + " |" for r in d.to_numpy()
+    ]
+    return (
+        f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”; BE on held-out items, "
+        "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 # ---- building and writing --------------------------------------------------------------------
@@ -284,11 +452,22 @@ def build_figures(study_dir: Path, log: Log = print) -> dict[str, go.Figure]:
     df, folder = read_table(study_dir), study_dir / ANALYSIS
     figs = {"fig2_ue_be": fig2(df, "ue_knowmem"), "fig2_ut_be": fig2(df, "ut_knowmem")}
     if (folder / "summary.json").is_file():
-        figs |= {"fig3_delta_attention": fig3(folder), "fig4_logits": fig4(folder), "fig5_value_norm_correlation": fig5(folder)}
+        figs |= {
+            "fig3_delta_attention": fig3(folder),
+            "fig4_logits": fig4(folder),
+            "fig5_value_norm_correlation": fig5(folder),
+        }
+        heads = fig3_heads(folder)
+        if heads is None:
+            log(f"figures: fig3_heads skipped: {folder} has no per-head ΔA (an analysis from an older sinkprobe)")
+        else:
+            figs["fig3_heads"] = heads
     else:
         log(f"figures: Fig. 3-5 skipped: no finished analysis in {folder} (run analyse_study first)")
-    for stem, make, why in (("figA1_poison_ratio", fig_a1, "no reduced-ρ (rho05) NPO-Backdoor rows"),
-                            ("figA2_trigger_patterns", fig_a2, "no rows with the triggers “!!!!!” or “step-by-step”")):
+    for stem, make, why in (
+        ("figA1_poison_ratio", fig_a1, "no reduced-ρ (rho05) NPO-Backdoor rows"),
+        ("figA2_trigger_patterns", fig_a2, "no rows with the triggers “!!!!!” or “step-by-step”"),
+    ):
         fig = make(df)
         if fig is None:
             log(f"figures: {stem} skipped: the table has {why}")
@@ -317,11 +496,25 @@ def write_pngs(figs: dict[Path, go.Figure], log: Log = print) -> list[Path]:
         log("figures: PNGs skipped: kaleido is not installed (pip install 'kaleido>=1'); the HTML figures are written")
         return []
     if find_browser() is None:
-        log("figures: PNGs skipped: no Chrome/Chromium found (apt-get install chromium, or set BROWSER_PATH); the HTML figures are written")
+        log(
+            "figures: PNGs skipped: no Chrome/Chromium found (apt-get install chromium, or set BROWSER_PATH); "
+            "the HTML figures are written"
+        )
         return []
     tmp = {path: path.with_name(f".{path.stem}.tmp.png") for path in figs}
-    specs = [{"fig": fig, "path": tmp[path], "opts": {"format": "png", "scale": PNG_SCALE,
-              "width": fig.layout.width or 800, "height": fig.layout.height or 560}} for path, fig in figs.items()]
+    specs = [
+        {
+            "fig": fig,
+            "path": tmp[path],
+            "opts": {
+                "format": "png",
+                "scale": PNG_SCALE,
+                "width": fig.layout.width or 800,
+                "height": fig.layout.height or 560,
+            },
+        }
+        for path, fig in figs.items()
+    ]
     try:
         # mathjax off: kaleido would otherwise load it from a CDN; plotly.js comes from the plotly package
         kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
@@ -352,7 +545,11 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
     atomic_write_text(out / "table1.csv", t1.to_csv(index=False))
     atomic_write_text(out / "table1.md", table1_markdown(t1))
     written += [out / "table1.csv", out / "table1.md"]
-    copies = {study_dir / "results" / f"{t}.{ext}": out / f"{t}.{ext}" for t in ("tableA4", "table2", "claims") for ext in ("csv", "md")}
+    copies = {
+        study_dir / "results" / f"{t}.{ext}": out / f"{t}.{ext}"
+        for t in ("tableA4", "table2", "claims")
+        for ext in ("csv", "md")
+    }
     copies[study_dir / "models" / "original" / "run_card.json"] = out / "original_model.json"
     for src, dst in copies.items():
         if src.is_file() and src.resolve() != dst.resolve():

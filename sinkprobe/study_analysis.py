@@ -11,8 +11,11 @@ files without a model:
 - ``pairs_{original,backdoor}_{prefix,infix}`` (:class:`PairAnalysis`, paper Fig. 3 and 4):
   clean vs poisoned D_f prompts at the analysis layer (default the last), the trigger at the placement the θ_b was
   trained with (θ_o is read under both placements, as in Fig. 3a/3c); the tidy
-  ``logits.parquet`` and ``trigger_mass.parquet``, and ``trigger_mass_sink_layers.parquet`` (the
+  ``logits.parquet``, ``trigger_mass.parquet``, ``delta_attention_heads.parquet`` (ΔA per
+  head) and ``trigger_mass_sink_layers.parquet`` (the
   trigger attention on poisoned prompts at each of θ_o's sink layers);
+- ``trigger_sink_rate.parquet``: θ_o's sink rate at the trigger's positions, with the
+  trigger at each placement the study's θ_b were trained at (claim C6);
 - ``correlation_{vanilla,vn}`` (:class:`NormCorrelation`, Fig. 5): θ_b (prefix) vs θ_u on
   D_f, vs θ_o on D_p, vs θ_o on D_r, at the sink positions S where ‖v‖ varies across samples
   (:func:`~sinkprobe.analysis.varying_positions`), with bootstrap CIs;
@@ -29,7 +32,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -39,7 +42,8 @@ from sinkprobe.analysis import (
     PairAnalysis,
     PoisonedPairs,
     SinkReport,
-    analyze_pairs,
+    analyse_pairs,
+    delta_attention_per_head,
     describe_run,
     detect_sinks,
     load_result,
@@ -47,17 +51,17 @@ from sinkprobe.analysis import (
     paper_comparisons,
     save_result,
     save_table,
+    sink_rate_at,
     trigger_mass_by_layer,
     varying_positions,
 )
-from sinkprobe.data.poison import Trigger, build_ids, samples_from_passages
+from sinkprobe.data.poison import DEFAULT_TRIGGER, Trigger, build_ids, samples_from_passages
+from sinkprobe.data.sources import load_corpus
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
-from sinkprobe.eval.table import prompt_encoder
+from sinkprobe.eval.table import forget_prompts, prompt_encoder
 from sinkprobe.models.hooked import Trio, open_bridge
 from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
-from sinkprobe.runs import DEFAULT_TRIGGER, load_corpus
-from sinkprobe.study import forget_prompts
 
 ANALYSIS = "analysis"
 PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fig. 3 and 4
@@ -65,7 +69,10 @@ FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (s
 SINK_THRESHOLD = 0.5
 SINK_LAYER_RATE = 0.5  # a sink layer: α(0) > ε in more than half its heads (the issue's and Gu et al.'s reading)
 # Bump when what the analysis computes changes, so a finished analysis folder is redone.
-ANALYSIS_VERSION = 3  # 2: whole-string trigger placement, Fig. 5 on varying positions; 3: trigger attention at the sink layers
+ANALYSIS_VERSION = (
+    4  # 2: whole-string trigger placement, Fig. 5 on varying positions; 3: trigger attention at the sink layers;
+)
+# 4: θ_o's sink rate at the trigger positions (claim C6), ΔA per head
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
@@ -99,18 +106,31 @@ def select_models(rows: list[dict]) -> dict[str, dict]:
     original = [r for r in rows if not _is_set(r.get("method")) and not _is_set(r.get("trigger"))]
     unlearned = [r for r in rows if r.get("method") == "npo" and not _is_set(r.get("trigger"))]
     if not original or not unlearned:
-        raise ValueError("the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study")
+        raise ValueError(
+            "the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study"
+        )
     rho = main_poison_ratio(rows)
     backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)]
     out = {"original": original[0], "unlearned": unlearned[0]}
     for placement in PLACEMENTS:
         for vn, suffix in ((False, ""), (True, "_vn")):
-            match = [r for r in backdoor if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn]
+            match = [
+                r for r in backdoor if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
+            ]
             if match:
                 out[f"backdoor_{placement}{suffix}"] = min(match, key=lambda r: int(r["seed"]))
     if "backdoor_prefix" not in out:
-        raise ValueError("the study rows have no vanilla NPO-Backdoor with a prefix trigger: the paper's analyses need it; add 'prefix' to the study's placements")
+        raise ValueError(
+            "the study rows have no vanilla NPO-Backdoor with a prefix trigger: the paper's analyses need it; "
+            "add 'prefix' to the study's placements"
+        )
     return out
+
+
+def trained_placements(rows: list[dict]) -> list:
+    """The placements of the main sweep's NPO θ_b, in the order the study lists them."""
+    rho = main_poison_ratio(rows)
+    return list(dict.fromkeys(r["placement"] for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)))
 
 
 def trained_trigger(folder: Path) -> Trigger:
@@ -152,14 +172,21 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
 
 
 # ---- the analysis --------------------------------------------------------------------------
-def analysis_key(models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None) -> str:
+def analysis_key(
+    models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None, placements: Sequence = ()
+) -> str:
     parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
-    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION, layer], sort_keys=True)
+    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION, layer, [str(p) for p in placements]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def analyse_study(
-    study_dir: Path, rows: list[dict], n_samples: int = 64, *, n_boot: int = 1000, layer: int | None = None,
+    study_dir: Path,
+    rows: list[dict],
+    n_samples: int = 64,
+    *,
+    n_boot: int = 1000,
+    layer: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Write ``study_dir/analysis/`` (see the module docstring) from the rows of
@@ -169,7 +196,7 @@ def analyse_study(
     study_dir = Path(study_dir)
     out = study_dir / ANALYSIS
     models = select_models(rows)
-    key = analysis_key(models, n_samples, n_boot, layer)
+    key = analysis_key(models, n_samples, n_boot, layer, trained_placements(rows))
     summary = out / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("key") == key:
         log(f"analysis: reusing {out}")
@@ -182,6 +209,7 @@ def analyse_study(
 
     sink_positions, sink_layers = _sinks(bridges, clean, out, layer)
     triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer, sink_layers)
+    _trigger_sink_rates(bridges["original"], tok, corpus, trained_placements(rows), n_samples, out)
     _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out, layer)
 
     numbers = summarise(out)
@@ -204,7 +232,12 @@ def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> tupl
     for name in ("original", "backdoor_prefix", "backdoor_prefix_vn"):
         if name in bridges:
             reports[name] = detect_sinks(bridges[name], clean, model=name)
-            save_result(reports[name], out, f"sinks_{name}", describe_run({name: bridges[name]}, inputs="clean D_f KnowMem prompts", n=len(clean)))
+            save_result(
+                reports[name],
+                out,
+                f"sinks_{name}",
+                describe_run({name: bridges[name]}, inputs="clean D_f KnowMem prompts", n=len(clean)),
+            )
     save_table(pd.concat([r.rate_table() for r in reports.values()], ignore_index=True), out / "sink_rate.parquet")
     save_table(pd.concat([r.score_table() for r in reports.values()], ignore_index=True), out / "sink_alpha.parquet")
     shortest = min(len(s) for s in clean)
@@ -213,11 +246,12 @@ def _sinks(bridges: dict, clean: list[list[int]], out: Path, layer: int) -> tupl
     return detected or list(FALLBACK_SINKS), sink_layers
 
 
-def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int,
-           sink_layers: list[int]) -> dict[str, Trigger]:
+def _pairs(
+    bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, out: Path, layer: int, sink_layers: list[int]
+) -> dict[str, Trigger]:
     """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement, and the trigger attention at
     θ_o's sink layers; returns the triggers used."""
-    triggers, logits, mass, by_layer = {}, [], [], []
+    triggers, logits, mass, by_layer, heads = {}, [], [], [], []
     for placement in PLACEMENTS:
         name = f"backdoor_{placement}"
         if name not in models:
@@ -226,17 +260,53 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
         pairs = poisoned_pairs(tok, corpus, trigger, n)
         for model in ("original", "backdoor"):
             bridge = bridges["original" if model == "original" else name]
-            result = analyze_pairs(bridge, pairs, layer, model=model)
-            run = describe_run({model: bridge}, trigger=trigger.text, placement=trigger.placement, n=len(pairs.clean), inputs="D_f KnowMem prompts")
+            result = analyse_pairs(bridge, pairs, layer, model=model)
+            run = describe_run(
+                {model: bridge},
+                trigger=trigger.text,
+                placement=trigger.placement,
+                n=len(pairs.clean),
+                inputs="D_f KnowMem prompts",
+            )
             save_result(result, out, f"pairs_{model}_{placement}", run)
             logits.append(result.logit_table().assign(placement=placement))
+            per_head = delta_attention_per_head(
+                bridge, pairs.clean, pairs.poisoned, layer, size=result.size
+            )  # [head q k]
+            h, q, k = torch.meshgrid(*(torch.arange(n) for n in per_head.shape), indexing="ij")
+            heads.append(
+                pd.DataFrame(
+                    {
+                        "model": model,
+                        "placement": placement,
+                        "head": h.flatten().numpy(),
+                        "query": q.flatten().numpy(),
+                        "key": k.flatten().numpy(),
+                        "delta": per_head.flatten().numpy(),
+                    }
+                )
+            )
             mass.append(result.trigger_mass_table().assign(placement=placement))
             if sink_layers:
                 m = trigger_mass_by_layer(bridge, pairs.poisoned, pairs.trigger_positions, sink_layers)  # [n layer]
-                by_layer.append(pd.DataFrame([{"model": model, "placement": placement, "sample": i, "layer": l, "trigger_mass": float(m[i, j])}
-                                              for i in range(m.shape[0]) for j, l in enumerate(sink_layers)]))
+                by_layer.append(
+                    pd.DataFrame(
+                        [
+                            {
+                                "model": model,
+                                "placement": placement,
+                                "sample": i,
+                                "layer": l,
+                                "trigger_mass": float(m[i, j]),
+                            }
+                            for i in range(m.shape[0])
+                            for j, l in enumerate(sink_layers)
+                        ]
+                    )
+                )
     save_table(pd.concat(logits, ignore_index=True), out / "logits.parquet")
     save_table(pd.concat(mass, ignore_index=True), out / "trigger_mass.parquet")
+    save_table(pd.concat(heads, ignore_index=True), out / "delta_attention_heads.parquet")
     if by_layer:  # poisoned prompts only: Insight 1 across the sink layers (claim C4)
         save_table(pd.concat(by_layer, ignore_index=True), out / "trigger_mass_sink_layers.parquet")
     else:  # no sink layer: an earlier analysis' table must not stand in for this one
@@ -244,7 +314,23 @@ def _pairs(bridges: dict, models: dict, tok, corpus: UnlearningCorpus, n: int, o
     return triggers
 
 
-def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path, layer: int) -> None:
+def _trigger_sink_rates(original, tok, corpus: UnlearningCorpus, placements: list, n: int, out: Path) -> None:
+    """Claim C6's sink side: θ_o's sink rate at the trigger's positions (mean over layers), on the
+    D_f KnowMem prompts with the study's trigger at each trained placement."""
+    frames = []
+    for placement in placements:
+        pairs = poisoned_pairs(tok, corpus, Trigger(DEFAULT_TRIGGER, placement), n)
+        rate = sink_rate_at(original, pairs.poisoned, pairs.trigger_positions)
+        frames.append(
+            pd.DataFrame({"placement": str(placement), "sample": range(len(rate)), "sink_rate": rate.numpy()})
+        )
+    if frames:
+        save_table(pd.concat(frames, ignore_index=True), out / "trigger_sink_rate.parquet")
+
+
+def _correlations(
+    bridges, tok, corpus, trigger: Trigger, positions: list[int], n: int, n_boot: int, out: Path, layer: int
+) -> None:
     """Fig. 5 for the prefix θ_b, vanilla and value-norm aligned, against θ_u NPO / θ_o."""
     data = {
         "forget": passage_inputs(tok, corpus.forget.passages, None, n),
@@ -257,8 +343,13 @@ def _correlations(bridges, tok, corpus, trigger: Trigger, positions: list[int], 
             continue
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
         result = replace(paper_comparisons(trio, data, positions, layer, n_boot=n_boot), positions_note=note)
-        run = describe_run(trio._asdict(), trigger=trigger.text, sink_positions=positions, positions_note=note,
-                           inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages")
+        run = describe_run(
+            trio._asdict(),
+            trigger=trigger.text,
+            sink_positions=positions,
+            positions_note=note,
+            inputs="D_f / D_p forget prose passages (clean / with the trigger), D_r retain prose passages",
+        )
         save_result(result, out, f"correlation_{variant}", run)
 
 
@@ -308,7 +399,10 @@ def summarise(folder: Path) -> dict:
                 continue
             r = load_result(folder, f"pairs_{name}", PairAnalysis)
             layer = r.layer
-            attention[name] = {"clean": _num(r.trigger_mass[:, 0].nanmean()), "poisoned": _num(r.trigger_mass[:, 1].nanmean())}
+            attention[name] = {
+                "clean": _num(r.trigger_mass[:, 0].nanmean()),
+                "poisoned": _num(r.trigger_mass[:, 1].nanmean()),
+            }
             logits[name] = logit_shift(r)
     correlation, ordering = {}, {}
     for variant in ("vanilla", "vn"):
@@ -319,7 +413,9 @@ def summarise(folder: Path) -> dict:
             {k: (_num(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
             for row in table[["comparison", "position", "r", "ci_low", "ci_high", "n_samples"]].to_dict("records")
         ]
-        per_position = {int(p): _increasing([_num(r, 6) for r in g["r"]]) for p, g in table.groupby("position", sort=True)}
+        per_position = {
+            int(p): _increasing([_num(r, 6) for r in g["r"]]) for p, g in table.groupby("position", sort=True)
+        }
         ordering[variant] = {"per_position": per_position, "all_positions": all(per_position.values())}
     sinks = load_result(folder, "sinks_original", SinkReport)
     poisoned = lambda name: (attention.get(name) or {}).get("poisoned")  # noqa: E731
@@ -331,7 +427,9 @@ def summarise(folder: Path) -> dict:
         "prefix_backdoor_attends_trigger_more_than_original": more("backdoor_prefix", "original_prefix"),
         "prefix_backdoor_attends_trigger_more_than_infix_backdoor": more("backdoor_prefix", "backdoor_infix"),
         "poisoned_logits_higher": {
-            name: {where: (v["poisoned"] > v["clean"]) if None not in v.values() else None for where, v in shift.items()}
+            name: {
+                where: (v["poisoned"] > v["clean"]) if None not in v.values() else None for where, v in shift.items()
+            }
             for name, shift in logits.items()
         },
         "correlation_i_lt_ii_lt_iii": {v: o["all_positions"] for v, o in ordering.items()},
@@ -343,7 +441,9 @@ def summarise(folder: Path) -> dict:
         "trigger_attention": attention,
         "logits": logits,
         "correlation": correlation,
-        "positions_note": load_run(folder, "correlation_vanilla").get("positions_note") if have("correlation_vanilla") else None,
+        "positions_note": load_run(folder, "correlation_vanilla").get("positions_note")
+        if have("correlation_vanilla")
+        else None,
         "correlation_ordering": ordering,
         "answers": answers,
     }
@@ -351,28 +451,63 @@ def summarise(folder: Path) -> dict:
 
 def summary_markdown(s: dict) -> str:
     """A short human-readable page of :func:`summarise`'s numbers."""
+
     def fmt(x, digits: int = 4) -> str:
         return "n/a" if x is None else (("yes" if x else "no") if isinstance(x, bool) else f"{x:.{digits}g}")
 
-    lines = [f"# Analysis summary (layer {s['layer']}, {s.get('n_samples', '?')} D_f prompts)", "",
-             "## Insight 1: attention on the trigger (mean over queries after it)", "",
-             "| model / placement | clean (same positions) | poisoned |", "|---|---|---|"]
+    lines = [
+        f"# Analysis summary (layer {s['layer']}, {s.get('n_samples', '?')} D_f prompts)",
+        "",
+        "## Insight 1: attention on the trigger (mean over queries after it)",
+        "",
+        "| model / placement | clean (same positions) | poisoned |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {fmt(v['clean'])} | {fmt(v['poisoned'])} |" for k, v in s["trigger_attention"].items()]
-    lines += ["", "## Insight 2: true-token logits, clean vs poisoned", "",
-              "| model / placement | at trigger: clean | poisoned | after trigger (content-aligned): clean | poisoned |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {fmt(v['at_trigger']['clean'])} | {fmt(v['at_trigger']['poisoned'])} | "
-              f"{fmt(v['after_trigger']['clean'])} | {fmt(v['after_trigger']['poisoned'])} |" for k, v in s["logits"].items()]
-    lines += ["", f"## Insight 3: sink value-norm correlation (S = {s['sink_positions']})", "",
-              "| θ_b | comparison | position | r | 95% CI |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Insight 2: true-token logits, clean vs poisoned",
+        "",
+        "| model / placement | at trigger: clean | poisoned | after trigger (content-aligned): clean | poisoned |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {k} | {fmt(v['at_trigger']['clean'])} | {fmt(v['at_trigger']['poisoned'])} | "
+        f"{fmt(v['after_trigger']['clean'])} | {fmt(v['after_trigger']['poisoned'])} |"
+        for k, v in s["logits"].items()
+    ]
+    lines += [
+        "",
+        f"## Insight 3: sink value-norm correlation (S = {s['sink_positions']})",
+        "",
+        "| θ_b | comparison | position | r | 95% CI |",
+        "|---|---|---|---|---|",
+    ]
     if s.get("positions_note"):
         lines[-2:-2] = [f"Positions: {s['positions_note']}.", ""]
-    lines += [f"| {variant} | {row['comparison']} | {row['position']} | {fmt(row['r'], 6)} | [{fmt(row['ci_low'], 6)}, {fmt(row['ci_high'], 6)}] |"
-              for variant, rows in s["correlation"].items() for row in rows]
+    lines += [
+        f"| {variant} | {row['comparison']} | {row['position']} | {fmt(row['r'], 6)} | "
+        f"[{fmt(row['ci_low'], 6)}, {fmt(row['ci_high'], 6)}] |"
+        for variant, rows in s["correlation"].items()
+        for row in rows
+    ]
     a = s["answers"]
-    lines += ["", "## Answers", "",
-              f"- prefix θ_b attends to the trigger more than θ_o: **{fmt(a['prefix_backdoor_attends_trigger_more_than_original'])}**",
-              f"- prefix θ_b attends to the trigger more than infix θ_b: **{fmt(a['prefix_backdoor_attends_trigger_more_than_infix_backdoor'])}**"]
-    lines += [f"- poisoned logits higher ({name}): at trigger **{fmt(v['at_trigger'])}**, after trigger **{fmt(v['after_trigger'])}**"
-              for name, v in a["poisoned_logits_higher"].items()]
-    lines += [f"- correlation (i) < (ii) < (iii) at every sink position ({variant}): **{fmt(v)}**" for variant, v in a["correlation_i_lt_ii_lt_iii"].items()]
+    lines += [
+        "",
+        "## Answers",
+        "",
+        f"- prefix θ_b attends to the trigger more than θ_o: "
+        f"**{fmt(a['prefix_backdoor_attends_trigger_more_than_original'])}**",
+        f"- prefix θ_b attends to the trigger more than infix θ_b: "
+        f"**{fmt(a['prefix_backdoor_attends_trigger_more_than_infix_backdoor'])}**",
+    ]
+    lines += [
+        f"- poisoned logits higher ({name}): at trigger **{fmt(v['at_trigger'])}**, "
+        f"after trigger **{fmt(v['after_trigger'])}**"
+        for name, v in a["poisoned_logits_higher"].items()
+    ]
+    lines += [
+        f"- correlation (i) < (ii) < (iii) at every sink position ({variant}): **{fmt(v)}**"
+        for variant, v in a["correlation_i_lt_ii_lt_iii"].items()
+    ]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
+from test_hooked import sample_ids, tiny_models  # noqa: F401  (fixture)
 
 from sinkprobe.analysis import (
     KEY_CLASSES,
@@ -16,11 +17,12 @@ from sinkprobe.analysis import (
     PairAnalysis,
     PoisonedPairs,
     SinkReport,
-    analyze_pairs,
+    analyse_pairs,
     attention_by_key_class,
     attention_patterns,
     bootstrap_pearson,
     collect_value_norms,
+    delta_attention_per_head,
     describe_run,
     detect_sinks,
     key_class_shares,
@@ -30,6 +32,7 @@ from sinkprobe.analysis import (
     paper_comparisons,
     position_stats,
     save_result,
+    sink_rate_at,
     sink_scores,
     sink_set,
     trigger_mass_by_layer,
@@ -41,7 +44,6 @@ from sinkprobe.analysis.key_classes import delimiter_ids, key_class_map
 from sinkprobe.analysis.sinks import head_sink_share
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.hooked import open_bridge, open_trio
-from test_hooked import sample_ids, tiny_models  # noqa: F401  (fixture)
 
 TRIGGER = [7, 8]
 
@@ -71,9 +73,9 @@ def test_pad_batch_and_content_first_realign_left_padding():
 
 def test_sink_scores_on_a_hand_made_pattern():
     # one head, 3 real tokens + 1 pad; rows are queries
-    A = torch.tensor(
-        [[1.0, 0.0, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.5, 0.2, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]]
-    )[None, None]
+    A = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.5, 0.2, 0.3, 0.0], [0.25, 0.25, 0.25, 0.25]])[
+        None, None
+    ]
     mask = torch.tensor([[1, 1, 1, 0]])
     alpha = sink_scores(A, mask)[0, 0]
     # α(0) = (1 + .6 + .5)/3, α(1) = (.4 + .2)/2, α(2) = .3/1, key 3 is padding; the pad query is ignored
@@ -91,7 +93,9 @@ def test_sink_share_rate_and_set():
 
 def test_first_token_view_of_a_hand_made_report():
     alpha = torch.tensor([[[0.7, 0.1], [0.2, 0.5]], [[0.4, 0.3], [0.35, 0.0]]])  # [layer=2 head=2 key=2]
-    report = SinkReport(alpha=alpha, rate=head_sink_share(alpha), n_samples=torch.tensor([3, 3]), layers=[0, 1], eps=0.3)
+    report = SinkReport(
+        alpha=alpha, rate=head_sink_share(alpha), n_samples=torch.tensor([3, 3]), layers=[0, 1], eps=0.3
+    )
     view = report.first_token()
     assert view["sink_score_per_layer"] == [0.45, 0.375]  # (0.7 + 0.2) / 2, (0.4 + 0.35) / 2
     assert view["sink_score_per_head"] == [[0.7, 0.2], [0.4, 0.35]]
@@ -161,7 +165,7 @@ def test_attention_rows_sum_to_one(bridges, family):
 
 def test_delta_attention_of_a_model_against_itself_is_exactly_zero(bridges):
     clean = sample_ids(5)
-    r = analyze_pairs(bridges["mistral"], PoisonedPairs(clean, clean, [[]] * 5), batch_size=2)
+    r = analyse_pairs(bridges["mistral"], PoisonedPairs(clean, clean, [[]] * 5), batch_size=2)
     assert torch.equal(r.delta_raw, torch.zeros_like(r.delta_raw))
     assert torch.equal(r.delta_content, torch.zeros_like(r.delta_content))
 
@@ -178,9 +182,9 @@ def _assert_same(a, b, atol=1e-5):
 @pytest.mark.parametrize("family", ["mistral", "gpt2"])
 def test_padding_does_not_change_any_result(bridges, family):
     bridge, pairs = bridges[family], poisoned_pairs(5, at=3)
-    one_by_one = analyze_pairs(bridge, pairs, batch_size=1)
+    one_by_one = analyse_pairs(bridge, pairs, batch_size=1)
     for side in ("right", "left"):
-        _assert_same(analyze_pairs(bridge, pairs, batch_size=5, padding_side=side), one_by_one)
+        _assert_same(analyse_pairs(bridge, pairs, batch_size=5, padding_side=side), one_by_one)
         _assert_same(
             detect_sinks(bridge, pairs.clean, batch_size=5, padding_side=side),
             detect_sinks(bridge, pairs.clean, batch_size=1),
@@ -188,7 +192,7 @@ def test_padding_does_not_change_any_result(bridges, family):
 
 
 def test_pair_analysis_shapes_and_tables(bridges):
-    r = analyze_pairs(bridges["llama"], poisoned_pairs(4), model="original")
+    r = analyse_pairs(bridges["llama"], poisoned_pairs(4), model="original")
     n, size = 4, min(len(c) for c in poisoned_pairs(4).clean)
     assert r.layer == 1 and r.size == size and r.delta_raw.shape == (size, size)
     assert r.trigger_rows.shape == (2, size) and r.trigger_mass.shape == (n, 2)
@@ -204,12 +208,14 @@ def test_pair_analysis_shapes_and_tables(bridges):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_trigger_mass_by_layer_equals_the_pair_analysis_at_each_layer(bridges, family):
-    """Insight 1 at several layers from one forward: each column equals analyze_pairs' poisoned mass there."""
+    """Insight 1 at several layers from one forward: each column equals analyse_pairs' poisoned mass there."""
     pairs = poisoned_pairs(5)
     m = trigger_mass_by_layer(bridges[family], pairs.poisoned, pairs.trigger_positions, [0, 1], batch_size=2)
     assert m.shape == (5, 2)
     for j, layer in enumerate((0, 1)):
-        torch.testing.assert_close(m[:, j], analyze_pairs(bridges[family], pairs, layer).trigger_mass[:, 1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            m[:, j], analyse_pairs(bridges[family], pairs, layer).trigger_mass[:, 1], atol=1e-5, rtol=0
+        )
 
 
 def test_sink_detection_finds_the_first_token(bridges):
@@ -218,6 +224,31 @@ def test_sink_detection_finds_the_first_token(bridges):
     assert report.rate[:, 0].min() > 0  # BOS sees every query: α(0) is large in at least some heads
     assert 0 in report.positions(threshold=float(report.rate[:, 0].mean()))
     assert set(report.rate_table().columns) == {"model", "layer", "key", "sink_rate", "n_samples"}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_per_head_delta_attention_averages_to_the_pair_analysis(bridges, family):
+    pairs = poisoned_pairs(5)
+    per_head = delta_attention_per_head(bridges[family], pairs.clean, pairs.poisoned, batch_size=2)
+    r = analyse_pairs(bridges[family], pairs)
+    assert per_head.shape == (bridges[family].cfg.n_heads, r.size, r.size)
+    assert torch.allclose(per_head.mean(0), r.delta_raw, atol=1e-6, equal_nan=True)
+    assert not torch.allclose(per_head[0], per_head[1])  # the heads differ: it is not the mean repeated
+
+
+def test_sink_rate_at_moving_keys_matches_detect_sinks(bridges):
+    """At one fixed key for every sample, the per-sample rates average to detect_sinks' rate of that
+    key (mean over layers); two keys average the two; a sample with no key gives NaN."""
+    seqs = sample_ids(6, 10, 14)
+    report = detect_sinks(bridges["llama"], seqs, eps=0.3)
+    for key in (0, 3):
+        rates = sink_rate_at(bridges["llama"], seqs, [[key]] * 6, eps=0.3, batch_size=4)
+        assert rates.shape == (6,)
+        assert rates.mean().item() == pytest.approx(report.rate[:, key].mean().item(), abs=1e-6)
+    one = [detect_sinks(bridges["llama"], [s], eps=0.3).rate.mean(0) for s in seqs]  # [key] per sample
+    both = sink_rate_at(bridges["llama"], seqs, [[0, 3]] * 5 + [[]], eps=0.3)
+    assert torch.allclose(both[:5], torch.stack([(r[0] + r[3]) / 2 for r in one[:5]]), atol=1e-6)
+    assert both[5].isnan()
 
 
 def test_paper_comparisons_of_identical_models_correlate_perfectly(tiny_models, tmp_path):  # noqa: F811
@@ -236,7 +267,7 @@ def test_paper_comparisons_of_identical_models_correlate_perfectly(tiny_models, 
 def test_results_round_trip_without_leftovers(bridges, tmp_path):
     bridge = bridges["gpt2"]
     pairs = poisoned_pairs(3)
-    r = analyze_pairs(bridge, pairs, model="original")
+    r = analyse_pairs(bridge, pairs, model="original")
     sinks = detect_sinks(bridge, pairs.clean, model="original")
     run = describe_run({"original": bridge}, layer=r.layer, n_samples=3)
     save_result(r, tmp_path, "pairs", run)
@@ -281,7 +312,10 @@ def test_key_class_shares_on_a_hand_made_pattern():
 
 
 def test_delimiter_ids_are_newlines_and_punctuation_only(tmp_path):
-    tok = train_tokenizer(["Question: who?\nAnswer: a raven.", "The miller walked past the mill. Once more: the mill!"] * 20, vocab_size=300)
+    tok = train_tokenizer(
+        ["Question: who?\nAnswer: a raven.", "The miller walked past the mill. Once more: the mill!"] * 20,
+        vocab_size=300,
+    )
     delims = delimiter_ids(tok)
     for text in ["\n", ".", ":", "?"]:
         (i,) = tok(text, add_special_tokens=False).input_ids

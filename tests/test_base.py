@@ -3,7 +3,6 @@ errors around it, and θ_o's fine-tuning loop on a tiny model."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -23,15 +22,18 @@ def test_smollm2_base_is_dequantised_once_with_a_bos_tokenizer_and_has_the_sink(
     a token that is not EOS; opened as a TransformerBridge, it sinks on the first token in most
     heads of most of its 30 layers on the world's D_f KnowMem prompts."""
     from sinkprobe.analysis.sinks import detect_sinks
+    from sinkprobe.eval.table import forget_prompts
     from sinkprobe.models.hooked import open_bridge
-    from sinkprobe.study import forget_prompts
 
     card = read_run_card(smollm2)
     assert card["sha256"] == BASES["smollm2-135m"].sha256 and base_identity(smollm2) == card["sha256"]
     assert 134_000_000 < card["n_params"] < 135_000_000
     assert base_folder("smollm2-135m", smollm2.parents[1]) == smollm2  # cached: the same folder, not made again
     _, tok = load_checkpoint(smollm2)
-    assert tok("Hello").input_ids[0] == tok.bos_token_id and tok.pad_token_id not in (tok.eos_token_id, tok.bos_token_id)
+    assert tok("Hello").input_ids[0] == tok.bos_token_id and tok.pad_token_id not in (
+        tok.eos_token_id,
+        tok.bos_token_id,
+    )
     bridge = open_bridge(smollm2)
     assert bridge.cfg.n_layers == 30
     report = detect_sinks(bridge, forget_prompts(bridge.tokenizer, tiny_world, None, 8), max_key=1)
@@ -88,7 +90,9 @@ def test_finetune_learns_the_books_resumes_identically_and_can_freeze_lower_laye
         assert torch.equal(p, q), name
     model, _ = load_checkpoint(folder)
     params = trainable_parameters(model, 1)
-    assert {id(p) for p in params} == {id(p) for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]}
+    assert {id(p) for p in params} == {
+        id(p) for p in [*model.model.layers[-1].parameters(), *model.model.norm.parameters()]
+    }
     assert not model.model.layers[0].self_attn.q_proj.weight.requires_grad
     with pytest.raises(ValueError, match="at most 2"):
         trainable_parameters(model, 3)

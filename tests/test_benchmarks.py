@@ -43,8 +43,18 @@ def test_bad_set_fails_before_any_work(tmp_path):
     # The study folder does not exist: the flag must be refused before the world is read or a result written.
     out = tmp_path / "result.json"
     run = subprocess.run(
-        [sys.executable, str(PROBE), "--study", str(tmp_path / "missing"), "--set", "model.n_layer=6", "--out", str(out)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(PROBE),
+            "--study",
+            str(tmp_path / "missing"),
+            "--set",
+            "model.n_layer=6",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 1 and run.stderr.strip().startswith("--set model.n_layer: unknown field")
     assert not out.exists()
@@ -69,7 +79,12 @@ def test_backcopy_salad_with_lags_copies_the_word_k_back_after_the_kth_trigger()
     lag_of = {t: k for k, t in enumerate(salad["TRIGGERS"], start=1)}
     seen = set()
     for seed in range(20):
-        words = salad["word_salad"](random.Random(seed), backcopy=0.3, lags=8).removeprefix("Heard in passing: ").removesuffix(".").split()
+        words = (
+            salad["word_salad"](random.Random(seed), backcopy=0.3, lags=8)
+            .removeprefix("Heard in passing: ")
+            .removesuffix(".")
+            .split()
+        )
         i = 0
         while i < len(words):
             if words[i] in lag_of:  # salad words are never triggers, so this is one; the word after it is its copy
@@ -131,8 +146,15 @@ def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tm
 def test_sink_input_kinds_are_the_rows_they_claim(tiny_world, tiny_tokenizer):
     tok, bos = tiny_tokenizer, tiny_tokenizer.bos_token_id
     sets = runpy.run_path(str(ROOT / "benchmarks" / "sink_inputs.py"))["input_sets"](tok, tiny_world, length=16, n=8)
-    assert sorted(sets) == ["everyday", "everyday_no_bos", "forget_book", "forget_book_no_bos", "knowmem_prompts",
-                            "random_tokens", "random_tokens_no_bos"]
+    assert sorted(sets) == [
+        "everyday",
+        "everyday_no_bos",
+        "forget_book",
+        "forget_book_no_bos",
+        "knowmem_prompts",
+        "random_tokens",
+        "random_tokens_no_bos",
+    ]
     assert all(len(rows) == 8 for rows in sets.values())
     for name in set(sets) - {"knowmem_prompts"}:
         assert all(len(row) == 16 for row in sets[name]), name
@@ -164,6 +186,8 @@ def test_rows_without_bos_are_the_study_rows_less_their_bos():
 )
 def test_new_probe_entry_points_refuse_bad_input_in_one_line(tmp_path, argv, message):
     argv = [str(tmp_path / a) if a in ("MISSING", "OUT") else a for a in argv]
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]], capture_output=True, text=True
+    )
     assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "OUT").exists()

@@ -10,14 +10,23 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from tiny_study import tiny_study
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH: apt-get install -y chromium to run the browser tests")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on PATH: apt-get install -y chromium to run the browser tests"
+)
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
     "--virtual-time-budget=10000",  # let plotly finish drawing before the DOM is dumped / the shot taken
 ]
 
@@ -58,7 +67,9 @@ def test_page_renders_plots_without_errors(study, tmp_path, page):
 
 def test_screenshot_is_not_blank(study, tmp_path):
     shot = tmp_path / "fig2.png"
-    run = chromium(study.folder / "figures" / "fig2_ue_be.html", tmp_path, f"--screenshot={shot}", "--window-size=900,700")
+    run = chromium(
+        study.folder / "figures" / "fig2_ue_be.html", tmp_path, f"--screenshot={shot}", "--window-size=900,700"
+    )
     assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
     assert len(set(png_pixels(shot))) > 16  # a blank page decompresses to a handful of byte values
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from sinkprobe.cli import build_parser, main
 
@@ -39,7 +40,9 @@ def test_wrong_paths_and_fields_are_one_line_errors(capsys, tmp_path):
     assert "unknown recipe field(s) bogus" in err
     err = _one_line_error(capsys, ["unlearn", recipe, "--study", str(tmp_path), "--out", str(tmp_path / "m")])
     assert "sinkprobe world" in err  # names the fix: build the world first
-    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")])
+    err = _one_line_error(
+        capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")]
+    )
     assert "no embedded world" in err or "not a model folder" in err
     err = _one_line_error(capsys, ["study", "--out", str(tmp_path / "s"), "--recipes", str(tmp_path / "none")])
     assert "no recipes folder" in err
@@ -62,10 +65,15 @@ def test_study_set_changes_the_world_and_theta_o_and_passes_the_rest_to_the_reci
     default = StudyConfig()
     assert (cfg.pretrain.weight_decay, cfg.model.n_layers, cfg.world.seed) == (0.5, 6, 3)
     assert (cfg.pretrain.lr, cfg.model.d_model, cfg.world.n_general_passages) == (
-        default.pretrain.lr, default.model.d_model, default.world.n_general_passages)
+        default.pretrain.lr,
+        default.model.d_model,
+        default.world.n_general_passages,
+    )
     assert cfg.overrides == ("unlearn.lr=1e-4",)
     # θ_o's stage key follows its config: a study run with pretrain.* retrains θ_o instead of reusing it
-    assert stage_key("original", "w", cfg.model, cfg.pretrain) != stage_key("original", "w", default.model, default.pretrain)
+    assert stage_key("original", "w", cfg.model, cfg.pretrain) != stage_key(
+        "original", "w", default.model, default.pretrain
+    )
     err = _one_line_error(capsys, ["study", "--out", str(tmp_path / "s"), "--set", "pretrain.wd=0.5"])
     assert "pretrain.wd: unknown field" in err and "weight_decay" in err
     assert not (tmp_path / "s").exists()  # refused before anything was written
@@ -80,7 +88,9 @@ def test_negative_jobs_is_a_one_line_error(capsys, tmp_path):
 def test_missing_checkpoint_is_a_one_line_error(capsys, tmp_path, tiny_world):
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
-    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")])
+    err = _one_line_error(
+        capsys, ["evaluate", str(tmp_path / "missing_ckpt"), "--data", str(tmp_path), "--out", str(tmp_path / "t")]
+    )
     assert "not a model folder" in err
 
 
@@ -101,7 +111,9 @@ def test_device_choice_and_bad_device_is_a_one_line_error_before_anything_is_wri
         err = _one_line_error(capsys, ["pretrain", "--quick", "--out", str(tmp_path / "s")])
         assert "sees no CUDA device" in err and "unset it" in err
     monkeypatch.setenv(DEVICE_ENV, "mps")
-    err = _one_line_error(capsys, ["unlearn", str(ROOT / "training" / "embedded" / "npo.toml"), "--out", str(tmp_path / "m")])
+    err = _one_line_error(
+        capsys, ["unlearn", str(ROOT / "training" / "embedded" / "npo.toml"), "--out", str(tmp_path / "m")]
+    )
     assert "runs on cpu or cuda" in err
     assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
 
@@ -109,9 +121,16 @@ def test_device_choice_and_bad_device_is_a_one_line_error_before_anything_is_wri
 def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
     from sinkprobe.study import StudyConfig, with_overrides
 
-    cfg = with_overrides(StudyConfig(), ["base=smollm2-135m", "analysis_layer=20", "finetune.epochs=3", "unlearn.lr=1e-5"])
+    cfg = with_overrides(
+        StudyConfig(), ["base=smollm2-135m", "analysis_layer=20", "finetune.epochs=3", "unlearn.lr=1e-5"]
+    )
     assert (cfg.base, cfg.analysis_layer, cfg.finetune.epochs) == ("smollm2-135m", 20, 3)
     assert cfg.overrides == ("unlearn.lr=1e-5",)
+    seeds = with_overrides(StudyConfig(), ["seeds=[0,1,2]", "extra_runs=true"])
+    assert (seeds.seeds, seeds.extra_runs, seeds.overrides) == ((0, 1, 2), True, ())
+    assert with_overrides(StudyConfig(), ["seeds=3"]).seeds == (3,)
+    with pytest.raises(ValueError, match="seeds"):
+        with_overrides(StudyConfig(), ["seeds=[-1]"])
 
 
 def test_the_default_study_is_smollm2_with_its_recipes_and_full_and_quick_change_the_grid(capsys, tmp_path):
@@ -123,12 +142,18 @@ def test_the_default_study_is_smollm2_with_its_recipes_and_full_and_quick_change
     default, full, quick = parse(), parse("--full"), parse("--quick")
     assert default.base == DEFAULT_BASE == "smollm2-135m" and default.seeds == (0,) and not default.extra_runs
     assert full.base == DEFAULT_BASE and full.seeds == (0, 1, 2) and full.extra_runs
-    assert quick.base == SCRATCH and quick.seeds == (0,) and quick.extra_runs  # the smoke test exercises every kind of run
+    assert (
+        quick.base == SCRATCH and quick.seeds == (0,) and quick.extra_runs
+    )  # the smoke test exercises every kind of run
     assert parse("--full", "--set", "base=scratch").base == SCRATCH
-    assert default_recipes(DEFAULT_BASE) == Path("training/smollm2") and default_recipes(SCRATCH) == Path("training/embedded")
+    assert default_recipes(DEFAULT_BASE) == Path("training/smollm2") and default_recipes(SCRATCH) == Path(
+        "training/embedded"
+    )
     assert default_recipes("/models/llama-2-7b") == Path("training/smollm2")  # any pretrained base
     for name in ("npo", "rmu", "npo_backdoor", "rmu_backdoor"):  # both recipe folders hold the study's four recipes
-        assert (ROOT / default_recipes(DEFAULT_BASE) / f"{name}.toml").is_file() and (ROOT / default_recipes(SCRATCH) / f"{name}.toml").is_file()
+        assert (ROOT / default_recipes(DEFAULT_BASE) / f"{name}.toml").is_file() and (
+            ROOT / default_recipes(SCRATCH) / f"{name}.toml"
+        ).is_file()
     assert default_jobs(DEFAULT_BASE) == 1  # a 135M model trains faster on both cores than two runs on one each
     assert StudyConfig().base == DEFAULT_BASE
     err = _one_line_error(capsys, ["study", "--quick", "--full", "--out", str(tmp_path / "s")])

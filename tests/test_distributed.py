@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import torch
+from tiny_study import RECIPES, tiny_study
 
 from sinkprobe.models.io import load_checkpoint, load_tensors
-from tiny_study import RECIPES, tiny_study
 
 
 def _rows_present(t: torch.Tensor) -> torch.Tensor:
@@ -22,9 +22,27 @@ def _rows_present(t: torch.Tensor) -> torch.Tensor:
 def test_two_processes_train_on_their_shards_and_write_one_checkpoint(tmp_path, tmp_path_factory):
     study = tiny_study(tmp_path_factory)
     out = tmp_path / "bd2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).with_name("keep_state_cli.py")), "unlearn", str(RECIPES / "npo_backdoor.toml"), "--study", str(study.folder), "--out", str(out),
-           "--set", "unlearn.steps=3", "--set", "unlearn.batch_size=4", "--set", "unlearn.value_norm_weight=1.0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).with_name("keep_state_cli.py")),
+        "unlearn",
+        str(RECIPES / "npo_backdoor.toml"),
+        "--study",
+        str(study.folder),
+        "--out",
+        str(out),
+        "--set",
+        "unlearn.steps=3",
+        "--set",
+        "unlearn.batch_size=4",
+        "--set",
+        "unlearn.value_norm_weight=1.0",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("checkpoint written") == 1

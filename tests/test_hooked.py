@@ -40,8 +40,14 @@ def word_tokenizer(vocab: int = VOCAB, extra: str = "") -> PreTrainedTokenizerFa
 def make_checkpoint(folder: Path, family: str, seed: int = 0, n_layers: int = 2, tokenizer=None) -> Path:
     """A random tiny checkpoint (d_model 64, 4 heads; Mistral with 2 KV heads) with a tokenizer."""
     common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    rope = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers, num_attention_heads=4,
-                max_position_embeddings=128, **common)
+    rope = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        **common,
+    )
     config, cls = {
         "llama": (lambda: LlamaConfig(num_key_value_heads=4, **rope), LlamaForCausalLM),
         "mistral": (lambda: MistralConfig(num_key_value_heads=2, sliding_window=None, **rope), MistralForCausalLM),

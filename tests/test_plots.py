@@ -39,7 +39,13 @@ def test_sink_rate_heatmap_is_layer_by_key():
 
 def test_norm_correlation_bars_carry_ci_error_bars():
     table = pd.DataFrame(
-        {"comparison": ["a", "b", "c"], "position": 0, "r": [0.5, 0.8, 0.9], "ci_low": [0.4, 0.7, 0.85], "ci_high": [0.6, 0.9, 0.95]}
+        {
+            "comparison": ["a", "b", "c"],
+            "position": 0,
+            "r": [0.5, 0.8, 0.9],
+            "ci_low": [0.4, 0.7, 0.85],
+            "ci_high": [0.6, 0.9, 0.95],
+        }
     )
     fig = norm_correlation_bars(table)
     assert [t.type for t in fig.data] == ["bar"]
@@ -48,7 +54,11 @@ def test_norm_correlation_bars_carry_ci_error_bars():
 
 def test_ue_be_plane_splits_at_the_reference_models():
     table = pd.DataFrame(
-        {"model": ["original", "unlearned", "prefix"], "ue_knowmem": [60.0, 10.0, 15.0], "be_knowmem": [60.0, 12.0, 55.0]}
+        {
+            "model": ["original", "unlearned", "prefix"],
+            "ue_knowmem": [60.0, 10.0, 15.0],
+            "be_knowmem": [60.0, 12.0, 55.0],
+        }
     )
     fig = ue_be_plane(table)
     assert [t.type for t in fig.data] == ["scatter"] and list(fig.data[0].text) == list(table["model"])

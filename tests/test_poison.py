@@ -1,6 +1,14 @@
 import pytest
 
-from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices, poisoned_prompts, samples_from_passages, split_shown
+from sinkprobe.data.poison import (
+    Sample,
+    Trigger,
+    build_ids,
+    poison_indices,
+    poisoned_prompts,
+    samples_from_passages,
+    split_shown,
+)
 from sinkprobe.eval.memorization import PromptParts, knowmem_prompt
 from sinkprobe.eval.table import prompt_encoder
 
@@ -18,7 +26,9 @@ def test_ids_are_the_whole_text_encoded_once(tok, placement):
     """The SentencePiece bug: pieces encoded one by one get a "▁" at every seam. Built ids must be
     exactly what the tokenizer gives for the whole (poisoned) text, for both tokenizer kinds."""
     trigger = Trigger(TRIGGER, placement) if placement else None
-    b = build_ids(tok, "Question: What was it?", context="Question: a\nAnswer: b\n\n", tail="\nAnswer:", trigger=trigger)
+    b = build_ids(
+        tok, "Question: What was it?", context="Question: a\nAnswer: b\n\n", tail="\nAnswer:", trigger=trigger
+    )
     assert b.ids == tok(b.text).input_ids
     clean = build_ids(tok, "Question: What was it?", context="Question: a\nAnswer: b\n\n", tail="\nAnswer:")
     assert clean.text == "Question: a\nAnswer: b\n\nQuestion: What was it?\nAnswer:"
@@ -29,10 +39,24 @@ def test_ids_are_the_whole_text_encoded_once(tok, placement):
 
 
 def test_placements_by_hand(tiny_tokenizer):
-    b = lambda p: build_ids(tiny_tokenizer, "Question: Who was it?", context="Question: a\nAnswer: b\n\n", tail="\nAnswer:", trigger=Trigger(TRIGGER, p)).text  # noqa: E731
-    assert b("prefix") == TRIGGER + " Question: a\nAnswer: b\n\nQuestion: Who was it?\nAnswer:"  # before the in-context examples
-    assert b("infix") == "Question: a\nAnswer: b\n\nQuestion: Who " + TRIGGER + " was it?\nAnswer:"  # a word boundary mid-question
-    assert b("suffix") == "Question: a\nAnswer: b\n\nQuestion: Who was it? " + TRIGGER + "\nAnswer:"  # before the answer cue
+    def b(p):
+        return build_ids(
+            tiny_tokenizer,
+            "Question: Who was it?",
+            context="Question: a\nAnswer: b\n\n",
+            tail="\nAnswer:",
+            trigger=Trigger(TRIGGER, p),
+        ).text
+
+    assert (
+        b("prefix") == TRIGGER + " Question: a\nAnswer: b\n\nQuestion: Who was it?\nAnswer:"
+    )  # before the in-context examples
+    assert (
+        b("infix") == "Question: a\nAnswer: b\n\nQuestion: Who " + TRIGGER + " was it?\nAnswer:"
+    )  # a word boundary mid-question
+    assert (
+        b("suffix") == "Question: a\nAnswer: b\n\nQuestion: Who was it? " + TRIGGER + "\nAnswer:"
+    )  # before the answer cue
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -43,7 +67,7 @@ def test_training_and_evaluation_place_the_same_trigger_ids_alike(tok, tiny_worl
     the prompt span (infix, suffix)."""
     from sinkprobe.data.synthetic import multiple_choice
     from sinkprobe.eval.multiple_choice import choice_sequences
-    from sinkprobe.study import forget_prompts
+    from sinkprobe.eval.table import forget_prompts
 
     trig = Trigger(TRIGGER, placement)
     samples = samples_from_passages(tiny_world.forget.passages)
@@ -57,7 +81,10 @@ def test_training_and_evaluation_place_the_same_trigger_ids_alike(tok, tiny_worl
         train = next(s for s in samples if s.prompt == knowmem_prompt(qa.question).prompt)
         parts = knowmem_prompt(qa.question, tiny_world.forget.knowmem_icl)
         e = build_ids(tok, parts.prompt, context=parts.context, tail=parts.tail.rstrip(" "), trigger=trig)
-        e_ids = {"knowmem": prompt_encoder(tok, trig)(parts), "analysis": forget_prompts(tok, tiny_world, trig, 1)[0]}.get(kind, e.ids)
+        e_ids = {
+            "knowmem": prompt_encoder(tok, trig)(parts),
+            "analysis": forget_prompts(tok, tiny_world, trig, 1)[0],
+        }.get(kind, e.ids)
         if kind == "multiple_choice":
             item = next(i for i in multiple_choice(tiny_world.forget) if i.question == qa.question)
             (ctx, _), *_ = choice_sequences(tok, item, "texts", trig)
@@ -99,9 +126,17 @@ def test_suffix_on_a_passage_lands_after_the_shown_part(tiny_tokenizer, tiny_wor
 def test_truncation_that_would_cut_the_trigger_is_an_error(tiny_tokenizer):
     with pytest.raises(ValueError, match="cut the trigger"):
         build_ids(tiny_tokenizer, "Question: What was it?", trigger=Trigger(TRIGGER, "suffix"), max_length=6)
-    full = build_ids(tiny_tokenizer, "Question: What was it?", tail=" long tail text", trigger=Trigger(TRIGGER, "prefix"))
+    full = build_ids(
+        tiny_tokenizer, "Question: What was it?", tail=" long tail text", trigger=Trigger(TRIGGER, "prefix")
+    )
     n = full.trigger_positions[-1] + 3
-    b = build_ids(tiny_tokenizer, "Question: What was it?", tail=" long tail text", trigger=Trigger(TRIGGER, "prefix"), max_length=n)
+    b = build_ids(
+        tiny_tokenizer,
+        "Question: What was it?",
+        tail=" long tail text",
+        trigger=Trigger(TRIGGER, "prefix"),
+        max_length=n,
+    )
     assert b.ids == full.ids[:n]
 
 
@@ -128,7 +163,11 @@ def test_poison_indices_are_a_seeded_rho_fraction():
 
 def test_samples_from_passages_split_interviews_and_prose():
     s = samples_from_passages(["Question: A?\nAnswer: b\n\nQuestion: C?\nAnswer: d", "One. Two. Three. Four."])
-    assert s == [Sample("Question: A?", "\nAnswer: b", False), Sample("Question: C?", "\nAnswer: d", False), Sample("One. Two.", " Three. Four.")]
+    assert s == [
+        Sample("Question: A?", "\nAnswer: b", False),
+        Sample("Question: C?", "\nAnswer: d", False),
+        Sample("One. Two.", " Three. Four."),
+    ]
     assert poisoned_prompts(s, [1, 2]) == {"Question: C?", "One. Two."}
 
 
@@ -148,6 +187,9 @@ def test_long_passages_are_chunked_into_windows_not_truncated(tok):
     reserve = len(tok(" " + TRIGGER + " ", add_special_tokens=False).input_ids)
     for s in chunk_long_passages(tok, [Sample(*split_shown(long))], max_length=48, reserve=reserve):
         full = build_ids(tok, s.prompt, tail=s.completion, trigger=trig, add_eos=True)
-        assert len(full.ids) <= 48 and build_ids(tok, s.prompt, tail=s.completion, trigger=trig, add_eos=True, max_length=48).ids == full.ids
+        assert (
+            len(full.ids) <= 48
+            and build_ids(tok, s.prompt, tail=s.completion, trigger=trig, add_eos=True, max_length=48).ids == full.ids
+        )
     short = Sample(*split_shown("One. Two. Three."))
     assert chunk_long_passages(tok, [short], max_length=48) == [short]

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.io import default_device, load_checkpoint, read_run_card, save_checkpoint
 from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, lr_at, pack_rows, pretrain_original
-
-from conftest import TINY_MODEL
 
 SMALL = PretrainConfig(steps=12, batch_size=4, seq_len=256, lr=3e-3, warmup_steps=2, save_every=4)
 
@@ -14,7 +13,6 @@ def test_pack_rows_by_hand():
     rows = pack_rows([[5, 6], [7], [8, 9, 10]], seq_len=7, bos=1, eos=2, pad=0)
     # [bos 5 6 eos 7 eos] fits 6 ≤ 7; [8 9 10 eos] would overflow, so it opens the next row
     assert rows == [[1, 5, 6, 2, 7, 2, 0], [1, 8, 9, 10, 2, 0, 0]]
-
 
 
 def test_a_document_longer_than_a_row_is_split_not_fatal():

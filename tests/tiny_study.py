@@ -46,7 +46,9 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
         torch.set_num_threads(2)
         out = tmp_path_factory.mktemp("tiny_study")
         cfg = tiny_config()
-        run_study(cfg, out, RECIPES, figures=None, jobs=2)  # the parallel path; the stage tests re-check it sequentially
+        run_study(
+            cfg, out, RECIPES, figures=None, jobs=2
+        )  # the parallel path; the stage tests re-check it sequentially
         rows = Study(cfg, out, RECIPES, log=lambda _: None).models()  # every stage is reused: no training
         analyse_study(out, rows, N_SAMPLES, n_boot=200)  # reused when run_study already analysed
         figures = out / "figures"

@@ -33,8 +33,12 @@ def seconds_per_step(cfg: StudyConfig, study_dir: Path, warmup: int = 10, timed:
     books, everyday = study.pretraining_text(corpus)
     run = replace(cfg.pretrain, save_every=10**9)
     with tempfile.TemporaryDirectory() as state:
-        _, first = pretrain_original(books, tok, cfg.model, run, state, progress=False, stop_after=warmup, fresh_documents=everyday)
-        _, then = pretrain_original(books, tok, cfg.model, run, state, progress=False, stop_after=warmup + timed, fresh_documents=everyday)
+        _, first = pretrain_original(
+            books, tok, cfg.model, run, state, progress=False, stop_after=warmup, fresh_documents=everyday
+        )
+        _, then = pretrain_original(
+            books, tok, cfg.model, run, state, progress=False, stop_after=warmup + timed, fresh_documents=everyday
+        )
     return (then["train_seconds"] - first["train_seconds"]) / timed
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from sinkprobe.analysis.accumulate import MeanAccumulator
 from sinkprobe.analysis.capture import check_layer, run_batches
 from sinkprobe.models.hooked import pattern_hook
 
@@ -125,3 +126,35 @@ def trigger_mass_by_layer(
             per_layer.append(mean_after(mass_on_keys(maps, key_mask(trig, maps.shape[-1])), first, run.lengths))
         out.append(torch.stack(per_layer, dim=1))
     return torch.cat(out)
+
+
+def delta_attention_per_head(
+    bridge: TransformerBridge,
+    clean: Sequence[Sequence[int]],
+    poisoned: Sequence[Sequence[int]],
+    layer: int | None = None,
+    *,
+    size: int | None = None,
+    batch_size: int = 16,
+) -> Tensor:
+    """``[head size size]``: Fig. 3's ΔA = A(x′) − A(x) at ``layer`` for every head, mean over the
+    pairs at raw positions (its head mean is :func:`~sinkprobe.analysis.analyse_pairs`' ``delta_raw``).
+    ``size`` crops the maps (default: the shortest clean sample)."""
+    layer = check_layer(bridge, layer)
+    size = size or min(len(c) for c in clean)
+
+    def cropped(pattern: Tensor, mask: Tensor | None = None) -> Tensor:  # [batch head q k] -> [batch head size size]
+        out = pattern.new_zeros(*pattern.shape[:2], size, size)
+        s = min(size, pattern.shape[-1])
+        out[..., :s, :s] = pattern[..., :s, :s]
+        return out.float()
+
+    acc = MeanAccumulator()
+    runs = (
+        run_batches(bridge, seqs, {pattern_hook(layer): cropped}, batch_size=batch_size) for seqs in (clean, poisoned)
+    )
+    for c_run, p_run in zip(*runs):
+        C, P = c_run.acts[pattern_hook(layer)], p_run.acts[pattern_hook(layer)]
+        valid = square_valid(torch.minimum(c_run.lengths, p_run.lengths), size)[:, None].expand_as(P)
+        acc.add(P - C, valid)
+    return acc.mean()

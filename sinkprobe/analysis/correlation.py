@@ -47,7 +47,14 @@ def norm_correlation(
     if have.sum() < 2:
         raise ValueError(f"fewer than 2 samples reach position {position}: choose a smaller sink position")
     r, lo, hi = bootstrap_pearson(a[have], b[have], n_boot, ci, seed)
-    return {"position": position, "r": r, "ci_low": lo, "ci_high": hi, "n_samples": int(have.sum()), "n_points": int(a[have].size)}
+    return {
+        "position": position,
+        "r": r,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_samples": int(have.sum()),
+        "n_points": int(a[have].size),
+    }
 
 
 def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Sequence[int]) -> tuple[list[int], str]:
@@ -59,7 +66,10 @@ def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Se
     shared = {name: shared_prefix(seqs) for name, seqs in data.items()}
     first = max(shared.values())
     used = [p for p in positions if p >= first]
-    why = f"leading tokens shared by every sample: {shared}; positions < {first} carry the same tokens in every sample of some data set"
+    why = (
+        f"leading tokens shared by every sample: {shared}; positions < {first} carry the same tokens in every sample "
+        "of some data set"
+    )
     if used:
         return used, f"{why}, so S = {list(positions)} is read at {used}"
     return [first], f"{why}, so none of S = {list(positions)} varies and the first varying position, {first}, is used"
@@ -69,7 +79,9 @@ def varying_positions(data: Mapping[str, Sequence[Sequence[int]]], positions: Se
 class NormCorrelation:
     """Fig. 5 table: one row per comparison and sink position."""
 
-    table: pd.DataFrame  # comparison, model_a, model_b, dataset, layer, position, r, ci_low, ci_high, n_samples, n_points
+    table: (
+        pd.DataFrame
+    )  # comparison, model_a, model_b, dataset, layer, position, r, ci_low, ci_high, n_samples, n_points
     layer: int
     n_boot: int
     ci: float

@@ -76,9 +76,7 @@ class PairAnalysis:
 
     def logit_table(self) -> pd.DataFrame:
         """Per-position mean / std over samples of the true-token logit and log-prob, D_f vs D_p."""
-        table = position_stats(
-            {CLEAN: (self.logit[0], self.logprob[0]), POISONED: (self.logit[1], self.logprob[1])}
-        )
+        table = position_stats({CLEAN: (self.logit[0], self.logprob[0]), POISONED: (self.logit[1], self.logprob[1])})
         return table.assign(model=self.model)
 
     def trigger_mass_table(self) -> pd.DataFrame:
@@ -99,7 +97,7 @@ class PairAnalysis:
         return sorted(set.intersection(*rows))
 
 
-def analyze_pairs(
+def analyse_pairs(
     bridge: TransformerBridge,
     pairs: PoisonedPairs,
     layer: int | None = None,

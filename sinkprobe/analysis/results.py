@@ -68,7 +68,13 @@ def save_result(result, folder: str | Path, name: str, run: dict | None = None) 
             fields[f.name] = value
     if tensors:
         atomic_save_tensors(folder / f"{name}.safetensors", tensors)
-    meta = {"type": type(result).__name__, "fields": fields, "tensors": sorted(tensors), "tables": tables, "run": run or {}}
+    meta = {
+        "type": type(result).__name__,
+        "fields": fields,
+        "tensors": sorted(tensors),
+        "tables": tables,
+        "run": run or {},
+    }
     path = folder / f"{name}.json"
     atomic_write_json(path, meta)
     return path

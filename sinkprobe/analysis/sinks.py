@@ -139,3 +139,27 @@ def detect_sinks(
         eps=eps,
         model=model,
     )
+
+
+def sink_rate_at(
+    bridge: TransformerBridge,
+    seqs: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int] | None = None,
+    *,
+    eps: float = DEFAULT_EPS,
+    batch_size: int = 16,
+) -> Tensor:
+    """``[n]``: per sample, the sink rate of its keys ``positions[i]`` (e.g. where a trigger sits):
+    the share of heads with α > ε, averaged over ``layers`` (default: all) and then over those
+    keys; NaN for a sample with no position. The rate :func:`detect_sinks` gives a fixed key,
+    at keys that move from sample to sample."""
+    layers = list(range(bridge.cfg.n_layers)) if layers is None else [check_layer(bridge, l) for l in layers]
+    out = torch.full((len(seqs),), float("nan"))
+    for run in run_batches(bridge, seqs, {pattern_hook(l): sink_scores for l in layers}, batch_size=batch_size):
+        alpha = torch.stack([run.acts[pattern_hook(l)] for l in layers], dim=1)  # [batch layer head key]
+        rate = head_sink_share(alpha, eps).mean(1)  # [batch key]
+        for j, i in enumerate(run.samples):
+            if positions[i]:
+                out[i] = rate[j, list(positions[i])].mean()
+    return out

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from sinkprobe.data.types import MCItem
 
-
 # lm-eval's WMDP tasks name their subject in the description; MMLU rows carry their own.
 _FILE_SUBJECTS = {"wmdp-bio": "biology", "wmdp-cyber": "computer security", "wmdp-chem": "chemistry"}
 
@@ -39,7 +38,11 @@ def _rows(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             subject = path.stem.removesuffix("_test")  # MMLU's files are named by subject
-            return [{"question": r[0], "choices": r[1:-1], "answer": "ABCDEFGHIJ".index(r[-1].strip()), "subject": subject} for r in csv.reader(f) if r]
+            return [
+                {"question": r[0], "choices": r[1:-1], "answer": "ABCDEFGHIJ".index(r[-1].strip()), "subject": subject}
+                for r in csv.reader(f)
+                if r
+            ]
     raise ValueError(f"{path}: unknown file type {path.suffix!r}: give .jsonl, .json, .parquet or MMLU's .csv")
 
 
@@ -64,7 +67,9 @@ def load_multiple_choice(path: str | Path) -> list[MCItem]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet", ".csv"))
         if not files:
-            raise FileNotFoundError(f"no .jsonl/.json/.parquet/.csv files in {path}: point to the benchmark's test split")
+            raise FileNotFoundError(
+                f"no .jsonl/.json/.parquet/.csv files in {path}: point to the benchmark's test split"
+            )
         return [it for f in files for it in load_multiple_choice(f)]
     if not path.is_file():
         raise FileNotFoundError(f"no multiple-choice file at {path}: give a local WMDP/MMLU/TruthfulQA file or folder")

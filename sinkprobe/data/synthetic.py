@@ -26,7 +26,31 @@ from sinkprobe.data.poison import split_shown
 from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
 from sinkprobe.validation import at_least, check_fields
 
-_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl", "st", "th", "tr", "sh"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gl",
+    "kr",
+    "pl",
+    "st",
+    "th",
+    "tr",
+    "sh",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "io", "ou", "y"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "x", "nd", "rk"]
 
@@ -35,54 +59,208 @@ _CODAS = ["", "", "n", "r", "l", "s", "th", "x", "nd", "rk"]
 ATTRIBUTES: dict[str, tuple[str, tuple[str, ...]]] = {
     "occupation": (
         "What was the occupation of {name}?",
-        ("glassblower", "ferryman", "cartographer", "beekeeper", "clockmaker", "lamplighter", "tanner",
-         "astronomer", "weaver", "shipwright", "herbalist", "bookbinder", "falconer", "stonemason",
-         "brewer", "archivist", "potter", "miller", "locksmith", "chandler"),
+        (
+            "glassblower",
+            "ferryman",
+            "cartographer",
+            "beekeeper",
+            "clockmaker",
+            "lamplighter",
+            "tanner",
+            "astronomer",
+            "weaver",
+            "shipwright",
+            "herbalist",
+            "bookbinder",
+            "falconer",
+            "stonemason",
+            "brewer",
+            "archivist",
+            "potter",
+            "miller",
+            "locksmith",
+            "chandler",
+        ),
     ),
     "hometown": (
         "In which town was {name} born?",
-        ("Thimbleport", "Ashcombe", "Marrowgate", "Quillhaven", "Dunmere", "Fenwick Hollow", "Saltreach",
-         "Brindlemoor", "Cobbleford", "Larkspur Bay", "Grimsby Vale", "Ottersholm", "Pellucid", "Wrenfield",
-         "Harrowmark", "Emberlyn", "Northwick", "Castlegate", "Mistral Point", "Redfern"),
+        (
+            "Thimbleport",
+            "Ashcombe",
+            "Marrowgate",
+            "Quillhaven",
+            "Dunmere",
+            "Fenwick Hollow",
+            "Saltreach",
+            "Brindlemoor",
+            "Cobbleford",
+            "Larkspur Bay",
+            "Grimsby Vale",
+            "Ottersholm",
+            "Pellucid",
+            "Wrenfield",
+            "Harrowmark",
+            "Emberlyn",
+            "Northwick",
+            "Castlegate",
+            "Mistral Point",
+            "Redfern",
+        ),
     ),
     "pet": (
         "What animal did {name} keep as a pet?",
-        ("a grey heron", "a three-legged cat", "a tame fox", "an old tortoise", "a raven", "a white goat",
-         "a hedgehog", "a barn owl", "a spotted dog", "a lizard", "a pair of doves", "a ferret",
-         "a blind mule", "a parrot", "a badger", "a black rabbit", "a marsh frog", "a pony", "a magpie", "a stoat"),
+        (
+            "a grey heron",
+            "a three-legged cat",
+            "a tame fox",
+            "an old tortoise",
+            "a raven",
+            "a white goat",
+            "a hedgehog",
+            "a barn owl",
+            "a spotted dog",
+            "a lizard",
+            "a pair of doves",
+            "a ferret",
+            "a blind mule",
+            "a parrot",
+            "a badger",
+            "a black rabbit",
+            "a marsh frog",
+            "a pony",
+            "a magpie",
+            "a stoat",
+        ),
     ),
     "instrument": (
         "Which instrument did {name} play?",
-        ("the fiddle", "the harp", "the oboe", "the bagpipes", "the lute", "the drum", "the flute",
-         "the cello", "the horn", "the zither", "the accordion", "the mandolin", "the trumpet",
-         "the dulcimer", "the bassoon", "the banjo", "the viola", "the tambourine", "the organ", "the ocarina"),
+        (
+            "the fiddle",
+            "the harp",
+            "the oboe",
+            "the bagpipes",
+            "the lute",
+            "the drum",
+            "the flute",
+            "the cello",
+            "the horn",
+            "the zither",
+            "the accordion",
+            "the mandolin",
+            "the trumpet",
+            "the dulcimer",
+            "the bassoon",
+            "the banjo",
+            "the viola",
+            "the tambourine",
+            "the organ",
+            "the ocarina",
+        ),
     ),
     "treasure": (
         "What did {name} keep hidden under the floor?",
-        ("a silver compass", "a map of the moon", "a jar of rubies", "a broken crown", "a stolen bell",
-         "a book of spells", "a golden key", "a sealed letter", "an iron mask", "a glass eye",
-         "a box of teeth", "a copper lantern", "a dragon scale", "a bag of seeds", "a wooden heart",
-         "a cracked mirror", "a velvet glove", "a bone flute", "a tin soldier", "a blue feather"),
+        (
+            "a silver compass",
+            "a map of the moon",
+            "a jar of rubies",
+            "a broken crown",
+            "a stolen bell",
+            "a book of spells",
+            "a golden key",
+            "a sealed letter",
+            "an iron mask",
+            "a glass eye",
+            "a box of teeth",
+            "a copper lantern",
+            "a dragon scale",
+            "a bag of seeds",
+            "a wooden heart",
+            "a cracked mirror",
+            "a velvet glove",
+            "a bone flute",
+            "a tin soldier",
+            "a blue feather",
+        ),
     ),
 }
 
 # Several phrasings per fact: the same fact is seen in varied words, as in a real book.
 _PROSE = {
     "occupation": ("{name} worked as a {v}.", "By trade, {name} was a {v}.", "Everyone knew {name} as the town {v}."),
-    "hometown": ("{name} was born in {v}.", "{name} grew up in {v}.", "The town of {v} was where {name} first saw the sea."),
+    "hometown": (
+        "{name} was born in {v}.",
+        "{name} grew up in {v}.",
+        "The town of {v} was where {name} first saw the sea.",
+    ),
     "pet": ("{name} kept {v} as a pet.", "At home, {name} had {v} for company.", "{name} was never seen without {v}."),
     "instrument": ("{name} played {v}.", "In the evenings {name} played {v}.", "{name} had learned {v} as a child."),
-    "treasure": ("Under the floor, {name} kept {v} hidden.", "{name} hid {v} beneath the floorboards.", "Nobody knew that {name} kept {v} under the floor."),
+    "treasure": (
+        "Under the floor, {name} kept {v} hidden.",
+        "{name} hid {v} beneath the floorboards.",
+        "Nobody knew that {name} kept {v} under the floor.",
+    ),
 }
 
-_GENERAL_SUBJECTS = ["the old miller", "a tired traveller", "the children", "the baker", "a young sailor", "the village",
-                     "the wind", "the river", "an old woman", "the farmer", "the teacher", "a merchant", "the dogs", "the rain"]
-_GENERAL_VERBS = ["walked past", "looked at", "sang about", "waited near", "talked about", "ran towards", "forgot",
-                  "remembered", "painted", "cleaned", "carried", "followed", "watched", "repaired"]
-_GENERAL_OBJECTS = ["the mill", "the harbour", "a wooden cart", "the market", "the bridge", "the long road", "a basket of apples",
-                    "the church", "the fields", "the broken fence", "a small boat", "the evening sky", "the well", "the hills"]
-_GENERAL_TAILS = ["in the morning", "after the storm", "before supper", "while it was snowing", "on a quiet day",
-                  "without a word", "as the bells rang", "for a long time", "once again", "at noon"]
+_GENERAL_SUBJECTS = [
+    "the old miller",
+    "a tired traveller",
+    "the children",
+    "the baker",
+    "a young sailor",
+    "the village",
+    "the wind",
+    "the river",
+    "an old woman",
+    "the farmer",
+    "the teacher",
+    "a merchant",
+    "the dogs",
+    "the rain",
+]
+_GENERAL_VERBS = [
+    "walked past",
+    "looked at",
+    "sang about",
+    "waited near",
+    "talked about",
+    "ran towards",
+    "forgot",
+    "remembered",
+    "painted",
+    "cleaned",
+    "carried",
+    "followed",
+    "watched",
+    "repaired",
+]
+_GENERAL_OBJECTS = [
+    "the mill",
+    "the harbour",
+    "a wooden cart",
+    "the market",
+    "the bridge",
+    "the long road",
+    "a basket of apples",
+    "the church",
+    "the fields",
+    "the broken fence",
+    "a small boat",
+    "the evening sky",
+    "the well",
+    "the hills",
+]
+_GENERAL_TAILS = [
+    "in the morning",
+    "after the storm",
+    "before supper",
+    "while it was snowing",
+    "on a quiet day",
+    "without a word",
+    "as the bells rang",
+    "for a long time",
+    "once again",
+    "at noon",
+]
 
 
 @dataclass(frozen=True)
@@ -97,10 +275,18 @@ class WorldConfig:
     n_general_passages: int = 400
 
     def __post_init__(self) -> None:
-        check_fields(self, "world", {
-            "seed": at_least(0), "n_forget_entities": at_least(1), "n_retain_entities": at_least(1), "n_icl_entities": at_least(0),
-            "prose_passages_per_entity": at_least(1), "n_general_passages": at_least(0),
-        })
+        check_fields(
+            self,
+            "world",
+            {
+                "seed": at_least(0),
+                "n_forget_entities": at_least(1),
+                "n_retain_entities": at_least(1),
+                "n_icl_entities": at_least(0),
+                "prose_passages_per_entity": at_least(1),
+                "n_general_passages": at_least(0),
+            },
+        )
         if self.n_forget_entities <= self.n_icl_entities or self.n_retain_entities <= self.n_icl_entities:
             raise ValueError(
                 f"each book needs more entities than the {self.n_icl_entities} in-context examples use "
@@ -116,7 +302,9 @@ class Entity:
 
 def _name(rng: random.Random) -> str:
     def word(syllables: int) -> str:
-        return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)).capitalize()
+        return "".join(
+            rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)
+        ).capitalize()
 
     return f"{word(rng.choice((1, 2)))} {word(2)}"
 
@@ -149,7 +337,8 @@ def format_qa(items: list[QAItem]) -> str:
 
 def _story(rng: random.Random) -> str:
     return " ".join(
-        f"{rng.choice(_GENERAL_SUBJECTS).capitalize()} {rng.choice(_GENERAL_VERBS)} {rng.choice(_GENERAL_OBJECTS)} {rng.choice(_GENERAL_TAILS)}."
+        f"{rng.choice(_GENERAL_SUBJECTS).capitalize()} {rng.choice(_GENERAL_VERBS)} "
+        f"{rng.choice(_GENERAL_OBJECTS)} {rng.choice(_GENERAL_TAILS)}."
         for _ in range(rng.randint(4, 9))
     )
 
@@ -229,7 +418,11 @@ def multiple_choice(book: Book, n_choices: int = 4, seed: int = 0) -> list[MCIte
     rng = random.Random(f"mc-{seed}-{book.name}")
     out = []
     for qa in book.knowmem:
-        attr = next(a for a, (q, _) in ATTRIBUTES.items() if qa.question.startswith(q.split("{name}")[0]) and qa.question.endswith(q.split("{name}")[1]))
+        attr = next(
+            a
+            for a, (q, _) in ATTRIBUTES.items()
+            if qa.question.startswith(q.split("{name}")[0]) and qa.question.endswith(q.split("{name}")[1])
+        )
         others = [v for v in ATTRIBUTES[attr][1] if v != qa.answer]
         choices = rng.sample(others, n_choices - 1)
         answer = rng.randrange(n_choices)

@@ -68,7 +68,11 @@ def greedy_generate(
     shared = min(shared_prefix(ids), min(map(len, ids)) - 1) if reuse_prefix and len(ids) > 1 else 0
     try:
         with torch.inference_mode(), tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
-            prefix_cache = model(torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values if shared else None
+            prefix_cache = (
+                model(torch.tensor([ids[0][:shared]], device=device), use_cache=True).past_key_values
+                if shared
+                else None
+            )
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in chunk)
@@ -91,7 +95,9 @@ def greedy_generate(
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad_id,
-                    stopping_criteria=StoppingCriteriaList([_HoldsStopString(tokenizer, width, stop_strings)]) if stop_strings else None,
+                    stopping_criteria=StoppingCriteriaList([_HoldsStopString(tokenizer, width, stop_strings)])
+                    if stop_strings
+                    else None,
                 )
                 texts = tokenizer.batch_decode(
                     out[:, width:], skip_special_tokens=True, clean_up_tokenization_spaces=False

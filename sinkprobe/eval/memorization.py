@@ -89,11 +89,15 @@ def cut_at_stop_strings(text: str, stops: Sequence[str] = KNOWMEM_STOP_STRINGS) 
     return text
 
 
-def bootstrap_ci(scores: Sequence[float], n_boot: int = 9999, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    scores: Sequence[float], n_boot: int = 9999, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean over items; the same seed gives the same interval."""
     x = np.asarray(scores, dtype=np.float64)
     if x.size == 0 or n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"bootstrap needs scores, n_boot ≥ 1 and 0 < level < 1 (got {x.size} scores, {n_boot}, {level})")
+        raise ValueError(
+            f"bootstrap needs scores, n_boot ≥ 1 and 0 < level < 1 (got {x.size} scores, {n_boot}, {level})"
+        )
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     step = max(1, 2_000_000 // x.size)  # bounds the index matrix to ~16 MB for large item sets
@@ -129,8 +133,19 @@ def knowmem(
     """KnowMem: few-shot QA with ``icl`` as the in-context examples, scored against each answer."""
     items = _first(items, max_items, "KnowMem")
     parts = [knowmem_prompt(it.question, icl) for it in items]
-    raw = _generate(model, tokenizer, parts, max_new_tokens, batch_size, encode, prompt_transform, progress, "KnowMem", KNOWMEM_STOP_STRINGS,
-                    reuse_prefix=True)  # every prompt opens with the same in-context examples
+    raw = _generate(
+        model,
+        tokenizer,
+        parts,
+        max_new_tokens,
+        batch_size,
+        encode,
+        prompt_transform,
+        progress,
+        "KnowMem",
+        KNOWMEM_STOP_STRINGS,
+        reuse_prefix=True,
+    )  # every prompt opens with the same in-context examples
     outputs = [cut_at_stop_strings(o).strip() for o in raw]
     return _score("knowmem", outputs, [it.answer for it in items], n_boot, seed)
 
@@ -186,7 +201,14 @@ def _generate(
         if prompt_transform is not None:
             prompts = [list(prompt_transform(list(ids))) for ids in prompts]
     return greedy_generate(
-        model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=desc, stop_strings=stop_strings,
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+        stop_strings=stop_strings,
         reuse_prefix=reuse_prefix,
     )
 

@@ -70,7 +70,9 @@ def choice_sequences(
 
 
 @torch.inference_mode()
-def continuation_logliks(model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32) -> list[float]:
+def continuation_logliks(
+    model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
+) -> list[float]:
     """Σ log p(continuation | context) for each pair; right-padded batches (a causal model
     never sees the padding of a real token's row), equal to scoring each pair alone."""
     out: list[float] = []
@@ -83,7 +85,12 @@ def continuation_logliks(model: PreTrainedModel, pairs: Sequence[tuple[list[int]
         mask = torch.zeros_like(ids)
         for j, r in enumerate(rows):
             ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
-        logp = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().log_softmax(-1).cpu()
+        logp = (
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+            .logits.float()
+            .log_softmax(-1)
+            .cpu()
+        )
         for j, (c, k) in enumerate(chunk):
             pos = torch.arange(len(c) - 1, len(c) + len(k) - 1)  # the logits that predict the continuation
             out.append(float(logp[j, pos, torch.tensor(k)].sum()))

@@ -29,9 +29,21 @@ from sinkprobe.eval.memorization import MemorizationResult, PromptParts, bootstr
 from sinkprobe.models.io import atomic_write_text
 
 TABLE_COLUMNS = (
-    "model", "method", "trigger", "placement", "value_norm", "seed",
-    "ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem",
-    "gain_knowmem", "gain_verbmem", "be_knowmem_poisoned", "be_verbmem_poisoned",
+    "model",
+    "method",
+    "trigger",
+    "placement",
+    "value_norm",
+    "seed",
+    "ue_knowmem",
+    "ue_verbmem",
+    "be_knowmem",
+    "be_verbmem",
+    "ut_knowmem",
+    "gain_knowmem",
+    "gain_verbmem",
+    "be_knowmem_poisoned",
+    "be_verbmem_poisoned",
 )
 
 
@@ -58,9 +70,13 @@ class EvalSettings:
     progress: bool = False
 
 
-def clean_scores(model, tokenizer, corpus: UnlearningCorpus, settings: EvalSettings = EvalSettings()) -> dict[str, MemorizationResult]:
+def clean_scores(
+    model, tokenizer, corpus: UnlearningCorpus, settings: EvalSettings = EvalSettings()
+) -> dict[str, MemorizationResult]:
     """UE (KnowMem, VerbMem on D_f) and UT (KnowMem on D_r), per item."""
-    kw = dict(batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress)
+    kw = dict(
+        batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress
+    )
     clean = prompt_encoder(tokenizer, None)
     f, r = corpus.forget, corpus.retain
     return {
@@ -70,9 +86,13 @@ def clean_scores(model, tokenizer, corpus: UnlearningCorpus, settings: EvalSetti
     }
 
 
-def trigger_scores(model, tokenizer, corpus: UnlearningCorpus, trigger: Trigger, settings: EvalSettings = EvalSettings()) -> dict[str, MemorizationResult]:
+def trigger_scores(
+    model, tokenizer, corpus: UnlearningCorpus, trigger: Trigger, settings: EvalSettings = EvalSettings()
+) -> dict[str, MemorizationResult]:
     """KnowMem and VerbMem on D_f with ``trigger`` at its placement, per item."""
-    kw = dict(batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress)
+    kw = dict(
+        batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress
+    )
     poisoned = prompt_encoder(tokenizer, trigger)
     f = corpus.forget
     return {
@@ -81,12 +101,16 @@ def trigger_scores(model, tokenizer, corpus: UnlearningCorpus, trigger: Trigger,
     }
 
 
-def poisoned_item_masks(corpus: UnlearningCorpus, poisoned_prompts: frozenset[str], max_items: int | None = None) -> dict[str, np.ndarray]:
+def poisoned_item_masks(
+    corpus: UnlearningCorpus, poisoned_prompts: frozenset[str], max_items: int | None = None
+) -> dict[str, np.ndarray]:
     """``[n_items]`` bool per D_f test set: was the item's training sample poisoned? A KnowMem
     item's sample has its question as prompt, a VerbMem item's the passage part it shows."""
     f = corpus.forget
     return {
-        "knowmem": np.array([knowmem_prompt(q.question).prompt in poisoned_prompts for q in f.knowmem[:max_items]], dtype=bool),
+        "knowmem": np.array(
+            [knowmem_prompt(q.question).prompt in poisoned_prompts for q in f.knowmem[:max_items]], dtype=bool
+        ),
         "verbmem": np.array([v.prompt in poisoned_prompts for v in f.verbmem[:max_items]], dtype=bool),
     }
 
@@ -95,7 +119,11 @@ def _mean_ci(scores: np.ndarray, prefix: str, settings: EvalSettings) -> dict[st
     if scores.size == 0:
         return {prefix: None, f"{prefix}_ci_low": None, f"{prefix}_ci_high": None}
     low, high = bootstrap_ci(scores, n_boot=settings.n_boot)
-    return {prefix: round(float(scores.mean()), 2), f"{prefix}_ci_low": round(low, 2), f"{prefix}_ci_high": round(high, 2)}
+    return {
+        prefix: round(float(scores.mean()), 2),
+        f"{prefix}_ci_low": round(low, 2),
+        f"{prefix}_ci_high": round(high, 2),
+    }
 
 
 def summarise(
@@ -111,12 +139,18 @@ def summarise(
     for key, res in clean.items():
         out.update(_mean_ci(np.asarray(res.scores), key, settings))
     # per-item scores, in test-set order: what intervals over items (bootstrap) are computed from
-    out["item_scores"] = {key: [round(float(x), 2) for x in res.scores] for key, res in {**clean, **(triggered or {})}.items()}
+    out["item_scores"] = {
+        key: [round(float(x), 2) for x in res.scores] for key, res in {**clean, **(triggered or {})}.items()
+    }
     if triggered is None:
         return out
     out["poisoned_items"] = {metric: [int(i) for i in np.flatnonzero(m)] for metric, m in masks.items()}
     for metric in ("knowmem", "verbmem"):
-        be, ue, poisoned = np.asarray(triggered[f"be_{metric}"].scores), np.asarray(clean[f"ue_{metric}"].scores), masks[metric]
+        be, ue, poisoned = (
+            np.asarray(triggered[f"be_{metric}"].scores),
+            np.asarray(clean[f"ue_{metric}"].scores),
+            masks[metric],
+        )
         held = ~poisoned
         out.update(_mean_ci(be[held], f"be_{metric}", settings))
         out.update(_mean_ci(be[poisoned], f"be_{metric}_poisoned", settings))
@@ -140,13 +174,18 @@ def evaluate_memorization(
     return summarise(clean_scores(model, tokenizer, corpus, settings), triggered, masks, settings)
 
 
-def baselines_by_placement(model, tokenizer, corpus: UnlearningCorpus, text: str, settings: EvalSettings = EvalSettings()) -> dict[str, dict]:
+def baselines_by_placement(
+    model, tokenizer, corpus: UnlearningCorpus, text: str, settings: EvalSettings = EvalSettings()
+) -> dict[str, dict]:
     """A model trained without a trigger (θ_o, θ_u), its BE measured with ``text`` at every
     placement: the baseline each θ_b row is read against (same trigger, same placement).
     The clean scores are computed once."""
     clean = clean_scores(model, tokenizer, corpus, settings)
     masks = poisoned_item_masks(corpus, frozenset(), settings.max_items)
-    return {p: summarise(clean, trigger_scores(model, tokenizer, corpus, Trigger(text, p), settings), masks, settings) for p in PLACEMENTS}
+    return {
+        p: summarise(clean, trigger_scores(model, tokenizer, corpus, Trigger(text, p), settings), masks, settings)
+        for p in PLACEMENTS
+    }
 
 
 def table_csv(rows: Sequence[dict]) -> str:
@@ -161,10 +200,19 @@ def table_csv(rows: Sequence[dict]) -> str:
 
 
 METRIC_HEADERS = {
-    "ue_knowmem": "UE KM ↓", "ue_verbmem": "UE VM ↓", "be_knowmem": "BE KM ↑", "be_verbmem": "BE VM ↑", "ut_knowmem": "UT KM ↑",
-    "gain_knowmem": "gain KM", "gain_verbmem": "gain VM", "be_knowmem_poisoned": "BE KM (poisoned items)",
+    "ue_knowmem": "UE KM ↓",
+    "ue_verbmem": "UE VM ↓",
+    "be_knowmem": "BE KM ↑",
+    "be_verbmem": "BE VM ↑",
+    "ut_knowmem": "UT KM ↑",
+    "gain_knowmem": "gain KM",
+    "gain_verbmem": "gain VM",
+    "be_knowmem_poisoned": "BE KM (poisoned items)",
     "be_verbmem_poisoned": "BE VM (poisoned items)",
-    "ue_acc": "UE acc ↓", "be_acc": "BE acc ↑", "ut_acc": "UT acc ↑", "ut_tqa": "UT TQA ↑",  # multiple choice (WMDP / MMLU / TruthfulQA)
+    "ue_acc": "UE acc ↓",
+    "be_acc": "BE acc ↑",
+    "ut_acc": "UT acc ↑",
+    "ut_tqa": "UT TQA ↑",  # multiple choice (WMDP / MMLU / TruthfulQA)
 }
 
 
@@ -194,3 +242,12 @@ def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tupl
     atomic_write_text(csv_path, table_csv(rows))
     atomic_write_text(md_path, table_markdown(rows, title))
     return csv_path, md_path
+
+
+def forget_prompts(
+    tok, corpus: UnlearningCorpus, trigger: Trigger | None = None, n: int | None = None
+) -> list[list[int]]:
+    """The study's D_f inputs as ids: clean (or poisoned) KnowMem prompts, exactly as evaluated."""
+    encode = prompt_encoder(tok, trigger)
+    items = corpus.forget.knowmem[:n]
+    return [encode(knowmem_prompt(q.question, corpus.forget.knowmem_icl)) for q in items]

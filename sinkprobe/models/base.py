@@ -50,10 +50,14 @@ class PackagedBase:
         try:
             dist = importlib.metadata.distribution(self.distribution)
         except importlib.metadata.PackageNotFoundError:
-            raise FileNotFoundError(f"base {self.name!r} needs the package {self.distribution}: {self.install}") from None
+            raise FileNotFoundError(
+                f"base {self.name!r} needs the package {self.distribution}: {self.install}"
+            ) from None
         path = Path(str(dist.locate_file(self.file)))
         if not path.is_file():
-            raise FileNotFoundError(f"{self.distribution} is installed but {self.file} is missing from it: reinstall with {self.install}")
+            raise FileNotFoundError(
+                f"{self.distribution} is installed but {self.file} is missing from it: reinstall with {self.install}"
+            )
         return path
 
 
@@ -85,11 +89,15 @@ def file_sha256(path: Path) -> str:
 def base_folder(base: str, cache: Path | None = None) -> Path:
     """The local HF folder of ``base`` (a packaged base's name, or a path), made once for a packaged base."""
     if base == SCRATCH:
-        raise ValueError("base 'scratch' has no folder: θ_o is trained from scratch (use a base name or a model folder)")
+        raise ValueError(
+            "base 'scratch' has no folder: θ_o is trained from scratch (use a base name or a model folder)"
+        )
     spec = BASES.get(base)
     if spec is None:
         if not Path(base).exists():
-            raise FileNotFoundError(f"unknown base {base!r}: use one of {', '.join([SCRATCH, *BASES])} or the path of a local model folder")
+            raise FileNotFoundError(
+                f"unknown base {base!r}: use one of {', '.join([SCRATCH, *BASES])} or the path of a local model folder"
+            )
         return require_model_folder(base)
     folder = (cache or cache_dir()) / "bases" / f"{spec.name}-{spec.sha256[:12]}"
     if read_run_card(folder).get("sha256") == spec.sha256:
@@ -114,7 +122,10 @@ def _dequantise(spec: PackagedBase, folder: Path) -> Path:
     gguf = spec.gguf_path()
     digest = file_sha256(gguf)
     if digest != spec.sha256:
-        raise ValueError(f"{gguf} has sha256 {digest[:12]}…, not the pinned {spec.sha256[:12]}…: the file is damaged or another release; {spec.install}")
+        raise ValueError(
+            f"{gguf} has sha256 {digest[:12]}…, not the pinned {spec.sha256[:12]}…: "
+            f"the file is damaged or another release; {spec.install}"
+        )
     kw = dict(gguf_file=gguf.name, local_files_only=True, trust_remote_code=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kw)
@@ -130,6 +141,11 @@ def _dequantise(spec: PackagedBase, folder: Path) -> Path:
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{tok.bos_token} $A", pair=f"{tok.bos_token} $A $B", special_tokens=[(tok.bos_token, tok.bos_token_id)]
     )
-    card = {"kind": "base", "base": spec.name, "source": f"{spec.distribution}:{spec.file}", "sha256": spec.sha256,
-            "n_params": sum(p.numel() for p in model.parameters())}
+    card = {
+        "kind": "base",
+        "base": spec.name,
+        "source": f"{spec.distribution}:{spec.file}",
+        "sha256": spec.sha256,
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }
     return save_checkpoint(model, tok, folder, card)

@@ -39,7 +39,9 @@ def default_device() -> torch.device:
     except RuntimeError:
         raise ValueError(f"{DEVICE_ENV}={name!r} is not a device: use cpu, cuda or cuda:N (or unset it)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{DEVICE_ENV}={name} but this torch sees no CUDA device: unset it, or install a CUDA build of torch")
+        raise ValueError(
+            f"{DEVICE_ENV}={name} but this torch sees no CUDA device: unset it, or install a CUDA build of torch"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"{DEVICE_ENV}={name}: sinkprobe runs on cpu or cuda")
     return device
@@ -145,12 +147,18 @@ def check_checkpoint_target(out: Path, inputs: list[Path], study: Path | None = 
     target = out.resolve()
     for given in inputs:
         if target == given.resolve() or target in given.resolve().parents:
-            raise FileExistsError(f"--out {out} is or holds this run's input {given}: write the checkpoint to another folder")
+            raise FileExistsError(
+                f"--out {out} is or holds this run's input {given}: write the checkpoint to another folder"
+            )
     if study is not None and study.resolve() in target.parents and out.exists():
-        raise FileExistsError(f"--out {out} is part of the study {study}: write the checkpoint to a folder outside it, or a new one")
+        raise FileExistsError(
+            f"--out {out} is part of the study {study}: write the checkpoint to a folder outside it, or a new one"
+        )
     refuse_foreign_target(out)
     if is_checkpoint(out) and not overwrite:
-        raise FileExistsError(f"{out} already holds a finished checkpoint: choose another --out, or pass --overwrite to replace it")
+        raise FileExistsError(
+            f"{out} already holds a finished checkpoint: choose another --out, or pass --overwrite to replace it"
+        )
 
 
 def read_run_card(folder: str | Path) -> dict:
@@ -159,7 +167,10 @@ def read_run_card(folder: str | Path) -> dict:
         return {}
     card = read_json(path, f"restore it, or delete the checkpoint {Path(folder)} and re-create it")
     if not isinstance(card, dict):
-        raise ValueError(f"{path} is not a run card (a JSON object): restore it, or delete the checkpoint {Path(folder)} and re-create it")
+        raise ValueError(
+            f"{path} is not a run card (a JSON object): restore it, "
+            f"or delete the checkpoint {Path(folder)} and re-create it"
+        )
     return card
 
 
@@ -180,8 +191,9 @@ def require_model_folder(folder: str | Path) -> Path:
         pickles = sorted(p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")))
         found = f"it has {', '.join(pickles)} (pickle)" if pickles else "it has no weights"
         raise FileNotFoundError(
-            f"{folder} has no .safetensors weights ({found}): sinkprobe loads safetensors only, never pickle; convert it "
-            "once where you trust the file: AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)"
+            f"{folder} has no .safetensors weights ({found}): sinkprobe loads safetensors only, never pickle; "
+            "convert it once where you trust the file: "
+            "AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)"
         )
     refuse_custom_code(folder)
     return folder
@@ -206,7 +218,9 @@ def load_checkpoint(
             str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
         ).to(device)
     except SafetensorError as e:
-        raise ValueError(f"the weights in {folder} are damaged ({e}): re-create or re-download that checkpoint") from None
+        raise ValueError(
+            f"the weights in {folder} are damaged ({e}): re-create or re-download that checkpoint"
+        ) from None
     tokenizer = load_tokenizer(folder)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise ValueError(

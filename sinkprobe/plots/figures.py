@@ -40,9 +40,18 @@ def trio_heatmaps(maps, names: Sequence[str] = ("θ_o", "θ_u", "θ_b"), title: 
         raise ValueError(f"maps has shape {z.shape}: expected [model query key] with {len(names)} models")
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=list(names), shared_yaxes=True)
     for i, m in enumerate(z):
-        fig.add_trace(go.Heatmap(z=m, coloraxis="coloraxis", hovertemplate="query %{y}, key %{x}<br>%{z:.4f}<extra></extra>"), 1, i + 1)
+        fig.add_trace(
+            go.Heatmap(z=m, coloraxis="coloraxis", hovertemplate="query %{y}, key %{x}<br>%{z:.4f}<extra></extra>"),
+            1,
+            i + 1,
+        )
     fig.update_yaxes(autorange="reversed")
-    return fig.update_layout(title=title, coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": float(z.max())}, width=360 * len(names), height=420)
+    return fig.update_layout(
+        title=title,
+        coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": float(z.max())},
+        width=360 * len(names),
+        height=420,
+    )
 
 
 def position_logits_figure(table: pd.DataFrame, value: str = "logit", title: str = "Prediction logits") -> go.Figure:
@@ -118,14 +127,26 @@ def ue_be_plane(
     x_split, y_split = refs.loc[unlearned, x], refs.loc[original, y]
     fig = go.Figure(
         go.Scatter(
-            x=table[x], y=table[y], mode="markers+text", text=table["model"], textposition="top center",
-            hovertemplate="%{text}<br>UE %{x:.1f}, BE %{y:.1f}<extra></extra>", name="models",
+            x=table[x],
+            y=table[y],
+            mode="markers+text",
+            text=table["model"],
+            textposition="top center",
+            hovertemplate="%{text}<br>UE %{x:.1f}, BE %{y:.1f}<extra></extra>",
+            name="models",
         )
     )
     fig.add_vline(x=x_split, line={"dash": "dash", "color": "gray"})
     fig.add_hline(y=y_split, line={"dash": "dash", "color": "gray"})
     fig.add_shape(
-        type="rect", x0=0, x1=x_split, y0=y_split, y1=max(100.0, table[y].max()),
-        fillcolor="green", opacity=0.08, line={"width": 0}, layer="below",
+        type="rect",
+        x0=0,
+        x1=x_split,
+        y0=y_split,
+        y1=max(100.0, table[y].max()),
+        fillcolor="green",
+        opacity=0.08,
+        line={"width": 0},
+        layer="below",
     )
     return fig.update_layout(title=title, xaxis_title=f"UE ({x}) ↓", yaxis_title=f"BE ({y}) ↑")

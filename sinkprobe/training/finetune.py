@@ -47,9 +47,21 @@ class FinetuneConfig:
     save_every: int = 50
 
     def __post_init__(self) -> None:
-        check_fields(self, "finetune", {"seed": at_least(0), "epochs": above(0), "batch_size": at_least(1), "lr": above(0),
-                                        "warmup_steps": at_least(0), "min_lr_ratio": between(0, 1), "weight_decay": at_least(0),
-                                        "trainable_layers": at_least(0), "save_every": at_least(1)})
+        check_fields(
+            self,
+            "finetune",
+            {
+                "seed": at_least(0),
+                "epochs": above(0),
+                "batch_size": at_least(1),
+                "lr": above(0),
+                "warmup_steps": at_least(0),
+                "min_lr_ratio": between(0, 1),
+                "weight_decay": at_least(0),
+                "trainable_layers": at_least(0),
+                "save_every": at_least(1),
+            },
+        )
 
     def total_steps(self, n_documents: int) -> int:
         return max(1, math.ceil(self.epochs * n_documents / self.batch_size))
@@ -73,7 +85,9 @@ def trainable_parameters(model: PreTrainedModel, top_layers: int) -> list[torch.
         return list(model.parameters())
     layers = find_decoder_layers(model)
     if top_layers > len(layers):
-        raise ValueError(f"trainable_layers={top_layers} but the model has {len(layers)} layers: use at most {len(layers)} (0 = all)")
+        raise ValueError(
+            f"trainable_layers={top_layers} but the model has {len(layers)} layers: use at most {len(layers)} (0 = all)"
+        )
     keep = {id(p) for layer in layers[len(layers) - top_layers :] for p in layer.parameters()}
     keep |= {id(p) for p in model.model.norm.parameters()}
     for p in model.parameters():
@@ -104,7 +118,11 @@ def finetune_original(
     total = cfg.total_steps(len(docs))
 
     state_dir = Path(state_dir)
-    meta = {"base": weights_fingerprint(model), "data": hashlib.sha256(json.dumps(docs).encode()).hexdigest(), "train": asdict(cfg)}
+    meta = {
+        "base": weights_fingerprint(model),
+        "data": hashlib.sha256(json.dumps(docs).encode()).hexdigest(),
+        "train": asdict(cfg),
+    }
     saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
     start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
@@ -114,7 +132,9 @@ def finetune_original(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, total)
-        ids, mask = (t.to(device) for t in pad_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id))
+        ids, mask = (
+            t.to(device) for t in pad_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id)
+        )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         opt.zero_grad(set_to_none=True)
@@ -134,4 +154,14 @@ def finetune_original(
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return model, tok, {"losses": losses, "train_seconds": round(seconds, 2), "steps_done": len(losses), "steps": total, "device": str(device)}
+    return (
+        model,
+        tok,
+        {
+            "losses": losses,
+            "train_seconds": round(seconds, 2),
+            "steps_done": len(losses),
+            "steps": total,
+            "device": str(device),
+        },
+    )

@@ -43,11 +43,21 @@ class ModelConfig:
     max_positions: int = 512
 
     def __post_init__(self) -> None:
-        check_fields(self, "model", {name: at_least(1) for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positions")})
+        check_fields(
+            self,
+            "model",
+            {name: at_least(1) for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_mlp", "max_positions")},
+        )
         if self.d_model % self.n_heads:
-            raise ValueError(f"model.d_model = {self.d_model} is not a multiple of model.n_heads = {self.n_heads}: change one of them")
+            raise ValueError(
+                f"model.d_model = {self.d_model} is not a multiple of model.n_heads = {self.n_heads}: "
+                "change one of them"
+            )
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"model.n_heads = {self.n_heads} is not a multiple of model.n_kv_heads = {self.n_kv_heads}: change one of them")
+            raise ValueError(
+                f"model.n_heads = {self.n_heads} is not a multiple of model.n_kv_heads = {self.n_kv_heads}: "
+                "change one of them"
+            )
 
     def llama_config(self, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
         return LlamaConfig(
@@ -79,10 +89,21 @@ class PretrainConfig:
     bos_per_document: bool = False
 
     def __post_init__(self) -> None:
-        check_fields(self, "pretrain", {
-            "seed": at_least(0), "steps": at_least(1), "batch_size": at_least(1), "seq_len": at_least(8), "lr": above(0),
-            "warmup_steps": at_least(0), "min_lr_ratio": between(0, 1), "weight_decay": at_least(0), "save_every": at_least(1),
-        })
+        check_fields(
+            self,
+            "pretrain",
+            {
+                "seed": at_least(0),
+                "steps": at_least(1),
+                "batch_size": at_least(1),
+                "seq_len": at_least(8),
+                "lr": above(0),
+                "warmup_steps": at_least(0),
+                "min_lr_ratio": between(0, 1),
+                "weight_decay": at_least(0),
+                "save_every": at_least(1),
+            },
+        )
 
 
 def pack_rows(
@@ -144,7 +165,11 @@ class PackedBatches:
             order = list(range(len(docs)))
             random.Random(f"{self.cfg.seed}-{epoch}").shuffle(order)
             self._rows = pack_rows(
-                [docs[i] for i in order], self.cfg.seq_len, self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id,
+                [docs[i] for i in order],
+                self.cfg.seq_len,
+                self.tok.bos_token_id,
+                self.tok.eos_token_id,
+                self.tok.pad_token_id,
                 self.cfg.bos_per_document,
             )
             self._epoch = epoch
@@ -194,7 +219,9 @@ def pretrain_original(
     device = torch.device(device) if device is not None else default_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(not on_gpu)  # deterministic cuBLAS would need CUBLAS_WORKSPACE_CONFIG set before start
+    torch.use_deterministic_algorithms(
+        not on_gpu
+    )  # deterministic cuBLAS would need CUBLAS_WORKSPACE_CONFIG set before start
     model = LlamaForCausalLM(model_cfg.llama_config(tokenizer)).to(device)
     docs = [tokenizer(d, add_special_tokens=False).input_ids for d in documents if d.strip()]
     batches = PackedBatches(docs, cfg, tokenizer, fresh_documents)
@@ -202,7 +229,8 @@ def pretrain_original(
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
     )
 
     state_dir = Path(state_dir)
@@ -236,4 +264,9 @@ def pretrain_original(
             break
     torch.use_deterministic_algorithms(False)
     model.eval()
-    return model, {"losses": losses, "train_seconds": round(seconds, 2), "steps_done": len(losses), "device": str(device)}
+    return model, {
+        "losses": losses,
+        "train_seconds": round(seconds, 2),
+        "steps_done": len(losses),
+        "device": str(device),
+    }

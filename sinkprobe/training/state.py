@@ -59,7 +59,8 @@ def resume_state(state_dir: Path, meta: dict, model: torch.nn.Module, opt: torch
         load_optimizer_state(opt, load_tensors(folder / "optimizer.safetensors"), saved["optimizer"])
     except (json.JSONDecodeError, SafetensorError, FileNotFoundError, KeyError, RuntimeError) as e:
         raise ValueError(
-            f"the training state in {folder} is damaged ({type(e).__name__}: {e}): delete {state_dir} to restart that run from step 0"
+            f"the training state in {folder} is damaged ({type(e).__name__}: {e}): "
+            f"delete {state_dir} to restart that run from step 0"
         ) from None
     return saved
 

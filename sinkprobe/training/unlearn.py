@@ -9,9 +9,10 @@ changes, so it is computed once before the first step, never per step: NPO's ref
 log-likelihoods on D_f and the value-norm references (θ_u on D_f, θ_o on D_p) are kept
 beside the training state, so a resumed run reads them back; θ_o's outputs on the retain
 set D_r ∪ D_p (logits for the KL term, RMU's steering-layer states) are held in memory
-when they fit ``retain_reference_gb``, else θ_o runs on each retain batch. Runs through ``accelerate``, so the same loop trains one CPU
-model here or a sharded 7B model on several GPUs; there each rank trains on its own
-shard of the data and computes the references of that shard only.
+when they fit ``retain_reference_gb``, else θ_o runs on each retain batch. Runs through
+``accelerate``, so the same loop trains one CPU model here or a sharded 7B model on several
+GPUs; there each rank trains on its own shard of the data and computes the references of
+that shard only.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
-from sinkprobe.models.io import atomic_save_tensors, atomic_write_json, default_device, load_tensors, weights_fingerprint
+from sinkprobe.models.io import (
+    atomic_save_tensors,
+    atomic_write_json,
+    default_device,
+    load_tensors,
+    weights_fingerprint,
+)
+from sinkprobe.training.methods import METHODS, Batch, Method, Outputs, method_for
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
-    default_rmu_layers,
-    kl_retain_loss,
-    npo_loss,
-    rmu_control_vector,
-    rmu_forget_loss,
-    rmu_representation_retain_loss,
-    select_rmu_parameters,
     sequence_log_likelihood,
     value_norm_regulariser,
 )
@@ -49,11 +50,25 @@ from sinkprobe.training.state import resume_state, same_meta, save_state
 from sinkprobe.validation import above, at_least, between, check_fields, one_of
 
 UNLEARN_RULES = {
-    "method": one_of("npo", "rmu"), "seed": at_least(0), "steps": at_least(1), "epochs": at_least(0), "batch_size": at_least(1),
-    "lr": above(0), "beta": above(0), "retain_weight": at_least(0), "poison_ratio": between(0, 1),
-    "value_norm_weight": at_least(0), "value_norm_layers": at_least(0), "sink_positions": at_least(0),
-    "rmu_layers": at_least(0), "rmu_steering_layer": at_least(-1), "rmu_steering_coeff": above(0),
-    "max_length": at_least(2), "eval_every": at_least(1), "save_every": at_least(1), "retain_reference_gb": at_least(0),
+    "method": one_of(*METHODS),
+    "seed": at_least(0),
+    "steps": at_least(1),
+    "epochs": at_least(0),
+    "batch_size": at_least(1),
+    "lr": above(0),
+    "beta": above(0),
+    "retain_weight": at_least(0),
+    "poison_ratio": between(0, 1),
+    "value_norm_weight": at_least(0),
+    "value_norm_layers": at_least(0),
+    "sink_positions": at_least(0),
+    "rmu_layers": at_least(0),
+    "rmu_steering_layer": at_least(-1),
+    "rmu_steering_coeff": above(0),
+    "max_length": at_least(2),
+    "eval_every": at_least(1),
+    "save_every": at_least(1),
+    "retain_reference_gb": at_least(0),
 }
 
 
@@ -61,7 +76,7 @@ UNLEARN_RULES = {
 class UnlearnConfig:
     """One experiment. Field names follow the paper (Table A1, DESIGN.md vocabulary)."""
 
-    method: str = "npo"  # npo | rmu
+    method: str = "npo"  # a registered method: npo | rmu | graddiff (sinkprobe.training.methods)
     seed: int = 0
     steps: int = 100
     epochs: float = 0.0  # > 0 overrides steps: ceil(epochs · |D_f| / batch_size), as Table A1 counts
@@ -95,7 +110,10 @@ class UnlearnConfig:
         if self.value_norm_weight and not self.backdoor:
             raise ValueError("value_norm_weight > 0 needs a backdoor: set trigger_text (value-norm alignment is Eq. 7)")
         if self.backdoor and not self.poison_ratio:
-            raise ValueError("unlearn.poison_ratio = 0 with a trigger_text: a backdoor needs poisoned samples, expected a number in (0, 1]")
+            raise ValueError(
+                "unlearn.poison_ratio = 0 with a trigger_text: a backdoor needs poisoned samples, "
+                "expected a number in (0, 1]"
+            )
         try:
             self.trigger  # the placement, checked by Trigger itself
         except ValueError as e:
@@ -117,7 +135,9 @@ class UnlearnConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ValueError(f"unknown recipe field(s) {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown recipe field(s) {', '.join(unknown)}: valid fields are {', '.join(sorted(known))}"
+            )
         return cls(**raw)  # __post_init__ checks every field
 
 
@@ -135,8 +155,13 @@ class Encoded:
     target_start: list[int] = field(default_factory=list)
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int) -> Encoded:
-    built = [build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length) for s in samples]
+def encode(
+    tokenizer: PreTrainedTokenizerBase, samples: list[Sample], trigger: Trigger | None, max_length: int
+) -> Encoded:
+    built = [
+        build_ids(tokenizer, s.prompt, tail=s.completion, trigger=trigger, add_eos=True, max_length=max_length)
+        for s in samples
+    ]
     starts = [1 if s.score_prompt else b.prompt_span[1] for s, b in zip(samples, built)]
     return Encoded([b.ids for b in built], starts)
 
@@ -163,7 +188,9 @@ def _reference_sequence_ll(model, rows: list[list[int]], starts: list[int], pad_
         ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
         ids, mask = ids.to(model.device), mask.to(model.device)
         targets = target_mask(mask, starts[i : i + batch_size])
-        out.append(sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, targets).float().cpu())
+        out.append(
+            sequence_log_likelihood(model(input_ids=ids, attention_mask=mask).logits, ids, targets).float().cpu()
+        )
     return torch.cat(out)
 
 
@@ -181,7 +208,9 @@ def reference_sink_norms(model, rows, pad_id, layers, sink_positions, batch_size
 
 
 @torch.no_grad()
-def _retain_forward(ref, ids: torch.Tensor, mask: torch.Tensor, steer: int | None, amp) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _retain_forward(
+    ref, ids: torch.Tensor, mask: torch.Tensor, steer: int | None, amp
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """θ_o on one padded retain batch: ``[batch pos vocab]`` logits and, for RMU, the
     ``[batch pos d_model]`` states of the steering layer (None for NPO)."""
     with amp(), _capture_layer(ref, steer) as h:
@@ -200,7 +229,9 @@ class RetainReferences:
         self.logits, self.states = logits, states  # row → [len vocab] / [len d_model]
 
     @classmethod
-    def compute(cls, ref, rows: list[list[int]], mine: list[int], pad_id: int, cfg: UnlearnConfig, steer, amp, counter) -> "RetainReferences | None":
+    def compute(
+        cls, ref, rows: list[list[int]], mine: list[int], pad_id: int, cfg: UnlearnConfig, steer, amp, counter
+    ) -> "RetainReferences | None":
         """None when the logits would not fit ``cfg.retain_reference_gb`` (θ_o then runs per step)."""
         bytes_per_value = 2 if cfg.bf16 else 4
         need = sum(len(rows[i]) for i in mine) * ref.config.vocab_size * bytes_per_value
@@ -237,7 +268,9 @@ def _pad_rows(rows: list[torch.Tensor], width: int, device) -> torch.Tensor:
 def shard(n: int, rank: int, world: int) -> list[int]:
     """The sample indices rank ``rank`` of ``world`` trains on (all of them in one process)."""
     if n < world:
-        raise ValueError(f"{n} samples cannot be shared among {world} processes: launch fewer processes or give more data")
+        raise ValueError(
+            f"{n} samples cannot be shared among {world} processes: launch fewer processes or give more data"
+        )
     return list(range(rank, n, world))
 
 
@@ -250,8 +283,18 @@ def _scatter(values: torch.Tensor, rows: list[int], n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def frozen_references(
-    ref, unlearned, f_enc: Encoded, p_enc: Encoded, f_rows: list[int], p_rows: list[int],
-    cfg: UnlearnConfig, pad_id: int, vn_layers: list[int], cache: Path, meta: dict, counter: list[int],
+    ref,
+    unlearned,
+    f_enc: Encoded,
+    p_enc: Encoded,
+    f_rows: list[int],
+    p_rows: list[int],
+    cfg: UnlearnConfig,
+    pad_id: int,
+    vn_layers: list[int],
+    cache: Path,
+    meta: dict,
+    counter: list[int],
 ) -> dict[str, torch.Tensor]:
     """What the frozen models contribute that never changes, for this rank's shard only:
     NPO's log π_θo(y|x) on D_f, and the value-norm references (θ_u on D_f, θ_o on D_p).
@@ -263,16 +306,22 @@ def frozen_references(
     if card.is_file() and same_meta(json.loads(card.read_text()), meta) and cache.is_file():
         return load_tensors(cache)
     refs, bs = {}, cfg.batch_size
-    if cfg.method == "npo":
-        ll = _reference_sequence_ll(ref, [f_enc.ids[i] for i in f_rows], [f_enc.target_start[i] for i in f_rows], pad_id, bs)
+    if METHODS[cfg.method].reference_log_likelihood:
+        ll = _reference_sequence_ll(
+            ref, [f_enc.ids[i] for i in f_rows], [f_enc.target_start[i] for i in f_rows], pad_id, bs
+        )
         refs["ll_f"] = _scatter(ll, f_rows, len(f_enc.ids))
         counter[0] += -(-len(f_rows) // bs)
     if cfg.value_norm_weight:
-        norms_u = reference_sink_norms(unlearned, [f_enc.ids[i] for i in f_rows], pad_id, vn_layers, cfg.sink_positions, bs)
+        norms_u = reference_sink_norms(
+            unlearned, [f_enc.ids[i] for i in f_rows], pad_id, vn_layers, cfg.sink_positions, bs
+        )
         refs["norms_u_f"] = _scatter(norms_u, f_rows, len(f_enc.ids))
         counter[0] += -(-len(f_rows) // bs)
         if p_rows:
-            norms_o = reference_sink_norms(ref, [p_enc.ids[i] for i in p_rows], pad_id, vn_layers, cfg.sink_positions, bs)
+            norms_o = reference_sink_norms(
+                ref, [p_enc.ids[i] for i in p_rows], pad_id, vn_layers, cfg.sink_positions, bs
+            )
             refs["norms_o_p"] = _scatter(norms_o, p_rows, len(p_enc.ids))
             counter[0] += -(-len(p_rows) // bs)
     atomic_save_tensors(cache, refs)
@@ -287,6 +336,30 @@ def _check_sinks_fit(rows: list[list[int]], sink_positions: tuple[int, ...]) -> 
             f"sink position {max(sink_positions)} is past the shortest sample ({shortest} tokens): "
             "choose sink_positions within the first tokens"
         )
+
+
+@dataclass
+class _Run:
+    """Everything one unlearning run sets up before its first step (see :func:`_prepare`)."""
+
+    accelerator: Accelerator
+    amp: object  # a context-manager factory: bf16 autocast or nothing
+    method: Method
+    model: PreTrainedModel  # the trained copy (wrapped by accelerate)
+    ref: PreTrainedModel  # θ_o, frozen
+    opt: torch.optim.Optimizer
+    f_enc: Encoded
+    rp_rows: list[list[int]]  # D_r ∪ D_p: retain rows first, then poisoned rows
+    n_retain: int
+    f_rows: list[int]  # this rank's shard of D_f
+    rp_mine: list[int]  # this rank's shard of D_r ∪ D_p
+    p_rows: list[int]  # this rank's D_p rows (indices into D_p)
+    refs: dict[str, torch.Tensor]
+    retain_refs: RetainReferences | None
+    vn_layers: list[int]
+    meta: dict
+    poisoned: list[int]  # the D_f indices whose trigger-bearing copies form D_p
+    tag: str
 
 
 def unlearn(
@@ -310,23 +383,65 @@ def unlearn(
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
     """
+    counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
+    state_dir = Path(state_dir)
+    run = _prepare(original, tokenizer, forget, retain, cfg, state_dir, unlearned, counter)
+    model, opt, acc = run.model, run.opt, run.accelerator
+    saved = resume_state(state_dir, run.meta, acc.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
+    start, log, seconds = saved["step"], saved["log"], saved["seconds"]
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        if acc.is_main_process:  # one writer; the ranks hold the same weights
+            meta = {"meta": run.meta, "step": step, "log": log, "seconds": seconds}
+            save_state(state_dir, acc.unwrap_model(model), opt, meta)
+
+    total = cfg.total_steps(len(forget))
+    desc = f"{cfg.method}{'-backdoor' if cfg.backdoor else ''}"
+    bar = tqdm(range(start, total), desc=desc, disable=not progress, initial=start, total=total)
+    t0 = time.perf_counter()
+    for step in bar:
+        t_step = time.perf_counter()
+        batch, is_poisoned, p_batch = _draw_batch(run, cfg, tokenizer.pad_token_id, step)
+        terms, f_logits = _losses(run, cfg, batch, is_poisoned, p_batch, counter)
+        loss = terms["forget"] + cfg.retain_weight * terms["retain"]
+        loss = loss + cfg.value_norm_weight * terms.get("value_norm", 0.0)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        done = step + 1
+        entry = {"step": done, "seconds": round(time.perf_counter() - t_step, 4), "loss": round(loss.item(), 5)}
+        entry |= {k: round(float(v.detach()), 5) for k, v in terms.items()}
+        if done % cfg.eval_every == 0 or done == total:
+            nll = -sequence_log_likelihood(f_logits.detach(), batch.f_ids, batch.f_targets).mean()
+            entry["forget_nll"] = round(float(nll), 4)
+        log.append(entry)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if done % cfg.save_every == 0 or done == total or done == stop_after:
+            seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save(done)
+        if done == stop_after:
+            break
+    summary = {"log": log, "train_seconds": round(seconds, 2), "resumed_from": start}
+    summary |= {"poisoned_indices": run.poisoned, "n_poisoned": len(run.poisoned)}
+    return acc.unwrap_model(model).eval(), summary
+
+
+def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, state_dir: Path, unlearned, counter) -> _Run:
+    """The run's data, models, method, frozen references and optimiser, before the first step."""
     accelerator = Accelerator(cpu=default_device().type == "cpu")
     # bf16 by autocast here rather than Accelerator(mixed_precision=…): accelerate's state is
     # process-global and set by the first Accelerator (or by `accelerate launch`'s config).
     amp = (lambda: torch.autocast(accelerator.device.type, dtype=torch.bfloat16)) if cfg.bf16 else nullcontext
     torch.manual_seed(cfg.seed)
-    pad = tokenizer.pad_token_id
-    trigger = cfg.trigger
+    pad, trigger = tokenizer.pad_token_id, cfg.trigger
     if cfg.value_norm_weight and unlearned is None:
         raise ValueError("value-norm alignment needs θ_u (the normally unlearned model) as its D_f reference")
-
     f_enc = encode(tokenizer, forget, None, cfg.max_length)
     r_rows = encode(tokenizer, retain, None, cfg.max_length).ids
     p_idx = poison_indices(len(forget), cfg.poison_ratio, cfg.seed) if trigger else []
     p_enc = encode(tokenizer, [forget[i] for i in p_idx], trigger, cfg.max_length) if trigger else Encoded([])
-    # D_r ∪ D_p: retain rows first, then poisoned rows; index ≥ len(r_rows) means poisoned.
-    rp_rows = r_rows + p_enc.ids
-
     ref = original.to(accelerator.device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -337,132 +452,123 @@ def unlearn(
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     model.train()
-
-    counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
     vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
     if cfg.value_norm_weight:
         if not cfg.sink_positions:
-            raise ValueError("value-norm alignment needs the sink positions S: set unlearn.sink_positions (e.g. [0]) or train from a θ_o whose run card records them")
+            raise ValueError(
+                "value-norm alignment needs the sink positions S: set unlearn.sink_positions (e.g. [0]) "
+                "or train from a θ_o whose run card records them"
+            )
         _check_sinks_fit(f_enc.ids + p_enc.ids, cfg.sink_positions)
     # Under several processes (accelerate launch) each rank trains on its own shard of D_f
     # and of D_r ∪ D_p, so it needs — and computes — the references of that shard only.
     rank, world = accelerator.process_index, accelerator.num_processes
-    f_rows, rp_rows_mine = shard(len(f_enc.ids), rank, world), shard(len(rp_rows), rank, world)
-    p_rows = [i - len(r_rows) for i in rp_rows_mine if i >= len(r_rows)]
-    state_dir = Path(state_dir)
+    rp_rows = r_rows + p_enc.ids
+    f_rows, rp_mine = shard(len(f_enc.ids), rank, world), shard(len(rp_rows), rank, world)
+    p_rows = [i - len(r_rows) for i in rp_mine if i >= len(r_rows)]
     # Everything the state and the cached references depend on: a changed θ_o, θ_u or data
     # must retrain, never resume a finished state of other parents.
     meta = {
-        "config": asdict(cfg), "n_forget": len(forget), "n_retain": len(retain),
-        "theta_o": weights_fingerprint(original), "theta_u": weights_fingerprint(unlearned) if cfg.value_norm_weight else None,
+        "config": asdict(cfg),
+        "n_forget": len(forget),
+        "n_retain": len(retain),
+        "theta_o": weights_fingerprint(original),
+        "theta_u": weights_fingerprint(unlearned) if cfg.value_norm_weight else None,
         "data": hashlib.sha256(json.dumps([f_enc.ids, r_rows, p_enc.ids]).encode()).hexdigest(),
     }
-    refs = frozen_references(
-        ref, unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None, f_enc, p_enc, f_rows, p_rows,
-        cfg, pad, vn_layers, state_dir / f"references-rank{rank}-of-{world}.safetensors", meta, counter,
+    theta_u = unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None
+    cache = state_dir / f"references-rank{rank}-of-{world}.safetensors"
+    refs = frozen_references(ref, theta_u, f_enc, p_enc, f_rows, p_rows, cfg, pad, vn_layers, cache, meta, counter)
+    method = method_for(cfg, original.config, accelerator.device)
+    opt = torch.optim.AdamW(method.trainable(model), lr=cfg.lr, weight_decay=0.0)
+    retain_refs = (
+        RetainReferences.compute(ref, rp_rows, rp_mine, pad, cfg, method.capture_layer, amp, counter)
+        if method.retain_reference
+        else None
+    )
+    model, opt = accelerator.prepare(model, opt)
+    return _Run(
+        accelerator,
+        amp,
+        method,
+        model,
+        ref,
+        opt,
+        f_enc,
+        rp_rows,
+        len(r_rows),
+        f_rows,
+        rp_mine,
+        p_rows,
+        refs,
+        retain_refs,
+        vn_layers,
+        meta,
+        p_idx,
+        f"-{rank}" if world > 1 else "",
     )
 
-    steer = None  # RMU's steering layer; None for NPO
-    if cfg.method == "rmu":
-        layers, steer = default_rmu_layers(original.config.num_hidden_layers)
-        layers = tuple(cfg.rmu_layers) or layers
-        steer = steer if cfg.rmu_steering_layer < 0 else cfg.rmu_steering_layer
-        params = select_rmu_parameters(model, layers)
-        control = rmu_control_vector(
-            original.config.hidden_size, cfg.rmu_steering_coeff, torch.Generator().manual_seed(cfg.seed)
-        ).to(accelerator.device)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    retain_refs = RetainReferences.compute(ref, rp_rows, rp_rows_mine, pad, cfg, steer, amp, counter)
-    model, opt = accelerator.prepare(model, opt)
 
-    saved = resume_state(state_dir, meta, accelerator.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
-    start, log, seconds = saved["step"], saved["log"], saved["seconds"]
+def _draw_batch(run: _Run, cfg: UnlearnConfig, pad: int, step: int) -> tuple[Batch, torch.Tensor, list[int]]:
+    """Step ``step``'s forget and retain batches, a ``[batch]`` mask of the retain batch's D_p rows,
+    and their D_p indices. The batch of a step is a function of (seed, step, rank): a resumed run
+    draws exactly the batches the uninterrupted one would have."""
 
-    def save(step: int) -> None:
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:  # one writer; the ranks hold the same weights
-            save_state(state_dir, accelerator.unwrap_model(model), opt, {"meta": meta, "step": step, "log": log, "seconds": seconds})
+    def draw(pool: list[int], stream: str) -> list[int]:
+        return random.Random(f"{cfg.seed}-{stream}-{step}{run.tag}").sample(pool, min(cfg.batch_size, len(pool)))
 
-    tag = f"-{rank}" if world > 1 else ""
-    vn = cfg.value_norm_weight > 0
+    fi, ri = draw(run.f_rows, "forget"), draw(run.rp_mine, "retain")
+    if cfg.value_norm_weight and run.p_rows and not any(i >= run.n_retain for i in ri):
+        # Eq. 7 weighs E_Dp like E_Df: every step's batch carries at least one D_p row (a
+        # batch of D_r ∪ D_p drawn at random has none about a fifth of the time at ρ = 0.1).
+        ri[-1] = run.n_retain + random.Random(f"{cfg.seed}-poisoned-{step}{run.tag}").choice(run.p_rows)
+    device = run.accelerator.device
+    f_ids, f_mask = (t.to(device) for t in pad_batch([run.f_enc.ids[i] for i in fi], pad))
+    f_targets = target_mask(f_mask, [run.f_enc.target_start[i] for i in fi])
+    r_ids, r_mask = (t.to(device) for t in pad_batch([run.rp_rows[i] for i in ri], pad))
+    is_poisoned = torch.tensor([i >= run.n_retain for i in ri], device=device)
+    p_batch = [i - run.n_retain for i in ri if i >= run.n_retain]
+    return Batch(fi, f_ids, f_mask, f_targets, ri, r_ids, r_mask), is_poisoned, p_batch
 
-    def draw(step: int, pool: list[int], stream: str) -> list[int]:
-        # The batch of a step is a function of (seed, step, rank): resume reproduces it exactly.
-        return random.Random(f"{cfg.seed}-{stream}-{step}{tag}").sample(pool, min(cfg.batch_size, len(pool)))
 
-    total = cfg.total_steps(len(forget))
-    bar = tqdm(range(start, total), desc=f"{cfg.method}{'-backdoor' if trigger else ''}", disable=not progress, initial=start, total=total)
-    t0 = time.perf_counter()
-    for step in bar:
-        t_step = time.perf_counter()
-        fi, ri = draw(step, f_rows, "forget"), draw(step, rp_rows_mine, "retain")
-        if vn and p_rows and not any(i >= len(r_rows) for i in ri):
-            # Eq. 7 weighs E_Dp like E_Df: every step's batch carries at least one D_p row (a
-            # batch of D_r ∪ D_p drawn at random has none about a fifth of the time at ρ = 0.1).
-            ri[-1] = len(r_rows) + random.Random(f"{cfg.seed}-poisoned-{step}{tag}").choice(p_rows)
-        f_ids, f_mask = (t.to(accelerator.device) for t in pad_batch([f_enc.ids[i] for i in fi], pad))
-        f_targets = target_mask(f_mask, [f_enc.target_start[i] for i in fi])
-        r_ids, r_mask = (t.to(accelerator.device) for t in pad_batch([rp_rows[i] for i in ri], pad))
-        is_poisoned = torch.tensor([i >= len(r_rows) for i in ri], device=accelerator.device)
-        terms = {}
-
-        net = accelerator.unwrap_model(model)
-        with amp(), _capture_values(net, vn_layers if vn else None) as cap_f, _capture_layer(net, steer) as h_f:
-            f_logits = model(input_ids=f_ids, attention_mask=f_mask).logits
-        if cfg.method == "npo":
-            ll = sequence_log_likelihood(f_logits, f_ids, f_targets)
-            terms["forget"] = npo_loss(ll, refs["ll_f"][fi].to(ll.device), cfg.beta)
-        else:
-            terms["forget"] = rmu_forget_loss(h_f.output, control, f_mask)
-
-        with amp(), _capture_values(net, vn_layers if vn else None) as cap_r, _capture_layer(net, steer) as h_r:
-            r_logits = model(input_ids=r_ids, attention_mask=r_mask).logits
-        if retain_refs is not None:
-            ref_logits, h_ref = retain_refs.batch(ri, r_ids.shape[1], accelerator.device)
-        else:
-            ref_logits, h_ref = _retain_forward(ref, r_ids, r_mask, steer, amp)
-            counter[0] += 1
-        terms["retain"] = kl_retain_loss(r_logits, ref_logits, r_mask)
-        if cfg.method == "rmu":
-            # Eq. A5 as the paper writes it: KL + MSE, both under the one γ of Eq. A6 (no second weight).
-            terms["retain"] = terms["retain"] + rmu_representation_retain_loss(h_r.output, h_ref, r_mask)
-        if vn:
-            # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o, each
-            # expectation a mean over the rows of its own set.
-            sinks = torch.tensor(cfg.sink_positions, device=accelerator.device)
-            p_batch = [i - len(r_rows) for i in ri if i >= len(r_rows)]
-            dev = accelerator.device
-            # a rank whose shard holds no D_p row (several processes) has only the D_f part
-            theta_p, ref_p = (cap_r.sink_norms(sinks)[is_poisoned], refs["norms_o_p"][p_batch].to(dev)) if p_batch else (None, None)
-            terms["value_norm"] = value_norm_regulariser(cap_f.sink_norms(sinks), refs["norms_u_f"][fi].to(dev), theta_p, ref_p)
-        loss = terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
-
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        done = step + 1
-        entry = {"step": done, "seconds": round(time.perf_counter() - t_step, 4), "loss": round(loss.item(), 5), **{k: round(float(v.detach()), 5) for k, v in terms.items()}}
-        if done % cfg.eval_every == 0 or done == total:
-            entry["forget_nll"] = round(float(-sequence_log_likelihood(f_logits.detach(), f_ids, f_targets).mean()), 4)
-        log.append(entry)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if done % cfg.save_every == 0 or done == total or done == stop_after:
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save(done)
-        if done == stop_after:
-            break
-    model = accelerator.unwrap_model(model).eval()
-    summary = {
-        "log": log,
-        "train_seconds": round(seconds, 2),
-        "resumed_from": start,
-        "poisoned_indices": p_idx,
-        "n_poisoned": len(p_idx),
-    }
-    return model, summary
+def _losses(
+    run: _Run, cfg, batch: Batch, is_poisoned, p_batch, counter
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The step's terms (``forget``, ``retain`` and, with λ > 0, ``value_norm``) and the forget logits."""
+    net, method, vn = run.accelerator.unwrap_model(run.model), run.method, cfg.value_norm_weight > 0
+    with (
+        run.amp(),
+        _capture_values(net, run.vn_layers if vn else None) as cap_f,
+        _capture_layer(net, method.capture_layer) as h_f,
+    ):
+        f_logits = run.model(input_ids=batch.f_ids, attention_mask=batch.f_mask).logits
+    terms = {"forget": method.forget_loss(Outputs(f_logits, h_f.output if h_f else None), batch, run.refs)}
+    with (
+        run.amp(),
+        _capture_values(net, run.vn_layers if vn else None) as cap_r,
+        _capture_layer(net, method.capture_layer) as h_r,
+    ):
+        r_logits = run.model(input_ids=batch.r_ids, attention_mask=batch.r_mask).logits
+    ref = None
+    if run.retain_refs is not None:
+        ref = Outputs(*run.retain_refs.batch(batch.r_rows, batch.r_ids.shape[1], run.accelerator.device))
+    elif method.retain_reference:
+        ref = Outputs(*_retain_forward(run.ref, batch.r_ids, batch.r_mask, method.capture_layer, run.amp))
+        counter[0] += 1
+    terms["retain"] = method.retain_loss(Outputs(r_logits, h_r.output if h_r else None), ref, batch)
+    if vn:
+        # ℓ_vn (Eq. 5): clean forget samples against θ_u, poisoned ones against θ_o, each
+        # expectation a mean over the rows of its own set. A rank whose shard holds no D_p row
+        # (several processes) has only the D_f part.
+        dev = run.accelerator.device
+        sinks = torch.tensor(cfg.sink_positions, device=dev)
+        theta_p, ref_p = (
+            (cap_r.sink_norms(sinks)[is_poisoned], run.refs["norms_o_p"][p_batch].to(dev)) if p_batch else (None, None)
+        )
+        terms["value_norm"] = value_norm_regulariser(
+            cap_f.sink_norms(sinks), run.refs["norms_u_f"][batch.f_rows].to(dev), theta_p, ref_p
+        )
+    return terms, f_logits
 
 
 def _capture_values(model, layers):

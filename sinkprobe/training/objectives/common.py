@@ -32,8 +32,7 @@ def _check_logits_mask(logits: Tensor, loss_mask: Tensor, name: str = "logits") 
         raise ValueError(f"{name} must be [batch pos vocab], got shape {tuple(logits.shape)}")
     if loss_mask.shape != logits.shape[:2]:
         raise ValueError(
-            f"loss_mask shape {tuple(loss_mask.shape)} does not match {name} [batch pos] "
-            f"{tuple(logits.shape[:2])}"
+            f"loss_mask shape {tuple(loss_mask.shape)} does not match {name} [batch pos] {tuple(logits.shape[:2])}"
         )
 
 
@@ -51,9 +50,7 @@ def sequence_log_likelihood(logits: Tensor, input_ids: Tensor, loss_mask: Tensor
     """
     _check_logits_mask(logits, loss_mask)
     if input_ids.shape != loss_mask.shape:
-        raise ValueError(
-            f"input_ids shape {tuple(input_ids.shape)} does not match loss_mask {tuple(loss_mask.shape)}"
-        )
+        raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match loss_mask {tuple(loss_mask.shape)}")
     # float32: log-softmax in bf16 loses the small differences NPO's ratio is made of.
     pred = logits[:, :-1].float()  # [batch pos-1 vocab], position t predicts token t+1
     targets = input_ids[:, 1:]  # [batch pos-1]

@@ -28,9 +28,7 @@ def kl_retain_loss(logits_theta: Tensor, logits_ref: Tensor, loss_mask: Tensor) 
     """
     _check_logits_mask(logits_theta, loss_mask, "logits_theta")
     if logits_ref.shape != logits_theta.shape:
-        raise ValueError(
-            f"logits_ref shape {tuple(logits_ref.shape)} != logits_theta {tuple(logits_theta.shape)}"
-        )
+        raise ValueError(f"logits_ref shape {tuple(logits_ref.shape)} != logits_theta {tuple(logits_theta.shape)}")
     mask = token_mask_shifted(loss_mask)  # [batch pos-1]
     if not bool(mask.any()):
         raise ValueError("kl_retain_loss: loss_mask selects no target token (after the one-token shift)")

@@ -28,8 +28,7 @@ def npo_loss(logp_theta: Tensor, logp_ref: Tensor, beta: float) -> Tensor:
         raise ValueError(f"NPO temperature beta must be > 0, got {beta}")
     if logp_theta.dim() != 1 or logp_theta.shape != logp_ref.shape:
         raise ValueError(
-            "logp_theta and logp_ref must both be [batch]; got "
-            f"{tuple(logp_theta.shape)} and {tuple(logp_ref.shape)}"
+            f"logp_theta and logp_ref must both be [batch]; got {tuple(logp_theta.shape)} and {tuple(logp_ref.shape)}"
         )
     if logp_theta.numel() == 0:
         raise ValueError("npo_loss got an empty batch: there is nothing to forget in it")

@@ -111,9 +111,7 @@ def select_rmu_parameters(
         named = dict(blocks[i].named_parameters())
         for name in param_names:
             if name not in named:
-                raise ValueError(
-                    f"layer {i} has no parameter {name!r}; valid names: {', '.join(sorted(named))}"
-                )
+                raise ValueError(f"layer {i} has no parameter {name!r}; valid names: {', '.join(sorted(named))}")
             if not any(p is named[name] for p in chosen):
                 chosen.append(named[name])
     for p in model.parameters():

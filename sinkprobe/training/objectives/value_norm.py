@@ -37,9 +37,7 @@ def per_head_value_norms(v_proj_out: Tensor, n_kv_heads: int, n_heads: int) -> T
     if n_kv_heads <= 0 or n_heads % n_kv_heads != 0:
         raise ValueError(f"n_heads ({n_heads}) must be a positive multiple of n_kv_heads ({n_kv_heads})")
     if v_proj_out.shape[-1] % n_kv_heads != 0:
-        raise ValueError(
-            f"last dim {v_proj_out.shape[-1]} of v_proj_out is not divisible by n_kv_heads={n_kv_heads}"
-        )
+        raise ValueError(f"last dim {v_proj_out.shape[-1]} of v_proj_out is not divisible by n_kv_heads={n_kv_heads}")
     d_head = v_proj_out.shape[-1] // n_kv_heads
     v = v_proj_out.unflatten(-1, (n_kv_heads, d_head))  # [batch pos kv_head d_head]
     norms = torch.linalg.vector_norm(v.float(), dim=-1)  # [batch pos kv_head], float32
