@@ -21,13 +21,20 @@ MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.E
 
 
 def _study_config(args):
-    from sinkprobe.study import StudyConfig, full_config, quick_config, with_overrides
+    from sinkprobe.study import STUDY_CONFIGS, load_study_config, with_overrides
 
-    if getattr(args, "quick", False) and getattr(args, "full", False):
-        raise ValueError("--quick and --full exclude each other: --quick is a smoke test, --full the whole grid")
-    cfg = quick_config() if getattr(args, "quick", False) else StudyConfig()
-    cfg = full_config(cfg) if getattr(args, "full", False) else cfg
-    return with_overrides(cfg, getattr(args, "set", None) or ())  # recipe overrides: --quick's own, then the user's
+    chosen = [name for name in ("quick", "full") if getattr(args, name, False)] + (
+        ["config"] if getattr(args, "config", "") else []
+    )
+    if len(chosen) > 1:
+        raise ValueError(
+            f"--{' and --'.join(chosen)} exclude each other: give one study config "
+            "(--quick is a smoke test, --full the whole grid)"
+        )
+    path = args.config if chosen == ["config"] else STUDY_CONFIGS / f"{chosen[0] if chosen else 'default'}.toml"
+    return with_overrides(
+        load_study_config(path), getattr(args, "set", None) or ()
+    )  # the config's overrides, then the user's
 
 
 def _out(text: str, flag: str = "--out") -> Path:
@@ -181,14 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
             "training/embedded for base=scratch)",
         )
         sp.add_argument(
+            "--config",
+            default="",
+            help="the study's config, a TOML file (default: training/study/default.toml; see quick.toml, "
+            "full.toml, gpu.toml there)",
+        )
+        sp.add_argument(
             "--quick",
             action="store_true",
-            help="tiny world, from-scratch model and runs: a smoke test in a few minutes, not the study",
+            help="training/study/quick.toml: tiny world, from-scratch model and runs: a smoke test in a few minutes, "
+            "not the study",
         )
         sp.add_argument(
             "--full",
             action="store_true",
-            help="three seeds of θ_u NPO and of every NPO-Backdoor grid run, "
+            help="training/study/full.toml: three seeds of θ_u NPO and of every NPO-Backdoor grid run, "
             "and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)",
         )
         sp.add_argument(
@@ -196,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             metavar="SECTION.FIELD=VALUE",
             help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), "
-            "or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, world.n_general_passages=800); "
-            "repeatable",
+            "the seeds (seeds=[0,1,2]), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, "
+            "world.n_general_passages=800); repeatable",
         )
         if with_figures:
             sp.add_argument(

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -569,31 +570,74 @@ def write_table2(rows: list[dict], stem: Path) -> None:
     )
 
 
-def full_config(cfg: StudyConfig) -> StudyConfig:
-    """``--full``: three seeds of θ_u NPO and of every NPO-Backdoor grid run, and the runs of Fig. A1 and A2."""
-    return replace(cfg, seeds=(0, 1, 2), extra_runs=True)
-
-
 def default_recipes(base: str) -> Path:
     """The recipes tuned for θ_o's base: the from-scratch θ_o's, or a pretrained base's."""
     return REPO_TRAINING / ("embedded" if base == SCRATCH else "smollm2")
 
 
+STUDY_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "study"  # default, quick, full, gpu
+SECTIONS = {
+    "world": WorldConfig,
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "eval": EvalSettings,
+}
+
+
+def _read_study_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The TOML of a study config with its ``inherits`` chain applied (a child's keys win)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study config at {path}: give a TOML file such as {STUDY_CONFIGS / 'default.toml'}")
+    if path.resolve() in seen:
+        raise ValueError(f"{path} inherits from itself (through {' → '.join(p.name for p in seen)}): break the cycle")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path} is not valid TOML ({e}): fix the file") from None
+    parent = raw.pop("inherits", None)
+    if parent is None:
+        return raw
+    merged = _read_study_toml(path.parent / parent, (*seen, path.resolve()))
+    for key, value in raw.items():
+        merged[key] = {**merged.get(key, {}), **value} if key in SECTIONS else value
+    return merged
+
+
+def load_study_config(path: str | Path) -> StudyConfig:
+    """A :class:`StudyConfig` from a TOML file (``training/study/*.toml``): top-level fields, and
+    the sections ``[world]``, ``[model]``, ``[pretrain]``, ``[finetune]``, ``[eval]``; unknown
+    names are a one-line error."""
+    raw = _read_study_toml(Path(path))
+    known = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown study field(s) {', '.join(unknown)}; fields are {', '.join(sorted(known))}")
+    values = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            section = {f.name for f in fields(SECTIONS[key])}
+            bad = sorted(set(value) - section)
+            if bad:
+                raise ValueError(
+                    f"{path}: [{key}] has unknown field(s) {', '.join(bad)}; fields are {', '.join(sorted(section))}"
+                )
+            values[key] = SECTIONS[key](**value)
+        else:
+            values[key] = tuple(value) if isinstance(value, list) else value
+    return StudyConfig(**values)
+
+
 def quick_config() -> StudyConfig:
-    """A smoke-test study: a tiny world and a from-scratch model, a few steps per run, one seed,
-    every kind of run (minutes, not the study)."""
-    return StudyConfig(
-        base=SCRATCH,
-        extra_runs=True,
-        world=WorldConfig(seed=0, n_forget_entities=6, n_retain_entities=6, n_general_passages=30),
-        model=ModelConfig(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=128, max_positions=256),
-        pretrain=PretrainConfig(steps=60, batch_size=8, seq_len=256, lr=3e-3, warmup_steps=10, save_every=30),
-        vocab_size=512,
-        seeds=(0,),
-        eval=EvalSettings(max_items=8, n_boot=200),
-        # RMU's layers fall back to the depth-scaled default: the embedded recipe names layers of the 4-layer θ_o.
-        overrides=("unlearn.steps=6", "unlearn.batch_size=4", "unlearn.rmu_layers=[]", "unlearn.rmu_steering_layer=-1"),
-    )
+    """``--quick``: ``training/study/quick.toml``, a smoke test in minutes, not the study."""
+    return load_study_config(STUDY_CONFIGS / "quick.toml")
+
+
+def full_config() -> StudyConfig:
+    """``--full``: ``training/study/full.toml``, three seeds of θ_u NPO and of every NPO-Backdoor
+    grid run, and the runs of Fig. A1 and A2."""
+    return load_study_config(STUDY_CONFIGS / "full.toml")
 
 
 def require_study_folder(out: Path) -> None:

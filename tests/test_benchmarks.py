@@ -101,15 +101,14 @@ GPU_STUDY = ROOT / "benchmarks" / "gpu_study"
 
 def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented(tmp_path):
     """The GPU study runs once, unattended, on a lent machine: a typo in a field must fail here.
-    Its world and θ_o are what settings.txt and docs/real_data.md say: 250 KnowMem questions per book,
+    Its world and θ_o are what training/study/gpu.toml and docs/real_data.md say: 250 KnowMem questions per book,
     a ~46.6M-parameter Llama (d 640, 10 layers, SwiGLU 1728) over the world's own vocabulary."""
     import torch
     from transformers import LlamaForCausalLM
 
-    from sinkprobe.study import Study, with_overrides
+    from sinkprobe.study import STUDY_CONFIGS, Study, load_study_config
 
-    read_settings = runpy.run_path(str(GPU_STUDY / "fit_steps.py"))["read_settings"]
-    cfg = with_overrides(StudyConfig(), read_settings(GPU_STUDY / "settings.txt"))
+    cfg = load_study_config(STUDY_CONFIGS / "gpu.toml")
     assert cfg.overrides == ()  # only the world and θ_o change; the recipes stay the CPU study's
     assert (cfg.model.d_model, cfg.model.n_layers, cfg.pretrain.seq_len) == (640, 10, 512)
     corpus, tok, _ = Study(cfg, tmp_path, ROOT / "training" / "embedded", log=lambda _: None).world()

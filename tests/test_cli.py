@@ -133,6 +133,33 @@ def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
         with_overrides(StudyConfig(), ["seeds=[-1]"])
 
 
+def test_study_configs_are_toml_files_that_inherit_and_name_a_bad_field(tmp_path):
+    from sinkprobe.cli import _study_config
+    from sinkprobe.study import StudyConfig, load_study_config
+
+    (tmp_path / "base.toml").write_text('seeds = [1]\nbase = "scratch"\n[world]\nseed = 3\nn_forget_entities = 7\n')
+    (tmp_path / "child.toml").write_text('inherits = "base.toml"\nextra_runs = true\n[world]\nn_forget_entities = 5\n')
+    cfg = load_study_config(tmp_path / "child.toml")
+    assert (cfg.seeds, cfg.base, cfg.extra_runs) == ((1,), "scratch", True)
+    assert (cfg.world.seed, cfg.world.n_forget_entities) == (3, 5)  # sections merge field by field, the child's win
+    assert cfg.model == StudyConfig().model
+    (tmp_path / "typo.toml").write_text('inherits = "base.toml"\nsedes = [2]\n')
+    with pytest.raises(ValueError, match="unknown study field.*sedes"):
+        load_study_config(tmp_path / "typo.toml")
+    (tmp_path / "section.toml").write_text("[world]\nn_people = 3\n")
+    with pytest.raises(ValueError, match=r"\[world\] has unknown field.*n_people"):
+        load_study_config(tmp_path / "section.toml")
+    (tmp_path / "loop.toml").write_text('inherits = "loop.toml"\n')
+    with pytest.raises(ValueError, match="inherits from itself"):
+        load_study_config(tmp_path / "loop.toml")
+    with pytest.raises(FileNotFoundError, match="no study config at"):
+        load_study_config(tmp_path / "missing.toml")
+    args = build_parser().parse_args(["study", "--config", str(tmp_path / "child.toml"), "--set", "seeds=[4]"])
+    assert _study_config(args).seeds == (4,)  # --set applies on top of the file
+    with pytest.raises(ValueError, match="--quick and --config exclude each other"):
+        _study_config(build_parser().parse_args(["study", "--quick", "--config", str(tmp_path / "child.toml")]))
+
+
 def test_the_default_study_is_smollm2_with_its_recipes_and_full_and_quick_change_the_grid(capsys, tmp_path):
     from sinkprobe.cli import _study_config
     from sinkprobe.models.base import DEFAULT_BASE, SCRATCH

@@ -71,6 +71,17 @@ def test_accuracy_equals_scoring_each_choice_alone(tiny_original, tiny_tokenizer
     assert res.acc == pytest.approx(100 * sum(p == it.answer for p, it in zip(expected_preds, items)) / len(items))
     assert res.ci95[0] <= res.acc <= res.ci95[1]
 
+    class WithoutLogitsToKeep(torch.nn.Module):  # a causal LM whose forward cannot skip positions
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.device = inner, inner.device
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    dense = mc_accuracy(WithoutLogitsToKeep(model), tiny_tokenizer, items, batch_size=5, n_boot=50)
+    assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(dense.loglik, res.loglik))
+
 
 def test_letters_style_is_lm_eval_layout(tiny_tokenizer):
     (ctx, cont), *_ = choice_sequences(tiny_tokenizer, MCItem("Why?", ("x", "y"), 0), "letters", None)

@@ -5,7 +5,7 @@ default device) for a few steps after a warm-up, and prints min(configured steps
 SECONDS / seconds per step). run.sh uses it so that the GPU study fits its one call on
 whatever card it gets; the step count used lands in θ_o's card like every other field.
 
-    python benchmarks/gpu_study/fit_steps.py SETTINGS SECONDS STUDY_DIR
+    python benchmarks/gpu_study/fit_steps.py CONFIG SECONDS STUDY_DIR   # CONFIG: training/study/gpu.toml
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from sinkprobe.study import Study, StudyConfig, with_overrides
+from sinkprobe.study import Study, StudyConfig, load_study_config
 from sinkprobe.training.pretrain import pretrain_original
-
-
-def read_settings(path: str | Path) -> list[str]:
-    """The ``--set`` items of a settings file: one per line; blank lines and ``#`` comments skipped."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line[:1].isalpha()]
 
 
 def seconds_per_step(cfg: StudyConfig, study_dir: Path, warmup: int = 10, timed: int = 30) -> float:
@@ -52,8 +47,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         return 2
-    settings, seconds, study_dir = argv
-    cfg = with_overrides(StudyConfig(), read_settings(settings))
+    config, seconds, study_dir = argv
+    cfg = load_study_config(config)
     per_step = seconds_per_step(cfg, Path(study_dir))
     steps = fitting_steps(cfg, float(seconds), per_step)
     print(f"θ_o: {per_step:.4f} s per step; {steps} of {cfg.pretrain.steps} steps fit {seconds} s", file=sys.stderr)

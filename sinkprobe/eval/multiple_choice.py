@@ -15,6 +15,7 @@ MC1 and the embedded set: ``Question: …\\nAnswer:``, continuations `` <choice 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -74,26 +75,33 @@ def continuation_logliks(
     model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
 ) -> list[float]:
     """Σ log p(continuation | context) for each pair; right-padded batches (a causal model
-    never sees the padding of a real token's row), equal to scoring each pair alone."""
-    out: list[float] = []
+    never sees the padding of a real token's row), equal to scoring each pair alone. Only the
+    positions that predict a continuation token go through the vocabulary projection and the
+    log-softmax (``logits_to_keep``, where the model takes it): most positions are context.
+    Pairs are batched by length, so a batch pads little."""
+    out: list[float] = [0.0] * len(pairs)
     model.eval()
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
+    sparse = "logits_to_keep" in inspect.signature(model.forward).parameters
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for at in range(0, len(order), batch_size):
+        index = order[at : at + batch_size]
+        chunk = [pairs[i] for i in index]
         rows = [c + k for c, k in chunk]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for j, r in enumerate(rows):
+        keep = torch.zeros_like(ids, dtype=torch.bool)  # [batch pos]: the logits that predict the continuation
+        for j, ((c, k), r) in enumerate(zip(chunk, rows)):
             ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
-        logp = (
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
-            .logits.float()
-            .log_softmax(-1)
-            .cpu()
-        )
-        for j, (c, k) in enumerate(chunk):
-            pos = torch.arange(len(c) - 1, len(c) + len(k) - 1)  # the logits that predict the continuation
-            out.append(float(logp[j, pos, torch.tensor(k)].sum()))
+            keep[j, len(c) - 1 : len(c) + len(k) - 1] = True
+        extra = {"logits_to_keep": keep.to(model.device)} if sparse else {}
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).logits
+        logits = logits if sparse else logits.cpu()[keep]  # [n_kept vocab], batch-major like ``keep``
+        logp = logits.float().log_softmax(-1).cpu()
+        target = torch.tensor([t for _, k in chunk for t in k])
+        token = logp[torch.arange(len(target)), target]  # [n_kept]
+        for i, x in zip(index, token.split([len(k) for _, k in chunk])):
+            out[i] = float(x.sum())
     return out
 
 

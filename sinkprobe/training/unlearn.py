@@ -445,13 +445,7 @@ def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, state_dir:
     ref = original.to(accelerator.device).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    model = type(original)(original.config).to(accelerator.device)
-    model.load_state_dict(original.state_dict())
-    if cfg.gradient_checkpointing:
-        # recent transformers 5 releases renamed it; earlier ones only have the gradient_ name
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable()
-    model.train()
+    model = _trainable_copy(original, cfg, accelerator.device)
     vn_layers = list(cfg.value_norm_layers) or list(range(original.config.num_hidden_layers))
     if cfg.value_norm_weight:
         if not cfg.sink_positions:
@@ -488,25 +482,21 @@ def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, state_dir:
     )
     model, opt = accelerator.prepare(model, opt)
     return _Run(
-        accelerator,
-        amp,
-        method,
-        model,
-        ref,
-        opt,
-        f_enc,
-        rp_rows,
-        len(r_rows),
-        f_rows,
-        rp_mine,
-        p_rows,
-        refs,
-        retain_refs,
-        vn_layers,
-        meta,
-        p_idx,
-        f"-{rank}" if world > 1 else "",
-    )
+        accelerator=accelerator, amp=amp, method=method, model=model, ref=ref, opt=opt, f_enc=f_enc, rp_rows=rp_rows,
+        n_retain=len(r_rows), f_rows=f_rows, rp_mine=rp_mine, p_rows=p_rows, refs=refs, retain_refs=retain_refs,
+        vn_layers=vn_layers, meta=meta, poisoned=p_idx, tag=f"-{rank}" if world > 1 else "",
+    )  # fmt: skip
+
+
+def _trainable_copy(original: PreTrainedModel, cfg: UnlearnConfig, device) -> PreTrainedModel:
+    """A copy of θ_o to train (θ_o itself stays the frozen reference)."""
+    model = type(original)(original.config).to(device)
+    model.load_state_dict(original.state_dict())
+    if cfg.gradient_checkpointing:
+        # recent transformers 5 releases renamed it; earlier ones only have the gradient_ name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    return model.train()
 
 
 def _draw_batch(run: _Run, cfg: UnlearnConfig, pad: int, step: int) -> tuple[Batch, torch.Tensor, list[int]]:
