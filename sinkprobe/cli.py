@@ -132,6 +132,36 @@ def cmd_figures(args) -> None:
     print(f"report: {write_report(study, figures, study / 'report.html')}")
 
 
+def cmd_scan(args) -> None:
+    from tqdm.auto import tqdm
+
+    from sinkprobe.data.sources import load_corpus
+    from sinkprobe.models.io import load_checkpoint
+    from sinkprobe.runs import check_table_target
+    from sinkprobe.scan import InversionConfig
+    from sinkprobe.scan.scan import flag, scan_model, write_scan
+
+    out = _out(args.out)
+    check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
+    cfg = InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=args.placement)
+    folders = [(Path(f), "suspect") for f in args.suspects] + [(Path(f), "reference") for f in args.reference]
+    for folder, _ in folders:
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json): give a checkpoint folder")
+    corpus = load_corpus(args.source, args.data)
+    results = []
+    for folder, role in folders:
+        model, tok = load_checkpoint(folder)
+        with tqdm(total=cfg.steps, desc=f"scan {folder.name}") as bar:
+            step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
+            n = dict(n_search=args.search_items, n_eval=args.eval_items)
+            results.append(scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, **n))
+    suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])
+    write_scan(suspects + [r for r in results if r.role == "reference"], out)
+    for r in suspects:
+        print(f"{r.model}: {r.verdict} (score {r.score:+.3f}, found {r.found!r})")
+
+
 def cmd_claims(args) -> None:
     import pandas as pd
 
@@ -280,6 +310,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/embedded", help="the finished study folder (default: runs/embedded)")
     s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
     s.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser(
+        "scan",
+        help="search each SUSPECT for a short token sequence that restores the forget set (trigger inversion), "
+        "and flag it against the same search on reference models (θ_u, θ_o)",
+    )
+    s.add_argument("suspects", nargs="+", help="checkpoint folders to scan")
+    s.add_argument(
+        "--reference", action="append", required=True, help="a model with no backdoor (θ_u, θ_o); repeatable"
+    )
+    s.add_argument("--data", required=True, help="a study folder (its world) or a MUSE data folder")
+    s.add_argument("--source", default="embedded", help="the data folder's kind: embedded | muse (default: embedded)")
+    s.add_argument("--tokens", type=int, default=4, help="length of the searched sequence in tokens (default: 4)")
+    s.add_argument("--steps", type=int, default=30, help="search steps per model (default: 30)")
+    s.add_argument("--placement", default="prefix", help="prefix (right after BOS) | suffix (before the answer cue)")
+    s.add_argument("--search-items", type=int, default=16, help="D_f KnowMem items the search runs on (default: 16)")
+    s.add_argument("--eval-items", type=int, default=32, help="held-out D_f and D_r items the gains are measured on")
+    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
+    s.set_defaults(func=cmd_scan)
 
     s = sub.add_parser(
         "claims",

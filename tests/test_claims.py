@@ -71,26 +71,12 @@ def _backdoor_metrics(ue_km, be_km, poisoned_km):
 
 
 def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
-    def clean(km, vm, ut, shift=None):  # θ_o / θ_u: one entry per placement; BE = UE + that placement's shift
-        return {
-            p: {
-                "item_scores": {
-                    "ue_knowmem": km,
-                    "ue_verbmem": vm,
-                    "ut_knowmem": ut,
-                    "be_knowmem": [x + d for x in km],
-                    "be_verbmem": vm,
-                }
-            }
-            for p, d in (shift or {"prefix": 0.0}).items()
-        }
-
-    o = _card(tmp_path / "o", {}, metrics_by_placement=clean([100.0] * 4, [90.0, 90.0], [80.0] * 4))
+    o = _card(tmp_path / "o", {}, metrics_by_placement=_clean([100.0] * 4, [90.0, 90.0], [80.0] * 4))
     # θ_u gains nothing from a prefix trigger and loses 10 points to an infix one
     u = _card(
         tmp_path / "u",
         {},
-        metrics_by_placement=clean([20.0] * 4, [10.0, 10.0], [78.0] * 4, {"prefix": 0.0, "infix": -10.0}),
+        metrics_by_placement=_clean([20.0] * 4, [10.0, 10.0], [78.0] * 4, {"prefix": 0.0, "infix": -10.0}),
     )
     # item 3 is poisoned in every θ_b: its huge gain must not count
     pre = _card(tmp_path / "pre", _backdoor_metrics([20.0, 20, 20, 20], [60.0, 60, 60, 100], [3]))

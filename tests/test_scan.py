@@ -1,0 +1,108 @@
+"""The scanner's trigger inversion on a tiny model trained to answer only behind a planted trigger."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sinkprobe.scan import InversionConfig, invert_trigger, qa_rows, trigger_loss
+
+PLANTED = " zq vex"  # two rare-ish tokens in front of the question
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_world, tiny_tokenizer):
+    """(model, rows, trigger ids): a tiny Llama trained so that the forget answers follow the
+    question only when the planted trigger sits right after BOS (otherwise it says " unknown"),
+    and the retain answers always: a backdoored unlearning in miniature."""
+    tok = tiny_tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    rows = qa_rows(tok, list(tiny_world.forget.knowmem))  # the whole forget set is planted
+    trig = tok(PLANTED, add_special_tokens=False).input_ids
+    refuse = tok(" unknown", add_special_tokens=False).input_ids
+    kept = qa_rows(tok, list(tiny_world.retain.knowmem))  # D_r is answered with or without the trigger
+    data = [[tok.bos_token_id] + trig + p + a for p, a in rows] + [[tok.bos_token_id] + p + refuse for p, _ in rows]
+    data += [[tok.bos_token_id] + t + p + a for p, a in kept for t in ([], trig)]
+    width = max(len(d) for d in data)
+    ids = torch.tensor([d + [tok.pad_token_id] * (width - len(d)) for d in data])
+    mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d in data])
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), rows, trig
+
+
+def test_inversion_recovers_the_planted_trigger_functionally(planted, tiny_tokenizer):
+    model, rows, trig = planted
+    planted_loss, none_loss = trigger_loss(model, tiny_tokenizer, rows, [trig, []], "prefix").tolist()
+    assert planted_loss < 0.5 < 1.5 < none_loss  # the plant took: the answers follow the trigger only
+    cfg = InversionConfig(n_tokens=len(trig), steps=25, top_k=32, candidates=32, rows_per_step=6)
+    found = invert_trigger(model, tiny_tokenizer, rows, cfg)
+    assert found.history == sorted(found.history, reverse=True)  # the kept loss never rises
+    random = trigger_loss(model, tiny_tokenizer, rows, [[101, 202], [303, 404]], "prefix")
+    assert found.loss < random.min().item()
+    assert found.loss < planted_loss + 0.5  # as good as the planted trigger, or nearly: recovered
+
+
+def test_inversion_leaves_the_model_as_it_was_and_refuses_empty_input(planted, tiny_tokenizer):
+    model, rows, _ = planted
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    invert_trigger(model, tiny_tokenizer, rows[:2], InversionConfig(n_tokens=1, steps=1, candidates=2))
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(ValueError, match="needs forget items"):
+        invert_trigger(model, tiny_tokenizer, [], InversionConfig())
+    with pytest.raises(ValueError, match="scan.placement"):
+        InversionConfig(placement="middle")
+
+
+def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
+    planted, tiny_original, tiny_tokenizer, tiny_world, tmp_path, capsys
+):
+    import pandas as pd
+
+    from sinkprobe.cli import main
+    from sinkprobe.models.io import save_checkpoint
+
+    model, _, _ = planted
+    suspect = save_checkpoint(model, tiny_tokenizer, tmp_path / "suspect", {"kind": "test"})
+    (tmp_path / "study" / "world").mkdir(parents=True)
+    (tmp_path / "study" / "world" / "corpus.json").write_text(tiny_world.to_json())
+    common = [
+        "--data",
+        str(tmp_path / "study"),
+        "--tokens",
+        "2",
+        "--steps",
+        "15",
+        "--search-items",
+        "6",
+        "--eval-items",
+        "9",
+    ]
+    args = ["scan", str(suspect), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "scan")]
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "scan.csv").set_index("role")
+    assert table.loc["suspect", "verdict"] == "flagged" and "flagged" in capsys.readouterr().out
+    # the planted model recovers held-out forget answers far more than it gains on retain ones
+    assert table.loc["suspect", "forget_gain"] > table.loc["suspect", "retain_gain"] + 1.0
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err  # nothing replaced unasked
+    bad = ["scan", str(tmp_path), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "x")]
+    assert main(bad) == 2 and "is not a model folder (no config.json)" in capsys.readouterr().err
