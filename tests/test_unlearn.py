@@ -146,11 +146,13 @@ def test_graddiff_is_one_registered_file_and_needs_nothing_from_theta_o(tmp_path
         original, tiny_tokenizer, forget, retain, cfg, tmp_path, progress=False, frozen_forward_counter=counter
     )
     assert counter == [0]
-    # measured (seed 0, 6 steps): forget log-likelihood falls by about 4 nats per sample
+    # measured (seed 0, 6 steps): the forget log-likelihood falls by about 7 nats per sample (−54.3 → −61.3)
     assert _forget_ll(model, tiny_tokenizer, forget) < _forget_ll(original, tiny_tokenizer, forget) - 1.0
     log = summary["log"]
     assert log[0]["forget"] < 0 < log[0]["retain"]  # ascent: ℓ_f = −NLL(D_f); ℓ_r = NLL(D_r)
-    assert log[0]["forget"] == pytest.approx(-log[0]["retain"], rel=0.5)  # both start near the model's NLL
+    assert log[0]["forget"] == pytest.approx(
+        -log[0]["retain"], rel=0.2
+    )  # measured 1.485 vs 1.479: θ_o fits both books alike
 
 
 def test_shards_partition_the_data():
