@@ -91,8 +91,10 @@ def train_and_save(
     eval_settings: EvalSettings = EvalSettings(),
     extra_card: dict | None = None,
     progress: bool = True,
+    reference_dir: Path | None = None,
 ) -> tuple[Path, dict]:
-    """Unlearn θ_o with ``recipe``, evaluate UE/BE/UT, save the checkpoint with its run card."""
+    """Unlearn θ_o with ``recipe``, evaluate UE/BE/UT, save the checkpoint with its run card.
+    ``reference_dir``: where the frozen models' references are kept (default: ``state_dir``)."""
     model_o, tok = load_checkpoint(original)
     theta_u = load_checkpoint(unlearned)[0] if unlearned else None
     # a poisoned copy of a window must still fit: its trigger (and a separating space) needs room
@@ -104,7 +106,9 @@ def train_and_save(
     forget = chunk_long_passages(tok, samples_from_passages(corpus.forget.passages), recipe.unlearn.max_length, reserve)
     retain = chunk_long_passages(tok, samples_from_passages(corpus.retain.passages), recipe.unlearn.max_length)
     cfg = replace(recipe.unlearn, sink_positions=sink_positions_for(recipe.unlearn, original))
-    model, summary = unlearn(model_o, tok, forget, retain, cfg, state_dir, unlearned=theta_u, progress=progress)
+    model, summary = unlearn(
+        model_o, tok, forget, retain, cfg, state_dir, unlearned=theta_u, progress=progress, reference_dir=reference_dir
+    )
     if not PartialState().is_main_process:  # under `accelerate launch` / torchrun one rank evaluates and writes
         return out, {}
     trigger = cfg.trigger or Trigger(DEFAULT_TRIGGER, "prefix")

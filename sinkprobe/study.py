@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import time
 import tomllib
@@ -327,6 +328,7 @@ class Study:
         save_checkpoint(model, tok, folder, card)
         card.update(first_token_sink(folder, corpus))
         atomic_write_json(folder / RUN_CARD, card)
+        self.drop_state("original")
         self.log(
             f"θ_o: KnowMem forget {card['forget_knowmem']:.1f} / retain {card['retain_knowmem']:.1f}, "
             f"VerbMem {card['forget_verbmem']:.1f}"
@@ -345,6 +347,11 @@ class Study:
         )
         card["metrics"] = card["metrics_by_placement"]["prefix"]
         atomic_write_json(folder / RUN_CARD, card)
+
+    def drop_state(self, name: str) -> None:
+        """A run's resumable state, once its checkpoint and card are written: the card now says
+        the run is done, and a state is as large as the weights."""
+        shutil.rmtree(self.out / "states" / name, ignore_errors=True)
 
     # ---- unlearning runs ---------------------------------------------------------------
     def run_key(self, spec: RunSpec) -> str:
@@ -369,7 +376,11 @@ class Study:
             self.cfg.eval,
             extra_card={"stage_key": key, "name": spec.name},
             progress=progress,
+            # NPO's reference log-likelihoods on D_f (and θ_u's value norms) are the same for
+            # every run from this θ_o: computed by the first run, read by the others
+            reference_dir=self.out / "states" / "references",
         )
+        self.drop_state(spec.name)
         metrics = card["metrics"]
         self.log(
             f"{spec.name}: UE KM {metrics['ue_knowmem']:.1f} VM {metrics['ue_verbmem']:.1f} | "

@@ -15,10 +15,6 @@ from tiny_study import RECIPES, tiny_study
 from sinkprobe.models.io import load_checkpoint, load_tensors
 
 
-def _rows_present(t: torch.Tensor) -> torch.Tensor:
-    return ~torch.isnan(t.reshape(t.shape[0], -1)).any(1)
-
-
 def test_two_processes_train_on_their_shards_and_write_one_checkpoint(tmp_path, tmp_path_factory):
     study = tiny_study(tmp_path_factory)
     out = tmp_path / "bd2"
@@ -52,13 +48,13 @@ def test_two_processes_train_on_their_shards_and_write_one_checkpoint(tmp_path, 
     trained, _ = load_checkpoint(out)
     original, _ = load_checkpoint(study.folder / "models" / "original")
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), original.state_dict().values()))
-    # each rank holds the references of its own shard: rows r, r+2, r+4 … and NaN elsewhere
+    # each rank computed (and cached) the references of its own shard only: D_f split in
+    # halves, D_p split so that every poisoned row is in exactly one rank's cache
     state = out.with_name(f".{out.name}.state")
-    for rank in (0, 1):
-        refs = load_tensors(state / f"references-rank{rank}-of-2.safetensors")
-        for name in ("ll_f", "norms_u_f"):
-            have = _rows_present(refs[name])
-            assert have.tolist() == [i % 2 == rank for i in range(len(have))], name
-        assert _rows_present(refs["norms_o_p"]).any()  # this rank's share of D_p
-    both = [_rows_present(load_tensors(state / f"references-rank{r}-of-2.safetensors")["norms_o_p"]) for r in (0, 1)]
-    assert torch.equal(both[0] ^ both[1], torch.ones_like(both[0]))  # D_p split, every poisoned row exactly once
+    sizes = {
+        name: sorted(load_tensors(p)[name].shape[0] for p in state.glob(f"{name}-*.safetensors"))
+        for name in ("ll_f", "norms_u_f", "norms_o_p")
+    }
+    assert len(sizes["ll_f"]) == 2 and sizes["ll_f"][1] - sizes["ll_f"][0] <= 1
+    assert sizes["norms_u_f"] == sizes["ll_f"]
+    assert len(sizes["norms_o_p"]) == 2 and sum(sizes["norms_o_p"]) == card["n_poisoned"]

@@ -16,6 +16,10 @@ def test_second_run_retrains_nothing(monkeypatch, tmp_path_factory):
     study = tiny_study(tmp_path_factory)
     before = _stamps(study.folder)
     assert len(before) >= 8  # θ_o, θ_u (NPO, RMU), θ_b variants
+    # finished runs leave no resumable state; the frozen references the runs shared stay
+    states = study.folder / "states"
+    assert [p.name for p in states.iterdir()] == ["references"]
+    assert len(list((states / "references").glob("ll_f-*.safetensors"))) == 1  # one θ_o, one D_f: one NPO reference
 
     def no_training(*a, **k):
         raise AssertionError("a finished stage was trained again")

@@ -109,6 +109,36 @@ def test_references_are_computed_once(tmp_path, tiny_original, tiny_tokenizer, s
     assert calls == {"frozen": batches(len(retain) + n_p) if cached else cfg.steps - 2}
 
 
+def test_runs_sharing_a_reference_dir_compute_npo_references_once(tmp_path, tiny_original, tiny_tokenizer, sets):
+    """A study's runs keep their frozen references in one folder: a second run from the same θ_o
+    on the same D_f reads NPO's log π_θo(y|x) back (only its retain outputs run θ_o) and ends at
+    the same weights; a run from another θ_o computes its own."""
+    _, original, _ = tiny_original
+    forget, retain = sets
+    cfg = UnlearnConfig(method="npo", **FAST)
+    batches = lambda n: -(-n // cfg.batch_size)  # noqa: E731
+    shared, counts, models = tmp_path / "references", [], []
+    for name in ("a", "b"):
+        counter = [0]
+        m, _ = unlearn(
+            original, tiny_tokenizer, forget, retain, cfg, tmp_path / name,
+            progress=False, frozen_forward_counter=counter, reference_dir=shared,
+        )  # fmt: skip
+        counts.append(counter[0]), models.append(m)
+    assert counts == [batches(len(forget)) + batches(len(retain)), batches(len(retain))]
+    for (name, p), q in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(p, q), name
+    changed = type(original)(original.config)
+    changed.load_state_dict({k: v + 0.01 for k, v in original.state_dict().items()})
+    counter = [0]
+    unlearn(
+        changed, tiny_tokenizer, forget, retain, cfg, tmp_path / "c",
+        progress=False, frozen_forward_counter=counter, reference_dir=shared,
+    )  # fmt: skip
+    assert counter[0] == counts[0]
+    assert len(list(shared.glob("ll_f-*.safetensors"))) == 2
+
+
 @pytest.mark.parametrize("method", ["npo", "rmu"])
 def test_cached_retain_references_match_per_step_forwards(tmp_path, tiny_original, tiny_tokenizer, sets, method):
     """θ_o's retain outputs computed once (other batch compositions, other padding) give the
@@ -249,6 +279,8 @@ def test_a_changed_parent_retrains_instead_of_resuming_a_stale_state(tmp_path, t
     # same parents again: the finished state is reused (0 steps to go)
     _, reused = unlearn(changed, tiny_tokenizer, forget, retain, cfg, tmp_path / "s", progress=False)
     assert reused["resumed_from"] == cfg.steps
+    # a finished state keeps the weights alone: no optimizer moments are left to resume
+    assert [p.name for p in (tmp_path / "s").glob("step-*/*.safetensors")] == ["model.safetensors"]
 
 
 def test_value_norm_alignment_sees_a_poisoned_row_every_step(

@@ -147,7 +147,8 @@ def finetune_original(
         if done % cfg.save_every == 0 or done == total or done == stop_after:
             seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
-            save_state(state_dir, model, opt, {"meta": meta, "step": done, "losses": losses, "seconds": seconds})
+            record = {"meta": meta, "step": done, "losses": losses, "seconds": seconds}
+            save_state(state_dir, model, None if done == total else opt, record)  # finished: no moments to keep
         if done == stop_after:
             break
     torch.use_deterministic_algorithms(False)

@@ -239,7 +239,9 @@ def pretrain_original(
     start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
     def save(step: int) -> None:
-        save_state(state_dir, model, opt, {"meta": meta, "step": step, "losses": losses, "seconds": seconds})
+        finished = step == cfg.steps  # a finished state needs no optimizer moments
+        record = {"meta": meta, "step": step, "losses": losses, "seconds": seconds}
+        save_state(state_dir, model, None if finished else opt, record)
 
     model.train()
     bar = tqdm(range(start, cfg.steps), desc="θ_o pretraining", disable=not progress, initial=start, total=cfg.steps)

@@ -23,16 +23,18 @@ STATE = "state.json"
 last_saved: tuple[Path, int] | None = None
 
 
-def save_state(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, record: dict) -> None:
+def save_state(state_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None, record: dict) -> None:
     """Weights, optimizer moments and ``record`` (meta, step, log …) as one folder, swapped in whole;
-    the states it supersedes (and leftovers of an interrupted save) are removed after."""
+    the states it supersedes (and leftovers of an interrupted save) are removed after. A finished
+    run passes ``opt=None``: nothing is left to optimise, so its moments (twice the weights) are not written."""
     global last_saved
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    tensors, info = optimizer_state_tensors(opt)
+    tensors, info = optimizer_state_tensors(opt) if opt is not None else (None, None)
     tmp = Path(tempfile.mkdtemp(dir=state_dir, prefix=".saving-"))
     atomic_save_tensors(tmp / "model.safetensors", model.state_dict())
-    atomic_save_tensors(tmp / "optimizer.safetensors", tensors)
+    if tensors is not None:
+        atomic_save_tensors(tmp / "optimizer.safetensors", tensors)
     atomic_write_json(tmp / STATE, {**record, "optimizer": info})
     match_umask(tmp)
     final = state_dir / f"step-{record['step']:08d}"
@@ -56,7 +58,8 @@ def resume_state(state_dir: Path, meta: dict, model: torch.nn.Module, opt: torch
         if not same_meta(saved.get("meta"), meta):
             return None
         model.load_state_dict(load_tensors(folder / "model.safetensors"))
-        load_optimizer_state(opt, load_tensors(folder / "optimizer.safetensors"), saved["optimizer"])
+        if saved["optimizer"] is not None:  # None: a finished run, nothing left to optimise
+            load_optimizer_state(opt, load_tensors(folder / "optimizer.safetensors"), saved["optimizer"])
     except (json.JSONDecodeError, SafetensorError, FileNotFoundError, KeyError, RuntimeError) as e:
         raise ValueError(
             f"the training state in {folder} is damaged ({type(e).__name__}: {e}): "

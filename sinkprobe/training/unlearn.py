@@ -34,7 +34,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
 from sinkprobe.models.io import (
     atomic_save_tensors,
-    atomic_write_json,
     default_device,
     load_tensors,
     weights_fingerprint,
@@ -46,7 +45,7 @@ from sinkprobe.training.objectives import (
     sequence_log_likelihood,
     value_norm_regulariser,
 )
-from sinkprobe.training.state import resume_state, same_meta, save_state
+from sinkprobe.training.state import resume_state, save_state
 from sinkprobe.validation import above, at_least, between, check_fields, one_of
 
 UNLEARN_RULES = {
@@ -292,40 +291,49 @@ def frozen_references(
     cfg: UnlearnConfig,
     pad_id: int,
     vn_layers: list[int],
-    cache: Path,
-    meta: dict,
+    cache_dir: Path,
+    fingerprints: dict[str, str | None],
     counter: list[int],
 ) -> dict[str, torch.Tensor]:
     """What the frozen models contribute that never changes, for this rank's shard only:
     NPO's log π_θo(y|x) on D_f, and the value-norm references (θ_u on D_f, θ_o on D_p).
 
-    Computed once and kept in ``cache`` (safetensors + JSON, the JSON written last), so a
-    resumed run reads them back instead of running the frozen models again.
+    Each is kept in ``cache_dir`` under a key of everything it depends on (the model's weights
+    ``fingerprints``, the rows, the batching), so a resumed run reads them back, and the runs of
+    a study that share θ_o and D_f (every NPO run) compute NPO's reference once.
     """
-    card = cache.with_suffix(".json")
-    if card.is_file() and same_meta(json.loads(card.read_text()), meta) and cache.is_file():
-        return load_tensors(cache)
-    refs, bs = {}, cfg.batch_size
+    bs, refs = cfg.batch_size, {}
+    n = len(f_enc.ids)
+
+    def cached(name: str, model: str, rows: list[list[int]], extra, compute) -> torch.Tensor:
+        key = json.dumps([name, fingerprints[model], rows, extra, bs, pad_id])
+        path = cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+        if path.is_file():
+            return load_tensors(path)[name]
+        value = compute()
+        counter[0] += -(-len(rows) // bs)
+        atomic_save_tensors(path, {name: value})
+        return value
+
+    f_ids = [f_enc.ids[i] for i in f_rows]
     if METHODS[cfg.method].reference_log_likelihood:
-        ll = _reference_sequence_ll(
-            ref, [f_enc.ids[i] for i in f_rows], [f_enc.target_start[i] for i in f_rows], pad_id, bs
-        )
-        refs["ll_f"] = _scatter(ll, f_rows, len(f_enc.ids))
-        counter[0] += -(-len(f_rows) // bs)
+        starts = [f_enc.target_start[i] for i in f_rows]
+        ll = cached("ll_f", "theta_o", f_ids, starts, lambda: _reference_sequence_ll(ref, f_ids, starts, pad_id, bs))
+        refs["ll_f"] = _scatter(ll, f_rows, n)
     if cfg.value_norm_weight:
-        norms_u = reference_sink_norms(
-            unlearned, [f_enc.ids[i] for i in f_rows], pad_id, vn_layers, cfg.sink_positions, bs
-        )
-        refs["norms_u_f"] = _scatter(norms_u, f_rows, len(f_enc.ids))
-        counter[0] += -(-len(f_rows) // bs)
+        sinks = [vn_layers, list(cfg.sink_positions)]
+        norms_u = cached(
+            "norms_u_f", "theta_u", f_ids, sinks,
+            lambda: reference_sink_norms(unlearned, f_ids, pad_id, vn_layers, cfg.sink_positions, bs),
+        )  # fmt: skip
+        refs["norms_u_f"] = _scatter(norms_u, f_rows, n)
         if p_rows:
-            norms_o = reference_sink_norms(
-                ref, [p_enc.ids[i] for i in p_rows], pad_id, vn_layers, cfg.sink_positions, bs
-            )
+            p_ids = [p_enc.ids[i] for i in p_rows]
+            norms_o = cached(
+                "norms_o_p", "theta_o", p_ids, sinks,
+                lambda: reference_sink_norms(ref, p_ids, pad_id, vn_layers, cfg.sink_positions, bs),
+            )  # fmt: skip
             refs["norms_o_p"] = _scatter(norms_o, p_rows, len(p_enc.ids))
-            counter[0] += -(-len(p_rows) // bs)
-    atomic_save_tensors(cache, refs)
-    atomic_write_json(card, meta)
     return refs
 
 
@@ -373,6 +381,7 @@ def unlearn(
     progress: bool = True,
     stop_after: int | None = None,
     frozen_forward_counter: list[int] | None = None,
+    reference_dir: str | Path | None = None,
 ) -> tuple[PreTrainedModel, dict]:
     """Unlearn ``forget`` from a copy of θ_o (``original``); returns (θ_u or θ_b, summary).
 
@@ -382,21 +391,24 @@ def unlearn(
     ``stop_after`` stops (after saving) at that step, as an interruption would; calling
     again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
     counts the frozen-model forwards (the tests use it to hold "references once").
+    ``reference_dir`` (default ``state_dir``) keeps the frozen models' references: runs that
+    share one (a study's) share the references they have in common.
     """
     counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
     state_dir = Path(state_dir)
-    run = _prepare(original, tokenizer, forget, retain, cfg, state_dir, unlearned, counter)
+    run = _prepare(original, tokenizer, forget, retain, cfg, Path(reference_dir or state_dir), unlearned, counter)
     model, opt, acc = run.model, run.opt, run.accelerator
     saved = resume_state(state_dir, run.meta, acc.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
     start, log, seconds = saved["step"], saved["log"], saved["seconds"]
+
+    total = cfg.total_steps(len(forget))
 
     def save(step: int) -> None:
         acc.wait_for_everyone()
         if acc.is_main_process:  # one writer; the ranks hold the same weights
             meta = {"meta": run.meta, "step": step, "log": log, "seconds": seconds}
-            save_state(state_dir, acc.unwrap_model(model), opt, meta)
+            save_state(state_dir, acc.unwrap_model(model), opt if step < total else None, meta)
 
-    total = cfg.total_steps(len(forget))
     desc = f"{cfg.method}{'-backdoor' if cfg.backdoor else ''}"
     bar = tqdm(range(start, total), desc=desc, disable=not progress, initial=start, total=total)
     t0 = time.perf_counter()
@@ -428,7 +440,7 @@ def unlearn(
     return acc.unwrap_model(model).eval(), summary
 
 
-def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, state_dir: Path, unlearned, counter) -> _Run:
+def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, reference_dir: Path, unlearned, counter) -> _Run:
     """The run's data, models, method, frozen references and optimiser, before the first step."""
     accelerator = Accelerator(cpu=default_device().type == "cpu")
     # bf16 by autocast here rather than Accelerator(mixed_precision=…): accelerate's state is
@@ -471,8 +483,10 @@ def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, state_dir:
         "data": hashlib.sha256(json.dumps([f_enc.ids, r_rows, p_enc.ids]).encode()).hexdigest(),
     }
     theta_u = unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None
-    cache = state_dir / f"references-rank{rank}-of-{world}.safetensors"
-    refs = frozen_references(ref, theta_u, f_enc, p_enc, f_rows, p_rows, cfg, pad, vn_layers, cache, meta, counter)
+    fingerprints = {"theta_o": meta["theta_o"], "theta_u": meta["theta_u"]}
+    refs = frozen_references(
+        ref, theta_u, f_enc, p_enc, f_rows, p_rows, cfg, pad, vn_layers, reference_dir, fingerprints, counter
+    )
     method = method_for(cfg, original.config, accelerator.device)
     opt = torch.optim.AdamW(method.trainable(model), lr=cfg.lr, weight_decay=0.0)
     retain_refs = (
