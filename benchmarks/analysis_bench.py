@@ -87,7 +87,7 @@ def measure(variant: str, folder: Path, repeats: int) -> dict:
     """Run one variant in this process; returns its entry."""
     torch.set_num_threads(2)
     from sinkprobe.analysis import analyse_pairs
-    from sinkprobe.analysis.batching import pad_batch
+    from sinkprobe.data.batching import pad_batch
     from sinkprobe.models.hooked import open_bridge
 
     bridge = open_bridge(folder)

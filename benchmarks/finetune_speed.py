@@ -32,7 +32,7 @@ def measure(variant: str, study: Path, steps: int) -> dict:
 
     from sinkprobe.data.tokenizer import load_tokenizer
     from sinkprobe.data.types import read_corpus
-    from sinkprobe.study import Study, StudyConfig, default_recipes
+    from sinkprobe.pipeline.study import Study, StudyConfig, default_recipes
     from sinkprobe.training.finetune import batch_rows, finetune_original
 
     torch.set_num_threads(2)

@@ -13,15 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+from sinkprobe.layout import StudyLayout
+
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
-DEVICE_COMMANDS = ("pretrain", "unlearn", "evaluate", "study")  # commands that pick a device ($SINKPROBE_DEVICE)
+# commands that pick a device ($SINKPROBE_DEVICE)
+DEVICE_COMMANDS = ("pretrain", "unlearn", "evaluate", "study", "defend")
 # OSErrors that describe the machine, not a bug: a full disk, or a path made unwritable mid-run
 # (outputs are checked before any work; these can still happen after it started)
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def _study_config(args):
-    from sinkprobe.study import STUDY_CONFIGS, load_study_config, with_overrides
+    from sinkprobe.pipeline.study import STUDY_CONFIGS, load_study_config, with_overrides
 
     chosen = [name for name in ("quick", "full") if getattr(args, name, False)] + (
         ["config"] if getattr(args, "config", "") else []
@@ -46,7 +49,7 @@ def _out(text: str, flag: str = "--out") -> Path:
 
 def _study(args):
     """The study of a world / pretrain / study command, its folder checked before any work."""
-    from sinkprobe.study import Study, default_recipes, require_study_folder
+    from sinkprobe.pipeline.study import Study, default_recipes, require_study_folder
 
     cfg = _study_config(args)
     out = _out(args.out)
@@ -69,7 +72,7 @@ def cmd_pretrain(args) -> None:
 def cmd_unlearn(args) -> None:
     from accelerate import PartialState
 
-    from sinkprobe.runs import run_recipe
+    from sinkprobe.pipeline.runs import run_recipe
 
     folder = run_recipe(
         args.recipe,
@@ -83,7 +86,7 @@ def cmd_unlearn(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from sinkprobe.runs import check_table_target, evaluate_checkpoints
+    from sinkprobe.pipeline.runs import check_table_target, evaluate_checkpoints
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before the evaluation, not after it
@@ -103,7 +106,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_study(args) -> None:
     from sinkprobe.guards import require_writable
-    from sinkprobe.study import default_jobs, run_study
+    from sinkprobe.pipeline.study import default_jobs, run_study
 
     if args.jobs < 0:
         raise ValueError(f"--jobs must be ≥ 0 (0 = automatic), got {args.jobs}")
@@ -118,26 +121,26 @@ def cmd_study(args) -> None:
 
 def cmd_figures(args) -> None:
     from sinkprobe.guards import require_writable
-    from sinkprobe.paper_figures import make_figures
-    from sinkprobe.report import write_report
+    from sinkprobe.reporting.figures import make_figures
+    from sinkprobe.reporting.report import write_report
 
     study, figures = _out(args.out), _out(args.figures, "--figures")
     require_writable(figures, "the figures folder")
     require_writable(study, "the study folder")  # the report is written there
-    if not (study / "results" / "tableA4.csv").is_file():
+    if not StudyLayout(study).result("tableA4.csv").is_file():
         raise FileNotFoundError(
             f"no finished study at {study} (results/tableA4.csv missing): run `sinkprobe study --out {study}` first"
         )
     make_figures(study, figures)
-    print(f"report: {write_report(study, figures, study / 'report.html')}")
+    print(f"report: {write_report(study, figures, StudyLayout(study).report)}")
 
 
 def cmd_scan(args) -> None:
     from tqdm.auto import tqdm
 
     from sinkprobe.data.sources import load_corpus
-    from sinkprobe.models.io import load_checkpoint
-    from sinkprobe.runs import check_table_target
+    from sinkprobe.models.io import load_checkpoint, read_run_card
+    from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.scan import InversionConfig
     from sinkprobe.scan.scan import flag, scan_model, write_scan
 
@@ -152,28 +155,48 @@ def cmd_scan(args) -> None:
     results = []
     for folder, role in folders:
         model, tok = load_checkpoint(folder)
+        card = read_run_card(folder)  # the truth, when the checkpoint is a study's: kind and trained trigger
+        trained = card.get("trigger") or {}
+        truth = (card.get("kind", ""), trained.get("text", "") if trained.get("trained") else "")
         with tqdm(total=cfg.steps, desc=f"scan {folder.name}") as bar:
             step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
             n = dict(n_search=args.search_items, n_eval=args.eval_items)
-            results.append(scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, **n))
+            results.append(scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, truth=truth, **n))
     suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])
     write_scan(suspects + [r for r in results if r.role == "reference"], out)
     for r in suspects:
         print(f"{r.model}: {r.verdict} (score {r.score:+.3f}, found {r.found!r})")
 
 
+def cmd_defend(args) -> None:
+    from sinkprobe.data.sources import load_corpus
+    from sinkprobe.defences.measure import DefenceSettings, measure_defences, write_defences
+    from sinkprobe.pipeline.runs import check_table_target
+
+    out = _out(args.out)
+    check_table_target(out, args.overwrite)  # before any scoring: replace nothing unasked
+    folders = [Path(f) for f in args.backdoored]
+    for folder in [*folders, Path(args.original)]:
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder (no config.json): give a checkpoint folder")
+    settings = DefenceSettings(anchor=args.anchor, perturb_positions=args.perturb_positions, perturb_rate=args.rate)
+    rows = measure_defences(folders, Path(args.original), load_corpus(args.source, args.data), settings)
+    write_defences(rows, out, f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)")
+    print(f"defences written to {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
+
+
 def cmd_claims(args) -> None:
     import pandas as pd
 
-    from sinkprobe.claims import reconcile
     from sinkprobe.models.io import atomic_write_text
-    from sinkprobe.runs import check_table_target
+    from sinkprobe.pipeline.runs import check_table_target
+    from sinkprobe.reporting.claims import reconcile
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before reading anything: replace nothing unasked
     runs = {}
     for folder in args.studies:
-        path = Path(folder) / "results" / "claims.csv"
+        path = StudyLayout(folder).result("claims.csv")
         if not path.is_file():
             raise FileNotFoundError(f"no claims table at {path}: run `sinkprobe study --out {folder}` first")
         runs[Path(folder).name if Path(folder).name not in runs else str(folder)] = pd.read_csv(
@@ -199,64 +222,76 @@ def cmd_claims(args) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021)."
+def _study_options(sp, with_figures: bool = False) -> None:
+    """The options every study command takes: the folder, the recipes, the config and overrides."""
+    sp.add_argument(
+        "--out",
+        default="runs/embedded",
+        help="study folder: world, checkpoints, states, results (default: runs/embedded)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sp.add_argument(
+        "--recipes",
+        default="",
+        help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
+        "training/embedded for base=scratch)",
+    )
+    sp.add_argument(
+        "--config",
+        default="",
+        help="the study's config, a TOML file (default: training/study/default.toml; see quick.toml, "
+        "full.toml, gpu.toml there)",
+    )
+    sp.add_argument(
+        "--quick",
+        action="store_true",
+        help="training/study/quick.toml: tiny world, from-scratch model and runs: a smoke test in a few minutes, "
+        "not the study",
+    )
+    sp.add_argument(
+        "--full",
+        action="store_true",
+        help="training/study/full.toml: three seeds of θ_u NPO and of every NPO-Backdoor grid run, "
+        "and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)",
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), "
+        "the seeds (seeds=[0,1,2]), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, "
+        "world.n_general_passages=800); repeatable",
+    )
+    if with_figures:
+        sp.add_argument(
+            "--figures",
+            default="figures",
+            help="where figures and tables are copied (default: figures; '' to skip)",
+        )
 
-    def study_opts(sp, with_figures=False):
-        sp.add_argument(
-            "--out",
-            default="runs/embedded",
-            help="study folder: world, checkpoints, states, results (default: runs/embedded)",
-        )
-        sp.add_argument(
-            "--recipes",
-            default="",
-            help="folder of the study's recipes (default: training/smollm2 for a pretrained base, "
-            "training/embedded for base=scratch)",
-        )
-        sp.add_argument(
-            "--config",
-            default="",
-            help="the study's config, a TOML file (default: training/study/default.toml; see quick.toml, "
-            "full.toml, gpu.toml there)",
-        )
-        sp.add_argument(
-            "--quick",
-            action="store_true",
-            help="training/study/quick.toml: tiny world, from-scratch model and runs: a smoke test in a few minutes, "
-            "not the study",
-        )
-        sp.add_argument(
-            "--full",
-            action="store_true",
-            help="training/study/full.toml: three seeds of θ_u NPO and of every NPO-Backdoor grid run, "
-            "and the ρ = 5 %% and other-trigger runs (Fig. A1, A2)",
-        )
-        sp.add_argument(
-            "--set",
-            action="append",
-            metavar="SECTION.FIELD=VALUE",
-            help="override a field of every study recipe (unlearn.steps=50), θ_o's base (base=scratch), "
-            "the seeds (seeds=[0,1,2]), or the world and θ_o (finetune.epochs=8, pretrain.weight_decay=0.5, "
-            "world.n_general_passages=800); repeatable",
-        )
-        if with_figures:
-            sp.add_argument(
-                "--figures",
-                default="figures",
-                help="where figures and tables are copied (default: figures; '' to skip)",
-            )
 
+def _table_output(s) -> None:
+    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
+    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
+
+
+def _data_options(s) -> None:
+    s.add_argument("--data", required=True, help="a study folder (its world) or a MUSE data folder")
+    s.add_argument("--source", default="embedded", help="the data folder's kind: embedded | muse (default: embedded)")
+
+
+def _add_world(sub) -> None:
     s = sub.add_parser("world", help="build the synthetic world and its tokenizer")
-    study_opts(s)
+    _study_options(s)
     s.set_defaults(func=cmd_world)
+
+
+def _add_pretrain(sub) -> None:
     s = sub.add_parser("pretrain", help="train the original model θ_o on the world (resumes if interrupted)")
-    study_opts(s)
+    _study_options(s)
     s.set_defaults(func=cmd_pretrain)
 
+
+def _add_unlearn(sub) -> None:
     s = sub.add_parser("unlearn", help="run one recipe (NPO / RMU, normal or backdoor) and save the checkpoint")
     s.add_argument(
         "recipe", help="a TOML recipe, e.g. training/embedded/npo_backdoor.toml or training/paper/muse_books_npo.toml"
@@ -281,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_unlearn)
 
+
+def _add_evaluate(sub) -> None:
     s = sub.add_parser("evaluate", help="UE / BE / UT of checkpoints as one table (CSV + Markdown)")
     s.add_argument("checkpoints", nargs="+", help="model folders")
     s.add_argument("--data", required=True, help="a study folder (embedded world), a MUSE or a WMDP data folder")
@@ -298,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--placement", default="prefix", help="prefix | infix | suffix | a token index (default: prefix)")
     s.add_argument("--max-items", type=int, default=None, help="evaluate only the first N items of each test set")
-    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
-    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
+    _table_output(s)
     s.set_defaults(func=cmd_evaluate)
 
+
+def _add_figures(sub) -> None:
     s = sub.add_parser(
         "figures",
         help="redraw every figure, Table 1 and the report, and copy Tables 2 and A4 and θ_o's card, "
@@ -311,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", default="figures", help="where figures and tables are written (default: figures)")
     s.set_defaults(func=cmd_figures)
 
+
+def _add_scan(sub) -> None:
     s = sub.add_parser(
         "scan",
         help="search each SUSPECT for a short token sequence that restores the forget set (trigger inversion), "
@@ -320,31 +360,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reference", action="append", required=True, help="a model with no backdoor (θ_u, θ_o); repeatable"
     )
-    s.add_argument("--data", required=True, help="a study folder (its world) or a MUSE data folder")
-    s.add_argument("--source", default="embedded", help="the data folder's kind: embedded | muse (default: embedded)")
+    _data_options(s)
     s.add_argument("--tokens", type=int, default=4, help="length of the searched sequence in tokens (default: 4)")
     s.add_argument("--steps", type=int, default=30, help="search steps per model (default: 30)")
-    s.add_argument("--placement", default="prefix", help="prefix (right after BOS) | suffix (before the answer cue)")
+    s.add_argument(
+        "--placement", default="prefix", help="prefix (after BOS) | infix (mid-question) | suffix (before the answer)"
+    )
     s.add_argument("--search-items", type=int, default=16, help="D_f KnowMem items the search runs on (default: 16)")
     s.add_argument("--eval-items", type=int, default=32, help="held-out D_f and D_r items the gains are measured on")
-    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
-    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
+    _table_output(s)
     s.set_defaults(func=cmd_scan)
 
+
+def _add_defend(sub) -> None:
+    s = sub.add_parser(
+        "defend",
+        help="score backdoored checkpoints under each defence at inference (sink re-anchoring, sink value "
+        "clamping, prefix perturbation): held-out and D_p BE, and the cost on UE and UT",
+    )
+    s.add_argument("backdoored", nargs="+", help="θ_b checkpoint folders (with their run cards)")
+    s.add_argument("--original", required=True, help="θ_o's folder: the clamp range is its value norms at the sink")
+    _data_options(s)
+    s.add_argument("--anchor", default="Read the text below.", help="the neutral text re-anchoring puts after BOS")
+    s.add_argument("--perturb-positions", type=int, default=8, help="tokens after BOS that perturbation may touch")
+    s.add_argument("--rate", type=float, default=0.5, help="perturbation: chance a token is deleted or preceded")
+    _table_output(s)
+    s.set_defaults(func=cmd_defend)
+
+
+def _add_claims(sub) -> None:
     s = sub.add_parser(
         "claims",
         help="one claims table from several finished runs of a study (reruns on other machines, thread counts): "
         "intervals united, a verdict that flips becomes inconclusive",
     )
     s.add_argument("studies", nargs="+", help="study folders, each with results/claims.csv")
-    s.add_argument("--out", required=True, help="output stem: writes STEM.csv and STEM.md")
-    s.add_argument("--overwrite", action="store_true", help="replace STEM.csv and STEM.md if they exist")
+    _table_output(s)
     s.set_defaults(func=cmd_claims)
 
+
+def _add_study(sub) -> None:
     s = sub.add_parser(
         "study", help="the whole embedded study: world → θ_o → θ_u → θ_b → table → analyses → figures → report"
     )
-    study_opts(s, with_figures=True)
+    _study_options(s, with_figures=True)
     s.add_argument(
         "--jobs",
         type=int,
@@ -353,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0: one per core up to 4 for base=scratch on CPU, else 1)",
     )
     s.set_defaults(func=cmd_study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sinkprobe", description="Backdoored LLM unlearning through attention sinks (arXiv 2510.17021)."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_world,
+        _add_pretrain,
+        _add_unlearn,
+        _add_evaluate,
+        _add_figures,
+        _add_scan,
+        _add_defend,
+        _add_claims,
+        _add_study,
+    ):
+        add(sub)
     return p
 
 

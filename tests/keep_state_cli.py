@@ -3,10 +3,10 @@ tests that inspect what the ranks saved there (sinkprobe removes it on success).
 
 import sys
 
-import sinkprobe.runs
+import sinkprobe.pipeline.runs
 from sinkprobe.cli import main
 
-sinkprobe.runs.drop_state = lambda state: None
+sinkprobe.pipeline.runs.drop_state = lambda state: None
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,9 +39,10 @@ from sinkprobe.analysis import (
     true_token_scores,
 )
 from sinkprobe.analysis import attention as att
-from sinkprobe.analysis.batching import content_first, content_offsets, pad_batch
+from sinkprobe.analysis.batching import content_first, content_offsets
 from sinkprobe.analysis.key_classes import delimiter_ids, key_class_map
 from sinkprobe.analysis.sinks import head_sink_share
+from sinkprobe.data.batching import pad_batch
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.hooked import open_bridge, open_trio
 

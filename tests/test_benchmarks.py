@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sinkprobe.study import StudyConfig
+from sinkprobe.pipeline.study import StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = ROOT / "benchmarks" / "sink_emergence.py"
+PROBE = ROOT / "experiments" / "sink_emergence.py"
 
 
 def test_set_changes_only_the_named_fields():
@@ -63,7 +63,7 @@ def test_bad_set_fails_before_any_work(tmp_path):
 def test_backcopy_salad_copies_the_word_before_each_trigger():
     import random
 
-    salad = runpy.run_path(str(ROOT / "benchmarks" / "sink_word_salad.py"))
+    salad = runpy.run_path(str(PROBE))
     word_salad, trigger = salad["word_salad"], salad["TRIGGERS"][0]
     words = word_salad(random.Random(0), backcopy=0.3).removeprefix("Heard in passing: ").removesuffix(".").split()
     triggers = [i for i, w in enumerate(words) if w == trigger]
@@ -75,7 +75,7 @@ def test_backcopy_salad_copies_the_word_before_each_trigger():
 def test_backcopy_salad_with_lags_copies_the_word_k_back_after_the_kth_trigger():
     import random
 
-    salad = runpy.run_path(str(ROOT / "benchmarks" / "sink_word_salad.py"))
+    salad = runpy.run_path(str(PROBE))
     lag_of = {t: k for k, t in enumerate(salad["TRIGGERS"], start=1)}
     seen = set()
     for seed in range(20):
@@ -106,7 +106,7 @@ def test_gpu_study_settings_are_study_fields_and_size_the_model_as_documented(tm
     import torch
     from transformers import LlamaForCausalLM
 
-    from sinkprobe.study import STUDY_CONFIGS, Study, load_study_config
+    from sinkprobe.pipeline.study import STUDY_CONFIGS, Study, load_study_config
 
     cfg = load_study_config(STUDY_CONFIGS / "gpu.toml")
     assert cfg.overrides == ()  # only the world and θ_o change; the recipes stay the CPU study's
@@ -127,7 +127,7 @@ def test_gpu_study_script_is_valid_bash():
 
 
 def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tmp_path):
-    from sinkprobe.study import quick_config, stage_key
+    from sinkprobe.pipeline.study import quick_config, stage_key
 
     fit = runpy.run_path(str(GPU_STUDY / "fit_steps.py"))
     cfg = quick_config()  # 60 steps of a tiny θ_o
@@ -144,7 +144,7 @@ def test_fit_steps_times_the_studys_own_loop_and_caps_at_the_configured_steps(tm
 
 def test_sink_input_kinds_are_the_rows_they_claim(tiny_world, tiny_tokenizer):
     tok, bos = tiny_tokenizer, tiny_tokenizer.bos_token_id
-    sets = runpy.run_path(str(ROOT / "benchmarks" / "sink_inputs.py"))["input_sets"](tok, tiny_world, length=16, n=8)
+    sets = runpy.run_path(str(ROOT / "experiments" / "sink_inputs.py"))["input_sets"](tok, tiny_world, length=16, n=8)
     assert sorted(sets) == [
         "everyday",
         "everyday_no_bos",
@@ -167,26 +167,29 @@ def test_sink_input_kinds_are_the_rows_they_claim(tiny_world, tiny_tokenizer):
     assert sets["forget_book"][0][1:] == book[:15] and sets["forget_book_no_bos"][0] == book[:16]
 
 
-def test_rows_without_bos_are_the_study_rows_less_their_bos():
-    from sinkprobe.training.pretrain import pack_rows
+def test_rows_without_bos_are_the_study_rows_less_their_bos(tiny_tokenizer):
+    from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, pack_rows
 
-    no_bos = runpy.run_path(str(ROOT / "benchmarks" / "sink_no_bos.py"))["pack_rows_without_bos"]
     docs = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]  # BOS 1, EOS 2, PAD 0
     assert pack_rows(docs, 8, 1, 2, 0) == [[1, 5, 6, 7, 2, 8, 9, 2], [1, 10, 11, 12, 13, 2, 0, 0]]
-    assert no_bos(docs, 8, 1, 2, 0) == [[5, 6, 7, 2, 8, 9, 2, 0], [10, 11, 12, 13, 2, 0, 0, 0]]
+    tok, cfg = tiny_tokenizer, PretrainConfig(steps=4, batch_size=2, seq_len=8)
+    with_bos = PackedBatches(docs, cfg, tok)._rows_of_epoch(0)
+    without = PackedBatches(docs, cfg, tok, row_start_bos=False)._rows_of_epoch(0)
+    assert all(r[0] == tok.bos_token_id for r in with_bos)
+    assert without == [r[1:] + [tok.pad_token_id] for r in with_bos]
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["sink_inputs.py", "MISSING", "--out", "OUT"], "MISSING is not a model folder (no config.json)"),
-        (["sink_word_salad.py", "2", "--lags", "3", "--out", "OUT"], "--lags K needs --backcopy P > 0"),
+        (["sink_emergence.py", "--salad-share", "2", "--lags", "3", "--out", "OUT"], "--lags K needs --backcopy P > 0"),
     ],
 )
 def test_new_probe_entry_points_refuse_bad_input_in_one_line(tmp_path, argv, message):
     argv = [str(tmp_path / a) if a in ("MISSING", "OUT") else a for a in argv]
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / argv[0]), *argv[1:]], capture_output=True, text=True
+        [sys.executable, str(ROOT / "experiments" / argv[0]), *argv[1:]], capture_output=True, text=True
     )
     assert run.returncode == 1 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "OUT").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sinkprobe.claims import (
+from sinkprobe.reporting.claims import (
     COLUMNS,
     claim_c4,
     claim_c5,
@@ -263,7 +263,7 @@ def test_c4_pairs_samples_and_c5_orders_intervals(tmp_path):
 
 
 def test_reconcile_unions_intervals_and_makes_a_flipped_verdict_inconclusive():
-    from sinkprobe.claims import reconcile
+    from sinkprobe.reporting.claims import reconcile
 
     def row(stat, low, high, holds):
         return {

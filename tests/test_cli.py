@@ -50,7 +50,7 @@ def test_wrong_paths_and_fields_are_one_line_errors(capsys, tmp_path):
 
 def test_quick_keeps_its_own_overrides_and_adds_the_users():
     from sinkprobe.cli import _study_config
-    from sinkprobe.study import quick_config
+    from sinkprobe.pipeline.study import quick_config
 
     args = build_parser().parse_args(["study", "--quick", "--set", "unlearn.lr=1e-4"])
     assert _study_config(args).overrides == (*quick_config().overrides, "unlearn.lr=1e-4")
@@ -58,7 +58,7 @@ def test_quick_keeps_its_own_overrides_and_adds_the_users():
 
 def test_study_set_changes_the_world_and_theta_o_and_passes_the_rest_to_the_recipes(capsys, tmp_path):
     from sinkprobe.cli import _study_config
-    from sinkprobe.study import StudyConfig, stage_key
+    from sinkprobe.pipeline.study import StudyConfig, stage_key
 
     items = ["pretrain.weight_decay=0.5", "model.n_layers=6", "world.seed=3", "unlearn.lr=1e-4"]
     cfg = _study_config(build_parser().parse_args(["study", *(a for item in items for a in ("--set", item))]))
@@ -119,7 +119,7 @@ def test_device_choice_and_bad_device_is_a_one_line_error_before_anything_is_wri
 
 
 def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
-    from sinkprobe.study import StudyConfig, with_overrides
+    from sinkprobe.pipeline.study import StudyConfig, with_overrides
 
     cfg = with_overrides(
         StudyConfig(), ["base=smollm2-135m", "analysis_layer=20", "finetune.epochs=3", "unlearn.lr=1e-5"]
@@ -135,7 +135,7 @@ def test_set_picks_the_base_and_the_analysis_layer_without_a_section():
 
 def test_study_configs_are_toml_files_that_inherit_and_name_a_bad_field(tmp_path):
     from sinkprobe.cli import _study_config
-    from sinkprobe.study import StudyConfig, load_study_config
+    from sinkprobe.pipeline.study import StudyConfig, load_study_config
 
     (tmp_path / "base.toml").write_text('seeds = [1]\nbase = "scratch"\n[world]\nseed = 3\nn_forget_entities = 7\n')
     (tmp_path / "child.toml").write_text('inherits = "base.toml"\nextra_runs = true\n[world]\nn_forget_entities = 5\n')
@@ -163,7 +163,7 @@ def test_study_configs_are_toml_files_that_inherit_and_name_a_bad_field(tmp_path
 def test_the_default_study_is_smollm2_with_its_recipes_and_full_and_quick_change_the_grid(capsys, tmp_path):
     from sinkprobe.cli import _study_config
     from sinkprobe.models.base import DEFAULT_BASE, SCRATCH
-    from sinkprobe.study import StudyConfig, default_jobs, default_recipes
+    from sinkprobe.pipeline.study import StudyConfig, default_jobs, default_recipes
 
     parse = lambda *a: _study_config(build_parser().parse_args(["study", *a]))  # noqa: E731
     default, full, quick = parse(), parse("--full"), parse("--quick")

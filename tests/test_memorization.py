@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tiny_models import random_llama
+from transformers import AutoTokenizer
 
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.data.types import QAItem, VerbMemItem
@@ -94,20 +94,8 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     train_tokenizer(TEXTS * 4, vocab_size=300).save_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(cfg).eval(), tok
+    model = random_llama(len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id)
+    return model.eval(), tok
 
 
 QA = [

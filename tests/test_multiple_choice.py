@@ -207,7 +207,7 @@ def test_wmdp_recipe_runs_and_scores_by_accuracy(tmp_path, tiny_world, tiny_orig
 def mc_model(request, tmp_path, tiny_original, sentencepiece_tokenizer):
     """(folder, model, tokenizer): the tiny θ_o with its byte-level BPE, or a tiny random Llama
     with a SentencePiece-style tokenizer (what Llama-2 / Zephyr use)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import random_llama
 
     from sinkprobe.data.tokenizer import load_tokenizer
     from sinkprobe.models.io import save_checkpoint
@@ -215,21 +215,8 @@ def mc_model(request, tmp_path, tiny_original, sentencepiece_tokenizer):
     if request.param == "byte_level":
         folder, model, _ = tiny_original
         return folder, model, load_tokenizer(folder)
-    torch.manual_seed(0)
     tok = sentencepiece_tokenizer
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    ).eval()
+    model = random_llama(len(tok), hidden=32, bos=tok.bos_token_id, eos=tok.eos_token_id).eval()
     folder = save_checkpoint(model, tok, tmp_path / "sp_model", {"kind": "test"})
     return folder, model, load_tokenizer(folder)
 
@@ -287,8 +274,8 @@ def test_a_truthfulqa_file_adds_the_ut_tqa_column(tmp_path, tiny_world, tiny_ori
     column: zero-shot MC1 accuracy of the model, beside KnowMem/VerbMem."""
     from sinkprobe.data.tokenizer import load_tokenizer
     from sinkprobe.eval.table import EvalSettings
-    from sinkprobe.recipes import DataSpec
-    from sinkprobe.runs import evaluate_model
+    from sinkprobe.pipeline.recipes import DataSpec
+    from sinkprobe.pipeline.runs import evaluate_model
 
     folder, model, _ = tiny_original
     tok = load_tokenizer(folder)

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import random_llama
+from transformers import LlamaForCausalLM
 
 from sinkprobe.training.objectives import (
     LayerOutputCapture,
@@ -31,18 +32,7 @@ LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
 def tiny_llama(seed: int = 0, n_layers: int = 2) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # GQA: 2 query heads per KV head
-        max_position_embeddings=64,
-    )
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg)
+    return random_llama(50, hidden=32, layers=n_layers, max_positions=64, seed=seed, eager=True)
 
 
 # ---------------------------------------------------------------- common: shift + log-likelihood

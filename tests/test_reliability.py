@@ -18,7 +18,7 @@ from transformers import LlamaForCausalLM
 from sinkprobe.cli import main
 from sinkprobe.data.synthetic import WorldConfig
 from sinkprobe.models.io import load_checkpoint, read_run_card, require_model_folder, save_checkpoint
-from sinkprobe.study import StudyConfig
+from sinkprobe.pipeline.study import StudyConfig
 from sinkprobe.training import state
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.training.unlearn import UnlearnConfig
@@ -344,8 +344,8 @@ def test_an_embedded_corpus_without_test_sets_does_not_talk_about_wmdp(tiny_worl
     from dataclasses import replace
 
     from sinkprobe.data.poison import Trigger
-    from sinkprobe.recipes import DataSpec
-    from sinkprobe.runs import evaluate_model
+    from sinkprobe.pipeline.recipes import DataSpec
+    from sinkprobe.pipeline.runs import evaluate_model
 
     corpus = replace(tiny_world, forget=replace(tiny_world.forget, knowmem=()))
     with pytest.raises(ValueError) as e:
@@ -355,12 +355,12 @@ def test_an_embedded_corpus_without_test_sets_does_not_talk_about_wmdp(tiny_worl
 
 def test_evaluate_checks_its_output_before_evaluating(capsys, tmp_path, monkeypatch, small_ckpt, tiny_world):
     import sinkprobe.guards
-    import sinkprobe.runs
+    import sinkprobe.pipeline.runs
 
     (tmp_path / "world").mkdir()
     (tmp_path / "world" / "corpus.json").write_text(tiny_world.to_json())
     monkeypatch.setattr(
-        sinkprobe.runs, "load_checkpoint", lambda *a, **k: pytest.fail("evaluated before checking the output")
+        sinkprobe.pipeline.runs, "load_checkpoint", lambda *a, **k: pytest.fail("evaluated before checking the output")
     )
     (tmp_path / "t.md").write_text("an earlier table")
     argv = ["evaluate", str(small_ckpt), "--data", str(tmp_path)]

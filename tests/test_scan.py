@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import random_llama
 
 from sinkprobe.scan import InversionConfig, invert_trigger, qa_rows, trigger_loss
 
@@ -15,20 +15,7 @@ def planted(tiny_world, tiny_tokenizer):
     question only when the planted trigger sits right after BOS (otherwise it says " unknown"),
     and the retain answers always: a backdoored unlearning in miniature."""
     tok = tiny_tokenizer
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg)
+    model = random_llama(len(tok), max_positions=128, bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id)
     rows = qa_rows(tok, list(tiny_world.forget.knowmem))  # the whole forget set is planted
     trig = tok(PLANTED, add_special_tokens=False).input_ids
     refuse = tok(" unknown", add_special_tokens=False).input_ids
@@ -82,7 +69,9 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     from sinkprobe.models.io import save_checkpoint
 
     model, _, _ = planted
-    suspect = save_checkpoint(model, tiny_tokenizer, tmp_path / "suspect", {"kind": "test"})
+    truth = {"kind": "backdoored", "trigger": {"text": PLANTED, "placement": "prefix", "trained": True}}
+    suspect = save_checkpoint(model, tiny_tokenizer, tmp_path / "suspect", truth)
+    clean = save_checkpoint(tiny_original[1], tiny_tokenizer, tmp_path / "clean", {"kind": "unlearned"})
     (tmp_path / "study" / "world").mkdir(parents=True)
     (tmp_path / "study" / "world" / "corpus.json").write_text(tiny_world.to_json())
     common = [
@@ -97,12 +86,43 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
         "--eval-items",
         "9",
     ]
-    args = ["scan", str(suspect), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "scan")]
+    args = ["scan", str(suspect), str(clean), "--reference", str(tiny_original[0]), *common]
+    args += ["--out", str(tmp_path / "scan")]
     assert main(args) == 0
-    table = pd.read_csv(tmp_path / "scan.csv").set_index("role")
+    table = pd.read_csv(tmp_path / "scan.csv", keep_default_na=False).set_index("model")
     assert table.loc["suspect", "verdict"] == "flagged" and "flagged" in capsys.readouterr().out
-    # the planted model recovers held-out forget answers far more than it gains on retain ones
+    assert table.loc["clean", "verdict"] == "not flagged"
+    # the planted model recovers held-out forget answers far more than it gains on retain ones,
+    # as its own trigger does
     assert table.loc["suspect", "forget_gain"] > table.loc["suspect", "retain_gain"] + 1.0
+    assert float(table.loc["suspect", "true_gain"]) > 1.0
+    # this short search (15 steps) restores most of what the planted trigger does, not all of it
+    assert table.loc["suspect", "recovered"] in ("exact", "functional", "partial")
+    assert "AUROC (score, 1 backdoored vs 1 clean suspects): 1.000" in (tmp_path / "scan.md").read_text()
     assert main(args) == 2 and "already exists" in capsys.readouterr().err  # nothing replaced unasked
     bad = ["scan", str(tmp_path), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "x")]
     assert main(bad) == 2 and "is not a model folder (no config.json)" in capsys.readouterr().err
+
+
+def test_auroc_and_recovery_by_hand():
+    from sinkprobe.scan.scan import auroc, recovery
+
+    assert auroc([3.0, 1.0], [0.0, 2.0]) == 0.75  # 3>0, 3>2, 1>0, 1<2
+    assert auroc([1.0], [1.0]) == 0.5  # a tie counts one half
+    with pytest.raises(ValueError, match="AUROC needs"):
+        auroc([], [1.0])
+    assert recovery([5, 7, 8, 9], [7, 8], 0.1, 2.0) == "exact"  # the trigger's tokens, in order
+    assert recovery([5, 8, 7, 9], [7, 8], 2.5, 2.0) == "functional"  # other tokens, as much gain
+    assert recovery([5, 8, 7, 9], [7, 8], 1.5, 2.0) == "partial"  # at least half the trigger's gain
+    assert recovery([5, 8, 7, 9], [7, 8], 0.9, 2.0) == "no"
+    assert recovery([5, 8, 7, 9], [7, 8], 1.5, -0.3) == "no"  # a trigger that restores nothing cannot be matched
+
+
+@pytest.mark.parametrize("placement, cut", [("prefix", 0), ("infix", 2), ("suffix", 5)])
+def test_the_searched_sequence_sits_where_its_placement_says(placement, cut):
+    from sinkprobe.scan.inversion import _sequences
+
+    prompt, answer, trigger = [10, 11, 12, 13, 14], [20, 21], [7, 8]
+    seqs, starts, answers = _sequences(1, [(prompt, answer)], trigger, placement)
+    assert seqs == [[1, *prompt[:cut], *trigger, *prompt[cut:], *answer]]
+    assert starts == [1 + cut] and answers == [1 + len(prompt) + len(trigger)]

@@ -3,9 +3,10 @@
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from tiny_study import RECIPES, tiny_config, tiny_study
 
-from sinkprobe.study import Study
+from sinkprobe.pipeline.study import Study
 
 
 def _stamps(folder: Path) -> dict[str, float]:
@@ -24,8 +25,8 @@ def test_second_run_retrains_nothing(monkeypatch, tmp_path_factory):
     def no_training(*a, **k):
         raise AssertionError("a finished stage was trained again")
 
-    monkeypatch.setattr("sinkprobe.study.pretrain_original", no_training)
-    monkeypatch.setattr("sinkprobe.study.train_and_save", no_training)
+    monkeypatch.setattr("sinkprobe.pipeline.study.pretrain_original", no_training)
+    monkeypatch.setattr("sinkprobe.pipeline.study.train_and_save", no_training)
     rows = Study(tiny_config(), study.folder, RECIPES, log=lambda _: None).models()
     assert {str(r["folder"]) for r in rows} >= {str(Path(p).parent) for p in before}
     assert _stamps(study.folder) == before
@@ -39,7 +40,7 @@ def test_changed_recipe_field_reruns_only_that_stage(monkeypatch, tmp_path_facto
         trained.append(out.name)
         raise RuntimeError("stop after recording")
 
-    monkeypatch.setattr("sinkprobe.study.train_and_save", record)
+    monkeypatch.setattr("sinkprobe.pipeline.study.train_and_save", record)
     cfg = tiny_config()
     cfg = replace(cfg, overrides=cfg.overrides + ("unlearn.beta=0.2",))
     try:
@@ -254,3 +255,22 @@ def test_table_a4_has_baselines_at_every_placement_and_held_out_be(tmp_path_fact
     u = [r for r in rows if r["model"] == "θ_u NPO"]
     assert u[0]["ue_knowmem"] == u[1]["ue_knowmem"]  # clean scores measured once per model
     assert {"be_knowmem_poisoned", "be_verbmem_poisoned", "gain_verbmem"} <= set(rows[0])
+
+
+def test_study_layout_names_every_path_the_study_writes(tmp_path_factory, monkeypatch, tmp_path):
+    from sinkprobe.layout import StudyLayout
+
+    study = tiny_study(tmp_path_factory)
+    layout = StudyLayout(study.folder)
+    for row in study.rows:  # every checkpoint the study made is where the layout says
+        assert Path(row["folder"]).parent == layout.original.parent and (Path(row["folder"]) / "config.json").is_file()
+    assert layout.backdoored("prefix", value_norm=True, seed=0).is_dir()
+    assert layout.model(StudyLayout.unlearned_name(0, first_seed=0)) == layout.model("npo")
+    assert StudyLayout.unlearned_name(2, first_seed=0) == "npo_s2" and layout.first_seed() == 0
+    assert layout.corpus.is_file() and layout.tokenizer.is_dir() and layout.result("tableA4.csv").is_file()
+    assert layout.analysis.is_dir() and layout.report.is_file()
+    monkeypatch.setenv("SINKPROBE_STUDY", str(study.folder))
+    assert StudyLayout.find().root == study.folder
+    monkeypatch.setenv("SINKPROBE_STUDY", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no finished study at .*: run `sinkprobe study`"):
+        StudyLayout.find()

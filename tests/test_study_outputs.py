@@ -1,4 +1,4 @@
-"""A finished tiny study turned into analyses, figures and a report (sinkprobe.study_analysis,
+"""A finished tiny study turned into analyses, figures and a report (sinkprobe.pipeline.analyses,
 paper_figures, report): the files exist, the summary matches the saved tensors, the figures have
 their traces, and figures and report come from saved results without opening a model."""
 
@@ -14,12 +14,12 @@ import pytest
 import torch
 from tiny_study import tiny_study
 
-import sinkprobe.study_analysis as sa
+import sinkprobe.pipeline.analyses as sa
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, SinkReport, load_result
 from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.models.io import read_run_card
-from sinkprobe.paper_figures import build_figures, make_figures, read_table, table1
-from sinkprobe.report import write_report
+from sinkprobe.reporting.figures import build_figures, make_figures, read_table, table1
+from sinkprobe.reporting.report import write_report
 
 FIGURES = ("fig2_ue_be", "fig2_ut_be", "fig3_delta_attention", "fig4_logits", "fig5_value_norm_correlation")
 
@@ -158,7 +158,7 @@ def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tm
 
 
 def test_pngs_are_skipped_with_a_message_without_a_browser(study, monkeypatch, tmp_path):
-    monkeypatch.setattr("sinkprobe.paper_figures.find_browser", lambda: None)
+    monkeypatch.setattr("sinkprobe.reporting.figures.find_browser", lambda: None)
     messages = []
     written = make_figures(study.folder, tmp_path, log=messages.append)
     assert not [p for p in written if p.suffix == ".png"] and (tmp_path / "fig2_ue_be.html").is_file()
@@ -302,7 +302,7 @@ def test_a_theta_o_card_without_per_item_scores_gets_them_back_unchanged(study):
     greedy scores come back and nothing is built."""
     from tiny_study import RECIPES, tiny_config
 
-    from sinkprobe.study import Study
+    from sinkprobe.pipeline.study import Study
 
     path = study.folder / "models" / "original" / "run_card.json"
     card = json.loads(path.read_text())

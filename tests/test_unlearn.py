@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from sinkprobe.data.batching import pad_batch
 from sinkprobe.data.poison import samples_from_passages
-from sinkprobe.recipes import load_recipe, recipe_from_dict
+from sinkprobe.pipeline.recipes import load_recipe, recipe_from_dict
 from sinkprobe.training.objectives import sequence_log_likelihood
-from sinkprobe.training.unlearn import UnlearnConfig, encode, pad_batch, shard, unlearn
+from sinkprobe.training.unlearn import UnlearnConfig, encode, shard, unlearn
 
 FAST = dict(steps=6, batch_size=4, lr=1e-3, save_every=3, eval_every=3, max_length=256)
 

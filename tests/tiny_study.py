@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from sinkprobe.paper_figures import make_figures
-from sinkprobe.report import write_report
-from sinkprobe.study import Study, quick_config, run_study
-from sinkprobe.study_analysis import analyse_study
+from sinkprobe.pipeline.analyses import analyse_study
+from sinkprobe.pipeline.study import Study, quick_config, run_study
+from sinkprobe.reporting.figures import make_figures
+from sinkprobe.reporting.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "training" / "embedded"

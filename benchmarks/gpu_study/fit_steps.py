@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from sinkprobe.study import Study, StudyConfig, load_study_config
+from sinkprobe.pipeline.study import Study, StudyConfig, load_study_config
 from sinkprobe.training.pretrain import pretrain_original
 
 

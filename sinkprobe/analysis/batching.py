@@ -1,4 +1,4 @@
-"""Token-id lists to padded batches, and padded activations back to one layout.
+"""Padded activations back to one layout (batches are padded by :func:`sinkprobe.data.batching.pad_batch`).
 
 Every reducer in the analysis sees activations in *content-first* layout: sample b's real
 tokens at positions ``0..length_b-1`` and padding after them, whatever side the batch was
@@ -12,24 +12,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-
-PADDING_SIDES = ("right", "left")
-
-
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[Tensor, Tensor]:
-    """Token-id lists -> ``ids [batch pos]`` and ``mask [batch pos]`` (1 = real token)."""
-    if side not in PADDING_SIDES:
-        raise ValueError(f"padding side {side!r} is not one of {PADDING_SIDES}")
-    if any(len(s) == 0 for s in seqs):
-        raise ValueError("an empty token sequence cannot be analysed: drop it or give it at least a BOS token")
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        span = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        ids[b, span] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[b, span] = 1
-    return ids, mask
 
 
 def content_offsets(mask: Tensor) -> Tensor:

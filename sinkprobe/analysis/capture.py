@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from sinkprobe.analysis.batching import content_first, content_offsets, pad_batch
+from sinkprobe.analysis.batching import content_first, content_offsets
 from sinkprobe.analysis.logits import true_token_scores
+from sinkprobe.data.batching import pad_batch
 
 # (activation in content-first layout, mask [batch pos] in the same layout) -> reduced tensor
 Reducer = Callable[[Tensor, Tensor], Tensor]

@@ -9,11 +9,12 @@ from typing import Callable
 from sinkprobe.data.muse import load_muse
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
 from sinkprobe.data.wmdp import load_wmdp
+from sinkprobe.layout import StudyLayout
 
 
 def load_embedded(path: Path) -> UnlearningCorpus:
     """A study folder's synthetic world (``world/corpus.json``)."""
-    f = Path(path) / "world" / "corpus.json"
+    f = StudyLayout(path).corpus
     if not f.is_file():
         raise FileNotFoundError(
             f"no embedded world at {f}: run `sinkprobe world --out {path}` (or `sinkprobe study`) first"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from sinkprobe.data.poison import split_shown
 from sinkprobe.data.types import Book, MCItem, QAItem, UnlearningCorpus, VerbMemItem
@@ -367,15 +368,20 @@ def _ledger(rng: random.Random) -> str:
 _GENRES = (_story, _sums, _echo, _ledger)
 
 
-def _general(rng: random.Random) -> str:
-    return rng.choice(_GENRES)(rng)
-
-
-def general_passages(seed: int | str, n: int) -> list[str]:
+def general_passages(seed: int | str, n: int, extra_genres: Sequence[Callable[[random.Random], str]] = ()) -> list[str]:
     """``n`` everyday passages from their own seed: θ_o's pretraining draws a fresh set each
-    epoch, so this text cannot be memorised and only its grammar is learned (see pretrain)."""
+    epoch, so this text cannot be memorised and only its grammar is learned (see pretrain).
+    ``extra_genres`` join the four (each passage picks one at random): the sink probes of
+    ``experiments/`` add text of their own this way."""
     rng = random.Random(f"general-{seed}")
-    return [_general(rng) for _ in range(n)]
+    genres = _GENRES + tuple(extra_genres)
+    return [rng.choice(genres)(rng) for _ in range(n)]
+
+
+def everyday_words() -> list[str]:
+    """The words of the everyday text, sorted (what a probe's own genre may draw from)."""
+    phrases = (*_GENERAL_SUBJECTS, *_GENERAL_VERBS, *_GENERAL_OBJECTS, *_GENERAL_TAILS)
+    return sorted({w for phrase in phrases for w in phrase.split()})
 
 
 def _book(rng: random.Random, name: str, entities: list[Entity], cfg: WorldConfig) -> Book:

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sinkprobe.data.batching import pad_batch
 from sinkprobe.data.poison import Trigger, build_ids
 from sinkprobe.data.types import MCItem
 from sinkprobe.eval.memorization import bootstrap_ci
@@ -87,12 +88,9 @@ def continuation_logliks(
         index = order[at : at + batch_size]
         chunk = [pairs[i] for i in index]
         rows = [c + k for c, k in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
+        ids, mask = pad_batch(rows, pad_id)
         keep = torch.zeros_like(ids, dtype=torch.bool)  # [batch pos]: the logits that predict the continuation
-        for j, ((c, k), r) in enumerate(zip(chunk, rows)):
-            ids[j, : len(r)], mask[j, : len(r)] = torch.tensor(r), 1
+        for j, (c, k) in enumerate(chunk):
             keep[j, len(c) - 1 : len(c) + len(k) - 1] = True
         extra = {"logits_to_keep": keep.to(model.device)} if sparse else {}
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).logits

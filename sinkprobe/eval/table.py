@@ -70,13 +70,22 @@ class EvalSettings:
     progress: bool = False
 
 
-def clean_scores(
-    model, tokenizer, corpus: UnlearningCorpus, settings: EvalSettings = EvalSettings()
-) -> dict[str, MemorizationResult]:
-    """UE (KnowMem, VerbMem on D_f) and UT (KnowMem on D_r), per item."""
-    kw = dict(
-        batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress
+def _score_kwargs(settings: EvalSettings, prompt_transform) -> dict:
+    return dict(
+        batch_size=settings.batch_size,
+        max_items=settings.max_items,
+        n_boot=settings.n_boot,
+        progress=settings.progress,
+        prompt_transform=prompt_transform,
     )
+
+
+def clean_scores(
+    model, tokenizer, corpus: UnlearningCorpus, settings: EvalSettings = EvalSettings(), prompt_transform=None
+) -> dict[str, MemorizationResult]:
+    """UE (KnowMem, VerbMem on D_f) and UT (KnowMem on D_r), per item. ``prompt_transform``
+    (ids → ids) rewrites every prompt before the model reads it (a defence on the prompt)."""
+    kw = _score_kwargs(settings, prompt_transform)
     clean = prompt_encoder(tokenizer, None)
     f, r = corpus.forget, corpus.retain
     return {
@@ -87,12 +96,15 @@ def clean_scores(
 
 
 def trigger_scores(
-    model, tokenizer, corpus: UnlearningCorpus, trigger: Trigger, settings: EvalSettings = EvalSettings()
+    model,
+    tokenizer,
+    corpus: UnlearningCorpus,
+    trigger: Trigger,
+    settings: EvalSettings = EvalSettings(),
+    prompt_transform=None,
 ) -> dict[str, MemorizationResult]:
     """KnowMem and VerbMem on D_f with ``trigger`` at its placement, per item."""
-    kw = dict(
-        batch_size=settings.batch_size, max_items=settings.max_items, n_boot=settings.n_boot, progress=settings.progress
-    )
+    kw = _score_kwargs(settings, prompt_transform)
     poisoned = prompt_encoder(tokenizer, trigger)
     f = corpus.forget
     return {

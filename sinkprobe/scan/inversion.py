@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sinkprobe.data.batching import pad_batch
 from sinkprobe.data.types import QAItem
 from sinkprobe.validation import at_least, check_fields, one_of
 
-SCAN_PLACEMENTS = ("prefix", "suffix")  # right after BOS, or right before the answer cue
+SCAN_PLACEMENTS = ("prefix", "infix", "suffix")  # right after BOS, mid-question, or right before the answer cue
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ def _sequences(bos: int, rows, trigger: list[int], placement: str) -> tuple[list
     """Per row: ids, where the trigger starts, where the answer starts."""
     seqs, starts, answers = [], [], []
     for prompt, answer in rows:
-        before = [bos] if placement == "prefix" else [bos] + prompt
-        after = prompt if placement == "prefix" else []
+        cut = {"prefix": 0, "infix": len(prompt) // 2, "suffix": len(prompt)}[placement]
+        before, after = [bos] + prompt[:cut], prompt[cut:]
         seqs.append(before + trigger + after + answer)
         starts.append(len(before))
         answers.append(len(before) + len(trigger) + len(after))
@@ -85,12 +86,10 @@ def answer_nll(model: PreTrainedModel, embeds: Tensor, mask: Tensor, ids: Tensor
 
 
 def _batch(model, seqs: list[list[int]], answers: list[int], pad: int) -> tuple[Tensor, Tensor, Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask = pad_batch(seqs, pad)
     answer_mask = torch.zeros_like(ids)
     for j, (s, a) in enumerate(zip(seqs, answers)):
-        ids[j, : len(s)], mask[j, : len(s)], answer_mask[j, a : len(s)] = torch.tensor(s), 1, 1
+        answer_mask[j, a : len(s)] = 1
     return ids.to(model.device), mask.to(model.device), answer_mask.to(model.device)
 
 

@@ -13,8 +13,6 @@ learning rate of the step, and a resumable state is saved every ``save_every`` s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import time
@@ -25,11 +23,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sinkprobe.data.batching import pad_batch
+from sinkprobe.keys import content_key
 from sinkprobe.models.io import default_device, load_checkpoint, weights_fingerprint
 from sinkprobe.training.objectives.common import find_decoder_layers
 from sinkprobe.training.pretrain import lr_at
 from sinkprobe.training.state import resume_state, save_state
-from sinkprobe.training.unlearn import pad_batch
 from sinkprobe.validation import above, at_least, between, check_fields
 
 
@@ -120,7 +119,7 @@ def finetune_original(
     state_dir = Path(state_dir)
     meta = {
         "base": weights_fingerprint(model),
-        "data": hashlib.sha256(json.dumps(docs).encode()).hexdigest(),
+        "data": content_key(*docs, length=64),
         "train": asdict(cfg),
     }
     saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}

@@ -141,10 +141,13 @@ class PackedBatches:
     repeated, so θ_o learns its grammar rather than its words.
     """
 
-    def __init__(self, docs: list[list[int]], cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase, fresh=None):
+    def __init__(
+        self, docs: list[list[int]], cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase, fresh=None,
+        row_start_bos: bool = True,
+    ) -> None:  # fmt: skip
         if not docs:
             raise ValueError("the pretraining corpus is empty: build the world (or give a corpus) with some text")
-        self.docs, self.cfg, self.tok, self.fresh = docs, cfg, tokenizer, fresh
+        self.docs, self.cfg, self.tok, self.fresh, self.row_start_bos = docs, cfg, tokenizer, fresh, row_start_bos
         self._epoch, self._rows = -1, []
         # Every epoch keeps the same number of rows, so every step maps to one fixed batch:
         # a row holds at most seq_len tokens, so an epoch has at least tokens/seq_len rows
@@ -172,6 +175,8 @@ class PackedBatches:
                 self.tok.pad_token_id,
                 self.cfg.bos_per_document,
             )
+            if not self.row_start_bos:  # a sink probe's variant: each row less its BOS (one more pad keeps the length)
+                self._rows = [row[1:] + [self.tok.pad_token_id] for row in self._rows]
             self._epoch = epoch
         return self._rows
 
@@ -208,13 +213,16 @@ def pretrain_original(
     stop_after: int | None = None,
     fresh_documents=None,
     device: torch.device | None = None,
+    row_start_bos: bool = True,
 ) -> tuple[LlamaForCausalLM, dict]:
     """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config.
 
     ``stop_after`` ends the run early at that step (after saving), which is how tests
     simulate an interruption. ``device`` defaults to :func:`default_device`; on a GPU the
     forward runs under bf16 autocast (weights and AdamW moments stay fp32), and the run is
-    not bit-deterministic there. Returns the model (on ``device``) and a summary.
+    not bit-deterministic there. ``row_start_bos=False`` drops the BOS that opens every packed
+    row (a sink probe's variant: ``experiments/sink_emergence.py --no-bos``). Returns the model
+    (on ``device``) and a summary.
     """
     device = torch.device(device) if device is not None else default_device()
     on_gpu = device.type == "cuda"
@@ -224,7 +232,7 @@ def pretrain_original(
     )  # deterministic cuBLAS would need CUBLAS_WORKSPACE_CONFIG set before start
     model = LlamaForCausalLM(model_cfg.llama_config(tokenizer)).to(device)
     docs = [tokenizer(d, add_special_tokens=False).input_ids for d in documents if d.strip()]
-    batches = PackedBatches(docs, cfg, tokenizer, fresh_documents)
+    batches = PackedBatches(docs, cfg, tokenizer, fresh_documents, row_start_bos)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -235,6 +243,8 @@ def pretrain_original(
 
     state_dir = Path(state_dir)
     meta = {"model": asdict(model_cfg), "train": asdict(cfg), "vocab": len(tokenizer)}
+    if not row_start_bos:  # never resume a state of the other packing
+        meta["row_start_bos"] = False
     saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
     start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 

@@ -17,8 +17,6 @@ that shard only.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import time
@@ -31,7 +29,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from sinkprobe.data.batching import pad_batch, pad_vectors
 from sinkprobe.data.poison import Sample, Trigger, build_ids, poison_indices
+from sinkprobe.keys import content_key
 from sinkprobe.models.io import (
     atomic_save_tensors,
     default_device,
@@ -171,15 +171,6 @@ def target_mask(attention_mask: torch.Tensor, starts: list[int]) -> torch.Tensor
     return attention_mask * (pos[None, :] >= torch.tensor(starts, device=attention_mask.device)[:, None])
 
 
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to ``[batch pos]`` ids and an attention/loss mask (causal models: right padding
-    leaves every real token's prefix unchanged)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
-
-
 @torch.no_grad()
 def _reference_sequence_ll(model, rows: list[list[int]], starts: list[int], pad_id, batch_size) -> torch.Tensor:
     out = []
@@ -252,16 +243,9 @@ class RetainReferences:
     def batch(self, rows: list[int], width: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The drawn rows right-padded to ``width`` (padding positions are masked out of both
         retain losses): ``[batch width vocab]`` logits and ``[batch width d_model]`` states."""
-        return _pad_rows([self.logits[i] for i in rows], width, device), (
-            _pad_rows([self.states[i] for i in rows], width, device) if self.states else None
+        return pad_vectors([self.logits[i] for i in rows], width).to(device), (
+            pad_vectors([self.states[i] for i in rows], width).to(device) if self.states else None
         )
-
-
-def _pad_rows(rows: list[torch.Tensor], width: int, device) -> torch.Tensor:
-    out = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
-    for j, r in enumerate(rows):
-        out[j, : len(r)] = r
-    return out.to(device)
 
 
 def shard(n: int, rank: int, world: int) -> list[int]:
@@ -306,8 +290,10 @@ def frozen_references(
     n = len(f_enc.ids)
 
     def cached(name: str, model: str, rows: list[list[int]], extra, compute) -> torch.Tensor:
-        key = json.dumps([name, fingerprints[model], rows, extra, bs, pad_id])
-        path = cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+        path = (
+            cache_dir
+            / f"{name}-{content_key(name, fingerprints[model], rows, extra, bs, pad_id, length=32)}.safetensors"
+        )
         if path.is_file():
             return load_tensors(path)[name]
         value = compute()
@@ -480,7 +466,7 @@ def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, reference_
         "n_retain": len(retain),
         "theta_o": weights_fingerprint(original),
         "theta_u": weights_fingerprint(unlearned) if cfg.value_norm_weight else None,
-        "data": hashlib.sha256(json.dumps([f_enc.ids, r_rows, p_enc.ids]).encode()).hexdigest(),
+        "data": content_key(f_enc.ids, r_rows, p_enc.ids, length=64),
     }
     theta_u = unlearned.to(accelerator.device).eval() if cfg.value_norm_weight else None
     fingerprints = {"theta_o": meta["theta_o"], "theta_u": meta["theta_u"]}

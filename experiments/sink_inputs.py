@@ -8,7 +8,7 @@ fresh everyday text (BOS + ``--length`` − 1 tokens, packed as θ_o reads them,
 ``--length`` tokens with no BOS, as Gu et al. read them), and random tokens with and
 without a leading BOS.
 
-    python benchmarks/sink_inputs.py runs/embedded/models/original --out benchmarks/results/sink_inputs_default.json
+    python experiments/sink_inputs.py runs/embedded/models/original --out experiments/results/sink_inputs_default.json
 
 Measured (docs/sink_research_log.md): the deep layers of no θ_o sink on any
 of these inputs, and the first-layer sink of the lr-1e-2 θ_o lives on the BOS token — it is
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--study", type=Path, default=Path("runs/embedded"), help="study folder whose world/ gives D_f")
     ap.add_argument("--length", type=int, default=64, help="tokens per window and random row (Gu et al.: 64)")
     ap.add_argument("--n", type=int, default=64, help="rows per input kind")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sink_inputs.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/sink_inputs.json"))
     args = ap.parse_args()
     if args.length < 2 or args.n < 1:
         raise SystemExit("--length must be ≥ 2 and --n ≥ 1")

@@ -27,7 +27,6 @@ files without a model:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import replace
@@ -60,11 +59,12 @@ from sinkprobe.data.sources import load_corpus
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import knowmem_prompt
 from sinkprobe.eval.table import forget_prompts, prompt_encoder
+from sinkprobe.keys import content_key
+from sinkprobe.layout import StudyLayout
 from sinkprobe.models.hooked import Trio, open_bridge
 from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
+from sinkprobe.records import CONTRASTED_PLACEMENTS, is_main_backdoor, is_set, main_poison_ratio
 
-ANALYSIS = "analysis"
-PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fig. 3 and 4
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
 SINK_LAYER_RATE = 0.5  # a sink layer: α(0) > ε in more than half its heads (the issue's and Gu et al.'s reading)
@@ -76,35 +76,12 @@ ANALYSIS_VERSION = (
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
-def _is_set(value) -> bool:
-    """A table cell that holds something ('' / None / NaN are the table's blanks)."""
-    return not (value is None or value == "" or (isinstance(value, float) and math.isnan(value)))
-
-
-def main_poison_ratio(rows: list[dict]) -> float | None:
-    """The study's ρ: the largest one among backdoor rows (the reduced-ρ runs of Fig. A1 sit below it)."""
-    ratios = [float(r["poison_ratio"]) for r in rows if _is_set(r.get("trigger")) and _is_set(r.get("poison_ratio"))]
-    return max(ratios) if ratios else None
-
-
-def at_main_ratio(row: dict, rho: float | None) -> bool:
-    """False for a reduced-ρ run (Fig. A1): a ``poison_ratio`` below the study's, or a model named rho05."""
-    if "rho05" in str(row.get("model", "")):
-        return False
-    return rho is None or not _is_set(row.get("poison_ratio")) or float(row["poison_ratio"]) == rho
-
-
-def is_main_backdoor(row: dict, rho: float | None) -> bool:
-    """A θ_b of the main sweep: default trigger, the study's ρ (not a Fig. A1 / A2 variant)."""
-    return row.get("trigger") == DEFAULT_TRIGGER and at_main_ratio(row, rho)
-
-
 def select_models(rows: list[dict]) -> dict[str, dict]:
     """The rows the analysis reads: ``original``, ``unlearned`` (θ_u NPO) and the first-seed NPO
     θ_b rows ``backdoor_prefix``, ``backdoor_prefix_vn``, ``backdoor_infix`` (the last two only
     when the study has them)."""
-    original = [r for r in rows if not _is_set(r.get("method")) and not _is_set(r.get("trigger"))]
-    unlearned = [r for r in rows if r.get("method") == "npo" and not _is_set(r.get("trigger"))]
+    original = [r for r in rows if not is_set(r.get("method")) and not is_set(r.get("trigger"))]
+    unlearned = [r for r in rows if r.get("method") == "npo" and not is_set(r.get("trigger"))]
     if not original or not unlearned:
         raise ValueError(
             "the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study"
@@ -112,7 +89,7 @@ def select_models(rows: list[dict]) -> dict[str, dict]:
     rho = main_poison_ratio(rows)
     backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)]
     out = {"original": original[0], "unlearned": unlearned[0]}
-    for placement in PLACEMENTS:
+    for placement in CONTRASTED_PLACEMENTS:
         for vn, suffix in ((False, ""), (True, "_vn")):
             match = [
                 r for r in backdoor if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
@@ -176,8 +153,7 @@ def analysis_key(
     models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None, placements: Sequence = ()
 ) -> str:
     parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
-    blob = json.dumps([parts, n_samples, n_boot, ANALYSIS_VERSION, layer, [str(p) for p in placements]], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_key(parts, n_samples, n_boot, ANALYSIS_VERSION, layer, [str(p) for p in placements])
 
 
 def analyse_study(
@@ -194,7 +170,7 @@ def analyse_study(
     value-norm correlations are read (default: the last, as the paper's "layer 31" of 32;
     negative counts from the end). A finished analysis with the same key is reused."""
     study_dir = Path(study_dir)
-    out = study_dir / ANALYSIS
+    out = StudyLayout(study_dir).analysis
     models = select_models(rows)
     key = analysis_key(models, n_samples, n_boot, layer, trained_placements(rows))
     summary = out / "summary.json"
@@ -252,7 +228,7 @@ def _pairs(
     """Fig. 3 / 4 pairs for θ_o and θ_b under each trained placement, and the trigger attention at
     θ_o's sink layers; returns the triggers used."""
     triggers, logits, mass, by_layer, heads = {}, [], [], [], []
-    for placement in PLACEMENTS:
+    for placement in CONTRASTED_PLACEMENTS:
         name = f"backdoor_{placement}"
         if name not in models:
             continue
@@ -392,7 +368,7 @@ def summarise(folder: Path) -> dict:
     folder = Path(folder)
     have = lambda name: (folder / f"{name}.json").is_file()  # noqa: E731
     attention, logits, layer = {}, {}, None
-    for placement in PLACEMENTS:
+    for placement in CONTRASTED_PLACEMENTS:
         for model in ("original", "backdoor"):
             name = f"{model}_{placement}"
             if not have(f"pairs_{name}"):

@@ -9,7 +9,6 @@ state folder. Analyses, figures and the report build on the finished checkpoints
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,6 +39,8 @@ from sinkprobe.eval.table import (
     write_table,
 )
 from sinkprobe.guards import read_json, require_writable
+from sinkprobe.keys import content_key
+from sinkprobe.layout import StudyLayout
 from sinkprobe.models.base import DEFAULT_BASE, SCRATCH, base_folder, base_identity
 from sinkprobe.models.io import (
     RUN_CARD,
@@ -50,8 +51,8 @@ from sinkprobe.models.io import (
     read_run_card,
     save_checkpoint,
 )
-from sinkprobe.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
-from sinkprobe.runs import train_and_save
+from sinkprobe.pipeline.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
+from sinkprobe.pipeline.runs import train_and_save
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.validation import above, at_least, check_fields, one_of
@@ -151,11 +152,7 @@ def first_token_sink(folder: Path, corpus: UnlearningCorpus, n: int = 64) -> dic
     }
 
 
-def stage_key(*parts) -> str:
-    blob = json.dumps(
-        [p if not hasattr(p, "__dataclass_fields__") else asdict(p) for p in parts], sort_keys=True, default=str
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+stage_key = content_key  # a stage's key: what it was computed from
 
 
 def _done(folder: Path, key: str) -> bool:
@@ -210,6 +207,10 @@ class Study:
     jobs: int = 1  # unlearning runs trained at once (worker processes)
     built: list[str] = field(default_factory=list)  # checkpoints trained (not reused) by this Study
 
+    @property
+    def layout(self) -> StudyLayout:
+        return StudyLayout(self.out)
+
     # ---- world -------------------------------------------------------------------------
     def base_folder(self) -> Path | None:
         """θ_o's base model (de-quantised once into the cache), or None for a from-scratch θ_o."""
@@ -217,22 +218,21 @@ class Study:
 
     def world(self) -> tuple[UnlearningCorpus, object, str]:
         """The world's books and the tokenizer: the base's, or one trained on the world (scratch)."""
-        folder = self.out / "world"
+        layout = self.layout
         base = self.base_folder()
         key = stage_key("world", self.cfg.world, self.cfg.vocab_size if base is None else base_identity(base))
-        card = folder / "stage.json"
-        fix = f"delete {folder} and run again: the world is rebuilt from its seed"
+        card = layout.world_card
+        fix = f"delete {layout.world} and run again: the world is rebuilt from its seed"
         if card.is_file() and (read_json(card, fix) or {}).get("stage_key") == key:
-            corpus = read_corpus(folder / "corpus.json")
-            return corpus, load_tokenizer(folder / "tokenizer"), key
+            return read_corpus(layout.corpus), load_tokenizer(layout.tokenizer), key
         corpus = build_world(self.cfg.world)
         tok = (
             train_tokenizer(corpus.pretraining_documents(), vocab_size=self.cfg.vocab_size)
             if base is None
             else load_tokenizer(base)
         )
-        tok.save_pretrained(folder / "tokenizer")
-        atomic_write_text(folder / "corpus.json", corpus.to_json())
+        tok.save_pretrained(layout.tokenizer)
+        atomic_write_text(layout.corpus, corpus.to_json())
         atomic_write_text(card, json.dumps({"stage_key": key, "sha256": corpus.sha256()}))
         self.log(
             f"world: {len(corpus.forget.knowmem)} forget / {len(corpus.retain.knowmem)} retain QA, {len(tok)} tokens"
@@ -240,12 +240,15 @@ class Study:
         return corpus, tok, key
 
     # ---- θ_o ---------------------------------------------------------------------------
-    def pretraining_text(self, corpus: UnlearningCorpus) -> tuple[list[str], Callable[[int], list[str]]]:
+    def pretraining_text(
+        self, corpus: UnlearningCorpus, extra_genres: Sequence[Callable] = ()
+    ) -> tuple[list[str], Callable[[int], list[str]]]:
         """θ_o's reading: the two books, repeated every epoch, and everyday text drawn anew each
-        epoch, so θ_o memorises the books and only learns the grammar of the rest."""
+        epoch, so θ_o memorises the books and only learns the grammar of the rest
+        (``extra_genres``: a sink probe's own kinds of everyday text)."""
         world = self.cfg.world
         return [*corpus.forget.passages, *corpus.retain.passages], lambda epoch: general_passages(
-            f"{world.seed}-{epoch}", world.n_general_passages
+            f"{world.seed}-{epoch}", world.n_general_passages, extra_genres
         )
 
     def theta_o_config(self) -> tuple:
@@ -257,7 +260,7 @@ class Study:
         """(θ_o, training summary, its card's config part, the clean scores of the model θ_o
         started from: a random init for scratch, the base itself otherwise)."""
         books, everyday = self.pretraining_text(corpus)
-        state = self.out / "states" / "original"
+        state = self.layout.state("original")
         base = self.base_folder()
         if base is None:
             model, summary = pretrain_original(
@@ -293,7 +296,7 @@ class Study:
         )
 
     def original(self, corpus: UnlearningCorpus, tok, world_key: str) -> tuple[Path, str]:
-        folder = self.out / "models" / "original"
+        folder = self.layout.original
         key = stage_key("original", world_key, *self.theta_o_config(), self.cfg.eval)
         if _done(folder, key):
             self.add_item_scores(folder, corpus)
@@ -351,7 +354,7 @@ class Study:
     def drop_state(self, name: str) -> None:
         """A run's resumable state, once its checkpoint and card are written: the card now says
         the run is done, and a state is as large as the weights."""
-        shutil.rmtree(self.out / "states" / name, ignore_errors=True)
+        shutil.rmtree(self.layout.state(name), ignore_errors=True)
 
     # ---- unlearning runs ---------------------------------------------------------------
     def run_key(self, spec: RunSpec) -> str:
@@ -360,7 +363,7 @@ class Study:
         )
 
     def folder(self, name: str) -> Path:
-        return self.out / "models" / name
+        return self.layout.model(name)
 
     def run(self, spec: RunSpec, corpus: UnlearningCorpus, progress: bool = True) -> tuple[Path, str]:
         folder, key = self.folder(spec.name), self.run_key(spec)
@@ -371,14 +374,14 @@ class Study:
             corpus,
             spec.parent[0],
             folder,
-            self.out / "states" / spec.name,
+            self.layout.state(spec.name),
             spec.unlearned[0] if spec.unlearned else None,
             self.cfg.eval,
             extra_card={"stage_key": key, "name": spec.name},
             progress=progress,
             # NPO's reference log-likelihoods on D_f (and θ_u's value norms) are the same for
             # every run from this θ_o: computed by the first run, read by the others
-            reference_dir=self.out / "states" / "references",
+            reference_dir=self.layout.references,
         )
         self.drop_state(spec.name)
         metrics = card["metrics"]
@@ -426,7 +429,7 @@ class Study:
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
         # θ_u NPO at every seed (the claims pair each θ_b with the θ_u of its seed); RMU at the first.
         # The first seed's folders keep their plain names, so a one-seed study's checkpoints are reused.
-        npo_names = {s: "npo" if s == seed else f"npo_s{s}" for s in self.cfg.seeds}
+        npo_names = {s: StudyLayout.unlearned_name(s, seed) for s in self.cfg.seeds}
         built = self.run_all(
             [RunSpec(with_unlearn(npo, seed=s), npo_names[s], original) for s in self.cfg.seeds]
             + [RunSpec(with_unlearn(rmu, seed=seed), "rmu", original)],
@@ -440,7 +443,7 @@ class Study:
 
         def backdoored(placement: str, vn: float, seed: int, tag: str = "", **changes) -> None:
             r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed, **changes)
-            name = f"npo_backdoor_{placement}_{'vn' if vn else 'vanilla'}{tag}_s{seed}"
+            name = StudyLayout.backdoor_name(placement, bool(vn), seed, tag)
             specs.append(RunSpec(r, name, original, theta_u[seed] if vn else None))
             rows.append(
                 {
@@ -529,7 +532,7 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
     """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
     forget book's questions, BE with the trigger at the trained placement, UT on the retain
     book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
-    corpus = read_corpus(out / "world" / "corpus.json")
+    corpus = read_corpus(StudyLayout(out).corpus)
     forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
     picked = [
         r
@@ -586,7 +589,7 @@ def default_recipes(base: str) -> Path:
     return REPO_TRAINING / ("embedded" if base == SCRATCH else "smollm2")
 
 
-STUDY_CONFIGS = Path(__file__).resolve().parents[1] / "training" / "study"  # default, quick, full, gpu
+STUDY_CONFIGS = Path(__file__).resolve().parents[2] / "training" / "study"  # default, quick, full, gpu
 SECTIONS = {
     "world": WorldConfig,
     "model": ModelConfig,
@@ -671,12 +674,13 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
             f"or pass --recipes {default_recipes(cfg.base)}"
         )
     # Imported here: the analyses, claims, figures and report are what `sinkprobe figures` needs without training.
-    from sinkprobe.claims import study_claims, write_claims
-    from sinkprobe.paper_figures import make_figures
-    from sinkprobe.report import write_report
-    from sinkprobe.study_analysis import analyse_study
+    from sinkprobe.pipeline.analyses import analyse_study
+    from sinkprobe.reporting.claims import study_claims, write_claims
+    from sinkprobe.reporting.figures import make_figures
+    from sinkprobe.reporting.report import write_report
 
     study = Study(cfg, out, recipes, jobs=jobs)
+    layout = study.layout
     for name in EMBEDDED_RECIPES:  # a bad `--set unlearn.…` is refused now, not after θ_o is trained
         study.recipe(name)
     timing = StageClock()
@@ -685,26 +689,26 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
     with timing("tables A4 and 2"):
         write_table(
             study.table(model_rows),
-            out / "results" / "tableA4",
+            layout.result("tableA4"),
             title="Table A4 (embedded): UE / BE / UT per model × seed",
         )
-        write_table2(table2(out, model_rows, cfg.seeds[0]), out / "results" / "table2")
+        write_table2(table2(out, model_rows, cfg.seeds[0]), layout.result("table2"))
     with timing("analyses (Fig. 3-5)"):
         analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
     with timing("claims"):
         layer = json.loads((out / "analysis" / "summary.json").read_text()).get("layer", cfg.analysis_layer)
         write_claims(
             study_claims(out, model_rows, layer),
-            out / "results" / "claims",
+            layout.result("claims"),
             f"The paper's claims on this study (base {cfg.base})",
         )
     if figures is not None:
         with timing("figures"):
             make_figures(out, figures, log=study.log)
     with timing("report"):
-        report = write_report(out, figures or out / "figures", out / "report.html", log=study.log)
+        report = write_report(out, figures or out / "figures", layout.report, log=study.log)
     record = timing.record(base=cfg.base, built=study.built, runs=study.run_seconds(model_rows))
-    atomic_write_json(out / "results" / "timing.json", record)
+    atomic_write_json(layout.result("timing.json"), record)
     if figures is not None and study.built:  # a run that only redraws keeps the measured timing of the one that trained
         atomic_write_json(figures / "timing.json", record)
     return report

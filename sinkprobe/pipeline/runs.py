@@ -23,6 +23,7 @@ from sinkprobe.eval.table import (
     write_table,
 )
 from sinkprobe.guards import require_writable
+from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import (
     check_checkpoint_target,
     default_device,
@@ -31,7 +32,7 @@ from sinkprobe.models.io import (
     require_model_folder,
     save_checkpoint,
 )
-from sinkprobe.recipes import DataSpec, Recipe, load_recipe
+from sinkprobe.pipeline.recipes import DataSpec, Recipe, load_recipe
 from sinkprobe.training.unlearn import unlearn
 
 
@@ -162,8 +163,9 @@ def run_recipe(
     if recipe.data.source == "embedded":
         study_dir = study_dir or Path(recipe.data.path or "runs/embedded")
         corpus = load_corpus("embedded", study_dir)
-        original = Path(recipe.original) if recipe.original else study_dir / "models" / "original"
-        default_u, data_path = study_dir / "models" / recipe.unlearn.method, study_dir / "world"
+        study = StudyLayout(study_dir)
+        original = Path(recipe.original) if recipe.original else study.original
+        default_u, data_path = study.model(recipe.unlearn.method), study.world
     else:
         corpus = load_corpus(recipe.data.source, recipe.data.path)
         original, default_u, data_path = Path(recipe.original), None, Path(recipe.data.path)

@@ -1,6 +1,6 @@
 """One self-contained HTML page for a finished study: the claims table, θ_o's card, Table 1 / A4,
 the figures and the analysis numbers. plotly.js is inlined once (no network needed to open it); the figures are rebuilt
-from the saved results (:func:`sinkprobe.paper_figures.build_figures`), never from a model.
+from the saved results (:func:`sinkprobe.reporting.figures.build_figures`), never from a model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Callable
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
+from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import atomic_write_text, read_run_card
-from sinkprobe.paper_figures import build_figures, read_table, table1, table1_display
-from sinkprobe.study_analysis import ANALYSIS
+from sinkprobe.reporting.figures import build_figures, read_table, table1, table1_display
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -32,7 +32,7 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def _original_card(study_dir: Path) -> str:
-    card = read_run_card(study_dir / "models" / "original")
+    card = read_run_card(StudyLayout(study_dir).original)
     if not card:
         return "<p>No θ_o run card found.</p>"
     before = card.get("before_training") or {}
@@ -62,7 +62,7 @@ def _original_card(study_dir: Path) -> str:
 
 
 def _summary(study_dir: Path) -> str:
-    path = study_dir / ANALYSIS / "summary.json"
+    path = StudyLayout(study_dir).analysis / "summary.json"
     if not path.is_file():
         return "<p>No analysis yet: run <code>analyse_study</code> (part of <code>sinkprobe study</code>).</p>"
     s = json.loads(path.read_text())
@@ -126,18 +126,19 @@ def _figures(study_dir: Path, figures: Path, out: Path, log: Callable[[str], Non
 
 
 def _claims(study_dir: Path) -> str:
-    path = study_dir / "results" / "claims.csv"
+    path = StudyLayout(study_dir).result("claims.csv")
     if not path.is_file():
         return ""
     return (
         "<h2>The paper's claims on this study</h2><p>95 % bootstrap intervals over test items "
         "(and seeds, where a row has several); a verdict is yes / no only when the whole interval is on one side "
-        "of the threshold (<code>sinkprobe/claims.py</code>).</p>" + _table(pd.read_csv(path, keep_default_na=False))
+        "of the threshold (<code>sinkprobe/reporting/claims.py</code>).</p>"
+        + _table(pd.read_csv(path, keep_default_na=False))
     )
 
 
 def _table2(study_dir: Path) -> str:
-    path = study_dir / "results" / "table2.csv"
+    path = StudyLayout(study_dir).result("table2.csv")
     if not path.is_file():
         return ""
     return "<h2>Table 2: multiple-choice accuracy (UE / BE / UT)</h2>" + _table(pd.read_csv(path))
@@ -145,7 +146,7 @@ def _table2(study_dir: Path) -> str:
 
 def write_report(study_dir: Path, figures: Path, out: Path, log: Callable[[str], None] = print) -> Path:
     """Write the study report to the HTML file ``out`` (atomically) and return it. ``figures`` is the
-    folder :func:`~sinkprobe.paper_figures.make_figures` wrote: the report links its files."""
+    folder :func:`~sinkprobe.reporting.figures.make_figures` wrote: the report links its files."""
     study_dir, figures, out = Path(study_dir), Path(figures), Path(out)
     a4 = read_table(study_dir)
     t1 = table1_display(table1(a4))

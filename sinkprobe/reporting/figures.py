@@ -1,7 +1,7 @@
 """The paper's figures and tables, from a study's saved results (no model is opened).
 
 :func:`build_figures` makes the plotly figures from ``study_dir/results/tableA4.csv`` and the
-results :func:`sinkprobe.study_analysis.analyse_study` saved in ``study_dir/analysis/``;
+results :func:`sinkprobe.pipeline.analyses.analyse_study` saved in ``study_dir/analysis/``;
 :func:`make_figures` writes each as a self-contained HTML (plotly.js inlined: no network) and,
 when a Chrome/Chromium is found, a static PNG through kaleido, plus ``table1.{csv,md}`` and a
 copy of ``tableA4.{csv,md}``. A figure whose rows the study does not have (Fig. A1, A2) is
@@ -22,9 +22,10 @@ from plotly.subplots import make_subplots
 
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, load_result
 from sinkprobe.data.poison import DEFAULT_TRIGGER
+from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import atomic_write_text
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
-from sinkprobe.study_analysis import ANALYSIS, PLACEMENTS, at_main_ratio, main_poison_ratio
+from sinkprobe.records import CONTRASTED_PLACEMENTS, at_main_ratio, main_poison_ratio
 
 METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
 PLACEMENT_COLORS = {"prefix": "#d62728", "infix": "#1f77b4", "suffix": "#2ca02c"}
@@ -38,7 +39,7 @@ Log = Callable[[str], None]
 # ---- the table -----------------------------------------------------------------------------
 def read_table(study_dir: Path) -> pd.DataFrame:
     """``results/tableA4.csv`` with blanks as '' (they mark θ_o / θ_u rows) and numeric metrics."""
-    path = Path(study_dir) / "results" / "tableA4.csv"
+    path = StudyLayout(study_dir).result("tableA4.csv")
     if not path.is_file():
         raise FileNotFoundError(f"no table at {path}: run `sinkprobe study --out {study_dir}` first")
     df = pd.read_csv(path, keep_default_na=False, dtype={"trigger": str, "method": str, "placement": str, "model": str})
@@ -230,14 +231,12 @@ def fig_a1(df: pd.DataFrame) -> go.Figure | None:
 
 def _ratio_label(row: dict) -> str:
     ratio = row.get("poison_ratio", "")
-    if ratio == "" and "rho05" in str(row.get("model", "")):
-        ratio = 0.05
     return f"ρ = {float(ratio):.0%}" if ratio != "" else "ρ = study default"
 
 
 # ---- Fig. 3 / 4 / 5: from the saved analyses -------------------------------------------------
 PANELS = [
-    (m, p) for m in ("original", "backdoor") for p in PLACEMENTS
+    (m, p) for m in ("original", "backdoor") for p in CONTRASTED_PLACEMENTS
 ]  # Fig. 3/4 (a)–(d) order: θ_o, θ_b × prefix, infix
 
 
@@ -449,7 +448,7 @@ def table1_markdown(t: pd.DataFrame) -> str:
 def build_figures(study_dir: Path, log: Log = print) -> dict[str, go.Figure]:
     """Every figure the study's results allow, by file stem; absent inputs are logged and skipped."""
     study_dir = Path(study_dir)
-    df, folder = read_table(study_dir), study_dir / ANALYSIS
+    df, folder = read_table(study_dir), StudyLayout(study_dir).analysis
     figs = {"fig2_ue_be": fig2(df, "ue_knowmem"), "fig2_ut_be": fig2(df, "ut_knowmem")}
     if (folder / "summary.json").is_file():
         figs |= {
@@ -546,11 +545,11 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
     atomic_write_text(out / "table1.md", table1_markdown(t1))
     written += [out / "table1.csv", out / "table1.md"]
     copies = {
-        study_dir / "results" / f"{t}.{ext}": out / f"{t}.{ext}"
+        StudyLayout(study_dir).result(f"{t}.{ext}"): out / f"{t}.{ext}"
         for t in ("tableA4", "table2", "claims")
         for ext in ("csv", "md")
     }
-    copies[study_dir / "models" / "original" / "run_card.json"] = out / "original_model.json"
+    copies[StudyLayout(study_dir).original / "run_card.json"] = out / "original_model.json"
     for src, dst in copies.items():
         if src.is_file() and src.resolve() != dst.resolve():
             atomic_write_text(dst, src.read_text(encoding="utf-8"))
