@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-from sinkprobe.data.poison import DEFAULT_TRIGGER
-
 CONTRASTED_PLACEMENTS = ("prefix", "infix")  # the two placements the paper contrasts in Fig. 3 and 4
 
 
@@ -32,6 +30,12 @@ def at_main_ratio(row: dict, rho: float | None) -> bool:
     return rho is None or not is_set(row.get("poison_ratio")) or float(row["poison_ratio"]) == rho
 
 
-def is_main_backdoor(row: dict, rho: float | None) -> bool:
-    """A θ_b of the main sweep: default trigger, the study's ρ (not a Fig. A1 / A2 variant)."""
-    return row.get("trigger") == DEFAULT_TRIGGER and at_main_ratio(row, rho)
+def main_trigger(rows: list[dict]) -> str | None:
+    """The study's trigger: the one most backdoor rows carry (the Fig. A2 variants are fewer)."""
+    triggers = [r["trigger"] for r in rows if is_set(r.get("trigger"))]
+    return max(dict.fromkeys(triggers), key=triggers.count) if triggers else None
+
+
+def is_main_backdoor(row: dict, rho: float | None, trigger: str | None) -> bool:
+    """A θ_b of the main sweep: the study's trigger and ρ (not a Fig. A1 / A2 variant)."""
+    return is_set(row.get("trigger")) and row["trigger"] == trigger and at_main_ratio(row, rho)

@@ -22,7 +22,6 @@ from sinkprobe.analysis import (
     attention_patterns,
     bootstrap_pearson,
     collect_value_norms,
-    delta_attention_per_head,
     describe_run,
     detect_sinks,
     key_class_shares,
@@ -35,7 +34,6 @@ from sinkprobe.analysis import (
     sink_rate_at,
     sink_scores,
     sink_set,
-    trigger_mass_by_layer,
     true_token_scores,
 )
 from sinkprobe.analysis import attention as att
@@ -44,7 +42,7 @@ from sinkprobe.analysis.key_classes import delimiter_ids, key_class_map
 from sinkprobe.analysis.sinks import head_sink_share
 from sinkprobe.data.batching import pad_batch
 from sinkprobe.data.tokenizer import train_tokenizer
-from sinkprobe.models.hooked import open_bridge, open_trio
+from sinkprobe.models.hooked import Trio, open_bridge, open_trio
 
 TRIGGER = [7, 8]
 
@@ -209,14 +207,16 @@ def test_pair_analysis_shapes_and_tables(bridges):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_trigger_mass_by_layer_equals_the_pair_analysis_at_each_layer(bridges, family):
-    """Insight 1 at several layers from one forward: each column equals analyse_pairs' poisoned mass there."""
+    """Insight 1 at the sink layers from the same forward: each column equals the poisoned mass of
+    the pair analysis read at that layer (the analysis layer's own column is that mass exactly)."""
     pairs = poisoned_pairs(5)
-    m = trigger_mass_by_layer(bridges[family], pairs.poisoned, pairs.trigger_positions, [0, 1], batch_size=2)
-    assert m.shape == (5, 2)
-    for j, layer in enumerate((0, 1)):
-        torch.testing.assert_close(
-            m[:, j], analyse_pairs(bridges[family], pairs, layer).trigger_mass[:, 1], atol=1e-5, rtol=0
-        )
+    r = analyse_pairs(bridges[family], pairs, 1, sink_layers=[0, 1], batch_size=2)
+    assert r.trigger_mass_by_layer.shape == (5, 2) and r.sink_layers == [0, 1]
+    assert torch.equal(r.trigger_mass_by_layer[:, 1], r.trigger_mass[:, 1])
+    at_0 = analyse_pairs(bridges[family], pairs, 0, batch_size=2).trigger_mass[:, 1]
+    torch.testing.assert_close(r.trigger_mass_by_layer[:, 0], at_0, atol=1e-6, rtol=0)
+    assert not torch.allclose(r.trigger_mass_by_layer[:, 0], r.trigger_mass_by_layer[:, 1])
+    assert analyse_pairs(bridges[family], pairs, batch_size=2).trigger_mass_by_layer.shape == (5, 0)
 
 
 def test_sink_detection_finds_the_first_token(bridges):
@@ -229,9 +229,8 @@ def test_sink_detection_finds_the_first_token(bridges):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_per_head_delta_attention_averages_to_the_pair_analysis(bridges, family):
-    pairs = poisoned_pairs(5)
-    per_head = delta_attention_per_head(bridges[family], pairs.clean, pairs.poisoned, batch_size=2)
-    r = analyse_pairs(bridges[family], pairs)
+    r = analyse_pairs(bridges[family], poisoned_pairs(5), batch_size=2)
+    per_head = r.delta_raw_per_head
     assert per_head.shape == (bridges[family].cfg.n_heads, r.size, r.size)
     assert torch.allclose(per_head.mean(0), r.delta_raw, atol=1e-6, equal_nan=True)
     assert not torch.allclose(per_head[0], per_head[1])  # the heads differ: it is not the mean repeated
@@ -263,6 +262,21 @@ def test_paper_comparisons_of_identical_models_correlate_perfectly(tiny_models, 
     back = load_result(tmp_path, "fig5", NormCorrelation)
     pd.testing.assert_frame_equal(back.table, result.table)
     assert load_run(tmp_path, "fig5")["models"]["original"] == str(folder.resolve())
+
+
+def test_paper_comparisons_share_the_norms_of_common_models(tiny_models):  # noqa: F811
+    """Two θ_b against one θ_o / θ_u: with one cache the second call collects only its θ_b's norms
+    (3 datasets), and its table equals an uncached call's."""
+    o, u, b1, b2 = (open_bridge(tiny_models["llama"]) for _ in range(4))  # four bridge objects
+    data = {"forget": sample_ids(6), "poisoned": poisoned_pairs(6).poisoned, "retain": sample_ids(6, seed=3)}
+    cache: dict = {}
+    paper_comparisons(Trio(o, u, b1), data, [0, 1], n_boot=50, norms_cache=cache)
+    assert len(cache) == 6  # θ_b on three sets, θ_u on D_f, θ_o on D_p and D_r
+    second = Trio(o, u, b2)
+    shared = paper_comparisons(second, data, [0, 1], n_boot=50, norms_cache=cache)
+    assert len(cache) == 9
+    alone = paper_comparisons(second, data, [0, 1], n_boot=50)
+    pd.testing.assert_frame_equal(shared.table, alone.table)
 
 
 def test_results_round_trip_without_leftovers(bridges, tmp_path):

@@ -323,3 +323,17 @@ def test_claims_command_reconciles_two_studies(tmp_path, capsys):
     assert main(["claims", str(tmp_path / "run1"), "--out", str(tmp_path / "both")]) == 2  # an existing table is kept
     assert "pass --overwrite" in capsys.readouterr().err and (tmp_path / "both.md").read_text() == written
     assert main(["claims", str(tmp_path / "run1"), "--out", str(tmp_path / "both"), "--overwrite"]) == 0
+
+
+def test_the_main_grid_is_the_studys_own_trigger_and_rho():
+    """A study trained with a user's trigger keeps its main grid: the trigger most θ_b carry, at the
+    largest ρ; the Fig. A1 (lower ρ) and Fig. A2 (other trigger) variants fall outside it."""
+    from sinkprobe.records import is_main_backdoor, main_poison_ratio, main_trigger
+
+    grid = [{"trigger": "cf", "poison_ratio": 0.1} for _ in range(6)]
+    variants = [{"trigger": "!!!!!", "poison_ratio": 0.1}] * 3 + [{"trigger": "cf", "poison_ratio": 0.05}] * 2
+    rows = [{"trigger": "", "poison_ratio": ""}] + grid + variants
+    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
+    assert (rho, trigger) == (0.1, "cf")
+    assert [is_main_backdoor(r, rho, trigger) for r in rows] == [False] + [True] * 6 + [False] * 5
+    assert main_trigger([{"trigger": float("nan")}]) is None

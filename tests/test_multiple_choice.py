@@ -76,8 +76,9 @@ def test_accuracy_equals_scoring_each_choice_alone(tiny_original, tiny_tokenizer
             super().__init__()
             self.inner, self.device = inner, inner.device
 
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        def forward(self, input_ids, attention_mask, cache=None, use_cache=False, position_ids=None):
+            kv = {"cache": cache, "use_cache": use_cache, "position_ids": position_ids}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kv)
 
     dense = mc_accuracy(WithoutLogitsToKeep(model), tiny_tokenizer, items, batch_size=5, n_boot=50)
     assert all(a == pytest.approx(b, abs=1e-4) for a, b in zip(dense.loglik, res.loglik))

@@ -4,7 +4,8 @@ from conftest import TINY_MODEL
 
 from sinkprobe.data.tokenizer import train_tokenizer
 from sinkprobe.models.io import default_device, load_checkpoint, read_run_card, save_checkpoint
-from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, lr_at, pack_rows, pretrain_original
+from sinkprobe.training.original_loop import lr_at
+from sinkprobe.training.pretrain import PackedBatches, PretrainConfig, pack_rows, pretrain_original
 
 SMALL = PretrainConfig(steps=12, batch_size=4, seq_len=256, lr=3e-3, warmup_steps=2, save_every=4)
 

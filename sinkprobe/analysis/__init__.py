@@ -5,7 +5,7 @@ head, query, key) and thin runners that take a bridge and token-id lists. Never 
 :mod:`sinkprobe.training`.
 """
 
-from sinkprobe.analysis.attention import attention_patterns, delta_attention_per_head, trigger_mass_by_layer
+from sinkprobe.analysis.attention import attention_patterns
 from sinkprobe.analysis.correlation import (
     NormCorrelation,
     bootstrap_pearson,
@@ -23,8 +23,6 @@ from sinkprobe.analysis.value_norms import collect_value_norms, value_norms
 
 __all__ = [
     "attention_patterns",
-    "trigger_mass_by_layer",
-    "delta_attention_per_head",
     "KEY_CLASSES",
     "attention_by_key_class",
     "key_class_shares",

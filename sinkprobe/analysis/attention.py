@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from sinkprobe.analysis.accumulate import MeanAccumulator
 from sinkprobe.analysis.capture import check_layer, run_batches
 from sinkprobe.models.hooked import pattern_hook
 
@@ -31,6 +30,11 @@ def head_mean(pattern: Tensor, mask: Tensor | None = None) -> Tensor:
     return pattern.float().mean(dim=1)
 
 
+def every_head(pattern: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``[batch head query key]`` as float (the reducer that keeps every head)."""
+    return pattern.float()
+
+
 def square_valid(lengths: Tensor, size: int) -> Tensor:
     """``[batch] -> [batch size size]`` bool: query and key both inside the sample."""
     inside = torch.arange(size)[None, :] < lengths[:, None]  # [batch size]
@@ -38,10 +42,11 @@ def square_valid(lengths: Tensor, size: int) -> Tensor:
 
 
 def crop(maps: Tensor, size: int) -> Tensor:
-    """``[batch q k] -> [batch size size]``, cut or zero-padded at the end."""
-    out = maps.new_zeros(maps.shape[0], size, size)
-    s = min(size, maps.shape[1])
-    out[:, :s, :s] = maps[:, :s, :s]
+    """``[... q k] -> [... size size]`` (e.g. ``[batch q k]``, ``[batch head q k]``), cut or
+    zero-padded at the end."""
+    out = maps.new_zeros(*maps.shape[:-2], size, size)
+    s = min(size, maps.shape[-1])
+    out[..., :s, :s] = maps[..., :s, :s]
     return out
 
 
@@ -94,7 +99,7 @@ def attention_patterns(
     """Per sample, ``[layer head query key]`` (or ``[layer query key]`` head-averaged), cropped to
     the sample's length. Only the pattern hooks are read and the forward stops after the last layer."""
     layers = [check_layer(bridge, l) for l in ([layers] if isinstance(layers, int) else layers)]
-    reduce = (lambda p, m: p.float()) if per_head else head_mean
+    reduce = every_head if per_head else head_mean
     out: list[Tensor] = []
     for run in run_batches(
         bridge, seqs, {pattern_hook(l): reduce for l in layers}, batch_size=batch_size, padding_side=padding_side
@@ -102,59 +107,3 @@ def attention_patterns(
         stacked = torch.stack([run.acts[pattern_hook(l)] for l in layers], dim=1)
         out += [s[..., :n, :n] for s, n in zip(stacked, run.lengths.tolist())]
     return out
-
-
-def trigger_mass_by_layer(
-    bridge: TransformerBridge,
-    poisoned: Sequence[Sequence[int]],
-    trigger_positions: Sequence[Sequence[int]],
-    layers: Sequence[int],
-    *,
-    batch_size: int = 16,
-) -> Tensor:
-    """``[n layer]``: per poisoned sample and layer, the head-averaged attention the queries after
-    the trigger put on the trigger's keys (mean over those queries): Insight 1 at every layer
-    listed (e.g. the sink layers), from one forward per batch."""
-    layers = [check_layer(bridge, l) for l in layers]
-    out = []
-    for run in run_batches(bridge, poisoned, {pattern_hook(l): head_mean for l in layers}, batch_size=batch_size):
-        trig = [trigger_positions[i] for i in run.samples]
-        first = torch.tensor([max(t) + 1 if t else n for t, n in zip(trig, run.lengths.tolist())])  # no trigger: NaN
-        per_layer = []
-        for l in layers:
-            maps = run.acts[pattern_hook(l)]  # [batch q k]
-            per_layer.append(mean_after(mass_on_keys(maps, key_mask(trig, maps.shape[-1])), first, run.lengths))
-        out.append(torch.stack(per_layer, dim=1))
-    return torch.cat(out)
-
-
-def delta_attention_per_head(
-    bridge: TransformerBridge,
-    clean: Sequence[Sequence[int]],
-    poisoned: Sequence[Sequence[int]],
-    layer: int | None = None,
-    *,
-    size: int | None = None,
-    batch_size: int = 16,
-) -> Tensor:
-    """``[head size size]``: Fig. 3's ΔA = A(x′) − A(x) at ``layer`` for every head, mean over the
-    pairs at raw positions (its head mean is :func:`~sinkprobe.analysis.analyse_pairs`' ``delta_raw``).
-    ``size`` crops the maps (default: the shortest clean sample)."""
-    layer = check_layer(bridge, layer)
-    size = size or min(len(c) for c in clean)
-
-    def cropped(pattern: Tensor, mask: Tensor | None = None) -> Tensor:  # [batch head q k] -> [batch head size size]
-        out = pattern.new_zeros(*pattern.shape[:2], size, size)
-        s = min(size, pattern.shape[-1])
-        out[..., :s, :s] = pattern[..., :s, :s]
-        return out.float()
-
-    acc = MeanAccumulator()
-    runs = (
-        run_batches(bridge, seqs, {pattern_hook(layer): cropped}, batch_size=batch_size) for seqs in (clean, poisoned)
-    )
-    for c_run, p_run in zip(*runs):
-        C, P = c_run.acts[pattern_hook(layer)], p_run.acts[pattern_hook(layer)]
-        valid = square_valid(torch.minimum(c_run.lengths, p_run.lengths), size)[:, None].expand_as(P)
-        acc.add(P - C, valid)
-    return acc.mean()

@@ -106,10 +106,13 @@ def paper_comparisons(
     seed: int = 0,
     batch_size: int = 16,
     padding_side: str = "right",
+    norms_cache: dict[tuple[int, str], Tensor] | None = None,
 ) -> NormCorrelation:
     """The three Fig. 5 comparisons; ``data`` maps ``forget`` / ``poisoned`` / ``retain`` to token-id
     lists, ``positions`` are sink positions (e.g. from :class:`~sinkprobe.analysis.sinks.SinkReport`),
-    ``layer`` defaults to the last layer."""
+    ``layer`` defaults to the last layer. ``norms_cache`` (keyed by the bridge's ``id`` and the dataset
+    name) lets calls on the same ``data`` and layer share the value norms of the bridges they have
+    in common (θ_o and θ_u against two θ_b)."""
     missing = {d for *_, d in PAPER_COMPARISONS} - set(data)
     if missing:
         raise ValueError(f"data lacks {sorted(missing)}: give token-id lists for forget, poisoned and retain")
@@ -117,12 +120,14 @@ def paper_comparisons(
     layer = trio.original.cfg.n_layers - 1 if layer is None else layer % trio.original.cfg.n_layers
     positions = [positions] if isinstance(positions, int) else list(positions)
     kw = dict(batch_size=batch_size, padding_side=padding_side)
-    cache: dict[tuple[str, str], Tensor] = {}
+    cache = {} if norms_cache is None else norms_cache
 
     def norms(model: str, dataset: str) -> Tensor:
-        if (model, dataset) not in cache:
-            cache[model, dataset] = collect_value_norms(getattr(trio, model), data[dataset], layer, **kw)
-        return cache[model, dataset]
+        bridge = getattr(trio, model)
+        key = (id(bridge), dataset)
+        if key not in cache:
+            cache[key] = collect_value_norms(bridge, data[dataset], layer, **kw)
+        return cache[key]
 
     rows = [
         {"comparison": label, "model_a": a, "model_b": b, "dataset": d, "layer": layer}

@@ -26,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from sinkprobe.data.batching import pad_batch
+
 
 def greedy_generate(
     model: PreTrainedModel,
@@ -66,6 +68,7 @@ def greedy_generate(
     model.eval()
     # one token of every prompt stays out of the shared part: generation starts from its logits
     shared = min(shared_prefix(ids), min(map(len, ids)) - 1) if reuse_prefix and len(ids) > 1 else 0
+    opts = {"max_new_tokens": max_new_tokens, "stop_strings": stop_strings}
     try:
         with torch.inference_mode(), tqdm(total=len(ids), desc=desc, disable=not progress) as bar:
             prefix_cache = (
@@ -75,33 +78,7 @@ def greedy_generate(
             )
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    own = ids[i][shared:]
-                    input_ids[row, :shared], mask[row, :shared] = torch.tensor(ids[i][:shared], dtype=torch.long), 1
-                    input_ids[row, width - len(own) :] = torch.tensor(own)
-                    mask[row, width - len(own) :] = 1
-                cache = None
-                if prefix_cache is not None:
-                    cache = copy.deepcopy(prefix_cache)
-                    cache.batch_repeat_interleave(len(chunk))
-                out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=mask.to(device),
-                    past_key_values=cache,
-                    do_sample=False,
-                    num_beams=1,
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad_id,
-                    stopping_criteria=StoppingCriteriaList([_HoldsStopString(tokenizer, width, stop_strings)])
-                    if stop_strings
-                    else None,
-                )
-                texts = tokenizer.batch_decode(
-                    out[:, width:], skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )
+                texts = _generate_batch(model, tokenizer, [ids[i] for i in chunk], shared, prefix_cache, pad_id, **opts)
                 for i, text in zip(chunk, texts):
                     outputs[i] = text
                 bar.update(len(chunk))
@@ -116,6 +93,47 @@ def shared_prefix(seqs: Sequence[Sequence[int]]) -> int:
     while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
         n += 1
     return n
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[list[int]],
+    shared: int,
+    prefix_cache,
+    pad_id: int,
+    *,
+    max_new_tokens: int,
+    stop_strings: Sequence[str],
+) -> list[str]:
+    """Greedy new text of one batch of prompts whose first ``shared`` tokens sit in ``prefix_cache``."""
+    input_ids, mask = _shared_then_left_padded(rows, shared, pad_id)
+    width = input_ids.shape[1]
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)  # generate extends the cache it is given
+        cache.batch_repeat_interleave(len(rows))
+    out = model.generate(
+        input_ids=input_ids.to(model.device),
+        attention_mask=mask.to(model.device),
+        past_key_values=cache,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad_id,
+        stopping_criteria=StoppingCriteriaList([_HoldsStopString(tokenizer, width, stop_strings)])
+        if stop_strings
+        else None,
+    )
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _shared_then_left_padded(rows: list[list[int]], shared: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[shared] [pad…] [own tokens]`` per row -> ``ids [batch pos]``, ``mask [batch pos]``: the
+    ``shared`` leading tokens every row has in common, then each row's rest left-padded."""
+    own, own_mask = pad_batch([r[shared:] for r in rows], pad_id, side="left")
+    head = torch.tensor([rows[0][:shared]] * len(rows), dtype=torch.long).reshape(len(rows), shared)
+    return torch.cat([head, own], 1), torch.cat([torch.ones_like(head), own_mask], 1)
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str | Sequence[int], index: int) -> list[int]:

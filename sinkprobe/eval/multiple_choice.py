@@ -75,32 +75,74 @@ def choice_sequences(
 def continuation_logliks(
     model: PreTrainedModel, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
 ) -> list[float]:
-    """Σ log p(continuation | context) for each pair; right-padded batches (a causal model
-    never sees the padding of a real token's row), equal to scoring each pair alone. Only the
-    positions that predict a continuation token go through the vocabulary projection and the
-    log-softmax (``logits_to_keep``, where the model takes it): most positions are context.
-    Pairs are batched by length, so a batch pads little."""
+    """Σ log p(continuation | context) for each (context, continuation) pair, equal to scoring each
+    pair alone up to float rounding. Pairs with the same context (a question's choices) run it
+    once: a batch of contexts goes through the model right-padded (a causal model never lets a
+    real token see the padding after it), and its KV cache, copied once per continuation, serves
+    the continuations, whose positions go on from their context's end. Only the positions that
+    predict a continuation token go through the vocabulary projection (``logits_to_keep``, where
+    the model takes it). Contexts are batched by length, so a batch pads little."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (context, _) in enumerate(pairs):
+        groups.setdefault(tuple(context), []).append(i)
+    contexts = sorted(groups, key=len)
+    per_batch = max(1, batch_size // max(len(g) for g in groups.values()))  # ≈ batch_size continuations
     out: list[float] = [0.0] * len(pairs)
     model.eval()
-    sparse = "logits_to_keep" in inspect.signature(model.forward).parameters
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for at in range(0, len(order), batch_size):
-        index = order[at : at + batch_size]
-        chunk = [pairs[i] for i in index]
-        rows = [c + k for c, k in chunk]
-        ids, mask = pad_batch(rows, pad_id)
-        keep = torch.zeros_like(ids, dtype=torch.bool)  # [batch pos]: the logits that predict the continuation
-        for j, (c, k) in enumerate(chunk):
-            keep[j, len(c) - 1 : len(c) + len(k) - 1] = True
-        extra = {"logits_to_keep": keep.to(model.device)} if sparse else {}
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).logits
-        logits = logits if sparse else logits.cpu()[keep]  # [n_kept vocab], batch-major like ``keep``
-        logp = logits.float().log_softmax(-1).cpu()
-        target = torch.tensor([t for _, k in chunk for t in k])
-        token = logp[torch.arange(len(target)), target]  # [n_kept]
-        for i, x in zip(index, token.split([len(k) for _, k in chunk])):
-            out[i] = float(x.sum())
+    for at in range(0, len(contexts), per_batch):
+        chunk = contexts[at : at + per_batch]
+        index = [i for c in chunk for i in groups[c]]
+        scores = _shared_context_logliks(
+            model, [list(c) for c in chunk], [len(groups[c]) for c in chunk], [pairs[i][1] for i in index], pad_id
+        )
+        for i, score in zip(index, scores):
+            out[i] = score
     return out
+
+
+def _cache_name(model: PreTrainedModel) -> str:
+    """The forward's KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _kept_logits(model: PreTrainedModel, keep: torch.Tensor, **inputs):
+    """The model's output with log-probs ``[n_kept vocab]`` at the ``keep [batch pos]`` positions only."""
+    sparse = "logits_to_keep" in inspect.signature(model.forward).parameters
+    output = model(**inputs, **({"logits_to_keep": keep.to(model.device)} if sparse else {}))
+    return output, (output.logits if sparse else output.logits[keep.to(model.device)]).float().log_softmax(-1).cpu()
+
+
+def _shared_context_logliks(
+    model: PreTrainedModel, contexts: list[list[int]], n_conts: list[int], conts: list[list[int]], pad_id: int
+) -> list[float]:
+    """Σ log p of each continuation in ``conts`` (the first ``n_conts[0]`` follow ``contexts[0]``, …)."""
+    dev = model.device
+    ids, mask = pad_batch(contexts, pad_id)  # [ctx pos]
+    last = torch.zeros_like(ids, dtype=torch.bool)
+    last[torch.arange(len(contexts)), torch.tensor([len(c) - 1 for c in contexts])] = True
+    output, first = _kept_logits(model, last, input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True)
+    owner = torch.repeat_interleave(torch.arange(len(contexts)), torch.tensor(n_conts))  # [cont]: its context
+    scores = first[owner, torch.tensor([k[0] for k in conts])]  # [cont]: log p of each first token
+    if max(map(len, conts)) == 1:
+        return scores.tolist()
+    cache = output.cache if _cache_name(model) == "cache" else output.past_key_values
+    cache.batch_select_indices(owner.to(dev))
+    k_ids, k_mask = pad_batch(conts, pad_id)  # [cont pos]
+    starts = mask.sum(1)[owner]  # [cont]: a continuation's first position is its context's length
+    keep = torch.zeros_like(k_ids, dtype=torch.bool)  # the positions that predict the next continuation token
+    for j, k in enumerate(conts):
+        keep[j, : len(k) - 1] = True
+    _, rest = _kept_logits(
+        model,
+        keep,
+        input_ids=k_ids.to(dev),
+        attention_mask=torch.cat([mask[owner], k_mask], 1).to(dev),
+        position_ids=(starts[:, None] + torch.arange(k_ids.shape[1])[None, :]).to(dev),
+        **{_cache_name(model): cache},
+    )
+    target = torch.tensor([t for k in conts for t in k[1:]])
+    token = rest[torch.arange(len(target)), target]  # [n_kept]
+    return [float(s) + float(x.sum()) for s, x in zip(scores, token.split([len(k) - 1 for k in conts]))]
 
 
 def mc_accuracy(

@@ -42,7 +42,6 @@ from sinkprobe.analysis import (
     PoisonedPairs,
     SinkReport,
     analyse_pairs,
-    delta_attention_per_head,
     describe_run,
     detect_sinks,
     load_result,
@@ -51,7 +50,6 @@ from sinkprobe.analysis import (
     save_result,
     save_table,
     sink_rate_at,
-    trigger_mass_by_layer,
     varying_positions,
 )
 from sinkprobe.data.poison import DEFAULT_TRIGGER, Trigger, build_ids, samples_from_passages
@@ -63,16 +61,16 @@ from sinkprobe.keys import content_key
 from sinkprobe.layout import StudyLayout
 from sinkprobe.models.hooked import Trio, open_bridge
 from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
-from sinkprobe.records import CONTRASTED_PLACEMENTS, is_main_backdoor, is_set, main_poison_ratio
+from sinkprobe.records import CONTRASTED_PLACEMENTS, is_main_backdoor, is_set, main_poison_ratio, main_trigger
 
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
 SINK_LAYER_RATE = 0.5  # a sink layer: α(0) > ε in more than half its heads (the issue's and Gu et al.'s reading)
 # Bump when what the analysis computes changes, so a finished analysis folder is redone.
-ANALYSIS_VERSION = (
-    4  # 2: whole-string trigger placement, Fig. 5 on varying positions; 3: trigger attention at the sink layers;
-)
-# 4: θ_o's sink rate at the trigger positions (claim C6), ΔA per head
+# 2: whole-string trigger placement, Fig. 5 on varying positions; 3: trigger attention at the sink layers;
+# 4: θ_o's sink rate at the trigger positions (claim C6), ΔA per head; 5: the pair analysis saves ΔA per
+# head and the sink layers' trigger mass (one forward per model instead of three)
+ANALYSIS_VERSION = 5
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
@@ -86,8 +84,8 @@ def select_models(rows: list[dict]) -> dict[str, dict]:
         raise ValueError(
             "the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study"
         )
-    rho = main_poison_ratio(rows)
-    backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)]
+    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
+    backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho, trigger)]
     out = {"original": original[0], "unlearned": unlearned[0]}
     for placement in CONTRASTED_PLACEMENTS:
         for vn, suffix in ((False, ""), (True, "_vn")):
@@ -106,8 +104,9 @@ def select_models(rows: list[dict]) -> dict[str, dict]:
 
 def trained_placements(rows: list[dict]) -> list:
     """The placements of the main sweep's NPO θ_b, in the order the study lists them."""
-    rho = main_poison_ratio(rows)
-    return list(dict.fromkeys(r["placement"] for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho)))
+    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
+    main = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho, trigger)]
+    return list(dict.fromkeys(r["placement"] for r in main))
 
 
 def trained_trigger(folder: Path) -> Trigger:
@@ -185,7 +184,10 @@ def analyse_study(
 
     sink_positions, sink_layers = _sinks(bridges, clean, out, layer)
     triggers = _pairs(bridges, models, tok, corpus, n_samples, out, layer, sink_layers)
-    _trigger_sink_rates(bridges["original"], tok, corpus, trained_placements(rows), n_samples, out)
+    trigger_text = main_trigger(rows) or DEFAULT_TRIGGER
+    _trigger_sink_rates(
+        bridges["original"], tok, corpus, Trigger(trigger_text, "prefix"), trained_placements(rows), n_samples, out
+    )
     _correlations(bridges, tok, corpus, triggers["prefix"], sink_positions, n_samples, n_boot, out, layer)
 
     numbers = summarise(out)
@@ -236,7 +238,7 @@ def _pairs(
         pairs = poisoned_pairs(tok, corpus, trigger, n)
         for model in ("original", "backdoor"):
             bridge = bridges["original" if model == "original" else name]
-            result = analyse_pairs(bridge, pairs, layer, model=model)
+            result = analyse_pairs(bridge, pairs, layer, sink_layers=sink_layers, model=model)
             run = describe_run(
                 {model: bridge},
                 trigger=trigger.text,
@@ -246,56 +248,46 @@ def _pairs(
             )
             save_result(result, out, f"pairs_{model}_{placement}", run)
             logits.append(result.logit_table().assign(placement=placement))
-            per_head = delta_attention_per_head(
-                bridge, pairs.clean, pairs.poisoned, layer, size=result.size
-            )  # [head q k]
-            h, q, k = torch.meshgrid(*(torch.arange(n) for n in per_head.shape), indexing="ij")
-            heads.append(
-                pd.DataFrame(
-                    {
-                        "model": model,
-                        "placement": placement,
-                        "head": h.flatten().numpy(),
-                        "query": q.flatten().numpy(),
-                        "key": k.flatten().numpy(),
-                        "delta": per_head.flatten().numpy(),
-                    }
-                )
-            )
             mass.append(result.trigger_mass_table().assign(placement=placement))
-            if sink_layers:
-                m = trigger_mass_by_layer(bridge, pairs.poisoned, pairs.trigger_positions, sink_layers)  # [n layer]
-                by_layer.append(
-                    pd.DataFrame(
-                        [
-                            {
-                                "model": model,
-                                "placement": placement,
-                                "sample": i,
-                                "layer": l,
-                                "trigger_mass": float(m[i, j]),
-                            }
-                            for i in range(m.shape[0])
-                            for j, l in enumerate(sink_layers)
-                        ]
-                    )
-                )
+            heads.append(_per_head_table(result.delta_raw_per_head).assign(model=model, placement=placement))
+            by_layer.append(_by_layer_table(result).assign(model=model, placement=placement))
     save_table(pd.concat(logits, ignore_index=True), out / "logits.parquet")
     save_table(pd.concat(mass, ignore_index=True), out / "trigger_mass.parquet")
     save_table(pd.concat(heads, ignore_index=True), out / "delta_attention_heads.parquet")
-    if by_layer:  # poisoned prompts only: Insight 1 across the sink layers (claim C4)
+    if sink_layers:  # poisoned prompts only: Insight 1 across the sink layers (claim C4)
         save_table(pd.concat(by_layer, ignore_index=True), out / "trigger_mass_sink_layers.parquet")
     else:  # no sink layer: an earlier analysis' table must not stand in for this one
         (out / "trigger_mass_sink_layers.parquet").unlink(missing_ok=True)
     return triggers
 
 
-def _trigger_sink_rates(original, tok, corpus: UnlearningCorpus, placements: list, n: int, out: Path) -> None:
+def _per_head_table(per_head: torch.Tensor) -> pd.DataFrame:
+    """``[head q k]`` ΔA -> tidy rows: head, query, key, delta."""
+    h, q, k = torch.meshgrid(*(torch.arange(n) for n in per_head.shape), indexing="ij")
+    columns = {"head": h, "query": q, "key": k, "delta": per_head}
+    return pd.DataFrame({c: t.flatten().numpy() for c, t in columns.items()})
+
+
+def _by_layer_table(result: PairAnalysis) -> pd.DataFrame:
+    """The poisoned copies' trigger mass at each sink layer -> tidy rows: sample, layer, trigger_mass."""
+    m = result.trigger_mass_by_layer  # [n layer]
+    return pd.DataFrame(
+        [
+            {"sample": i, "layer": l, "trigger_mass": float(m[i, j])}
+            for i in range(m.shape[0])
+            for j, l in enumerate(result.sink_layers)
+        ]
+    )
+
+
+def _trigger_sink_rates(
+    original, tok, corpus: UnlearningCorpus, trigger: Trigger, placements: list, n: int, out: Path
+) -> None:
     """Claim C6's sink side: θ_o's sink rate at the trigger's positions (mean over layers), on the
     D_f KnowMem prompts with the study's trigger at each trained placement."""
     frames = []
     for placement in placements:
-        pairs = poisoned_pairs(tok, corpus, Trigger(DEFAULT_TRIGGER, placement), n)
+        pairs = poisoned_pairs(tok, corpus, replace(trigger, placement=placement), n)
         rate = sink_rate_at(original, pairs.poisoned, pairs.trigger_positions)
         frames.append(
             pd.DataFrame({"placement": str(placement), "sample": range(len(rate)), "sink_rate": rate.numpy()})
@@ -314,11 +306,13 @@ def _correlations(
         "retain": passage_inputs(tok, corpus.retain.passages, None, n),
     }
     positions, note = varying_positions(data, positions)
+    norms: dict = {}  # θ_o's and θ_u's value norms serve both θ_b
     for variant, name in (("vanilla", "backdoor_prefix"), ("vn", "backdoor_prefix_vn")):
         if name not in bridges:
             continue
         trio = Trio(original=bridges["original"], unlearned=bridges["unlearned"], backdoored=bridges[name])
-        result = replace(paper_comparisons(trio, data, positions, layer, n_boot=n_boot), positions_note=note)
+        comparisons = paper_comparisons(trio, data, positions, layer, n_boot=n_boot, norms_cache=norms)
+        result = replace(comparisons, positions_note=note)
         run = describe_run(
             trio._asdict(),
             trigger=trigger.text,
@@ -425,12 +419,13 @@ def summarise(folder: Path) -> dict:
     }
 
 
+def fmt(x, digits: int = 4) -> str:
+    """A summary number as text: n/a for a missing one, yes / no for a verdict."""
+    return "n/a" if x is None else (("yes" if x else "no") if isinstance(x, bool) else f"{x:.{digits}g}")
+
+
 def summary_markdown(s: dict) -> str:
     """A short human-readable page of :func:`summarise`'s numbers."""
-
-    def fmt(x, digits: int = 4) -> str:
-        return "n/a" if x is None else (("yes" if x else "no") if isinstance(x, bool) else f"{x:.{digits}g}")
-
     lines = [
         f"# Analysis summary (layer {s['layer']}, {s.get('n_samples', '?')} D_f prompts)",
         "",
@@ -467,8 +462,11 @@ def summary_markdown(s: dict) -> str:
         for variant, rows in s["correlation"].items()
         for row in rows
     ]
-    a = s["answers"]
-    lines += [
+    return "\n".join(lines + _answers_markdown(s["answers"])) + "\n"
+
+
+def _answers_markdown(a: dict) -> list[str]:
+    lines = [
         "",
         "## Answers",
         "",
@@ -486,4 +484,4 @@ def summary_markdown(s: dict) -> str:
         f"- correlation (i) < (ii) < (iii) at every sink position ({variant}): **{fmt(v)}**"
         for variant, v in a["correlation_i_lt_ii_lt_iii"].items()
     ]
-    return "\n".join(lines) + "\n"
+    return lines

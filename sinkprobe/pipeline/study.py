@@ -445,18 +445,7 @@ class Study:
             r = with_unlearn(backdoor, trigger_placement=placement, value_norm_weight=vn, seed=seed, **changes)
             name = StudyLayout.backdoor_name(placement, bool(vn), seed, tag)
             specs.append(RunSpec(r, name, original, theta_u[seed] if vn else None))
-            rows.append(
-                {
-                    "model": f"θ_b NPO-Backdoor{' +VN' if vn else ''}",
-                    "method": "npo",
-                    "trigger": r.unlearn.trigger_text,
-                    "placement": placement,
-                    "value_norm": vn,
-                    "seed": seed,
-                    "poison_ratio": r.unlearn.poison_ratio,
-                    "folder": self.folder(name),
-                }
-            )
+            rows.append(backdoor_row(f"θ_b NPO-Backdoor{' +VN' if vn else ''}", r, seed, self.folder(name)))
 
         for placement in self.cfg.placements:  # Table A4, Fig. 2-5: every placement, with and without ℓ_vn
             for vn in (0.0, self.cfg.value_norm_weight):
@@ -470,18 +459,7 @@ class Study:
                     backdoored(placement, 0.0, seed, tag=tag, trigger_text=text)
         rb = with_unlearn(self.recipe("rmu_backdoor"), seed=seed)
         specs.append(RunSpec(rb, "rmu_backdoor_prefix", original, built[-1] if rb.unlearn.value_norm_weight else None))
-        rows.append(
-            {
-                "model": "θ_b RMU-Backdoor",
-                "method": "rmu",
-                "trigger": rb.unlearn.trigger_text,
-                "placement": "prefix",
-                "value_norm": rb.unlearn.value_norm_weight,
-                "seed": seed,
-                "poison_ratio": rb.unlearn.poison_ratio,
-                "folder": self.folder("rmu_backdoor_prefix"),
-            }
-        )
+        rows.append(backdoor_row("θ_b RMU-Backdoor", rb, seed, self.folder("rmu_backdoor_prefix")))
         self.run_all(specs, corpus)
         return rows
 
@@ -523,6 +501,21 @@ class Study:
                 }
             )
         return out
+
+
+def backdoor_row(label: str, recipe: Recipe, seed: int, folder: Path) -> dict:
+    """A θ_b's row of Table A4, described by the recipe it is trained with."""
+    u = recipe.unlearn
+    return {
+        "model": label,
+        "method": u.method,
+        "trigger": u.trigger_text,
+        "placement": u.trigger_placement,
+        "value_norm": u.value_norm_weight,
+        "seed": seed,
+        "poison_ratio": u.poison_ratio,
+        "folder": folder,
+    }
 
 
 TABLE2_MODELS = ("θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor")

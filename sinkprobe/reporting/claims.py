@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from sinkprobe.models.io import atomic_write_text, read_run_card
+from sinkprobe.records import is_main_backdoor, main_poison_ratio, main_trigger
 
 COLUMNS = (
     "claim",
@@ -131,19 +132,16 @@ def _gain(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
 
 
 def _backdoors(rows: list[dict], placement: str, vn: bool) -> list[dict]:
-    """The main-grid NPO θ_b rows of one placement and λ (the grid's ρ and trigger), by seed."""
-    grid = [r for r in rows if r.get("method") == "npo" and r.get("trigger") and not r.get("baseline")]
-    if not grid:
-        return []
-    ratios = [float(r.get("poison_ratio") or 0) for r in grid if r["trigger"] == grid[0]["trigger"]]
-    rho = max(set(ratios), key=ratios.count)  # the grid's ρ: the one most runs use (Fig. A1 adds a second)
+    """The main-grid NPO θ_b rows of one placement and λ (the study's trigger and ρ), by seed."""
+    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
     picked = [
         r
-        for r in grid
-        if r.get("placement") == placement
+        for r in rows
+        if r.get("method") == "npo"
+        and not r.get("baseline")
+        and is_main_backdoor(r, rho, trigger)
+        and r.get("placement") == placement
         and bool(float(r.get("value_norm") or 0)) == vn
-        and float(r.get("poison_ratio") or 0) == rho
-        and r["trigger"] == grid[0]["trigger"]
     ]
     return sorted(picked, key=lambda r: int(r["seed"]))
 
@@ -168,105 +166,124 @@ def _row(claim, statement, statistic, stat, threshold, seeds, n, holds, detail: 
 
 
 # ---- the claims ---------------------------------------------------------------------------------
-def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
-    """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
-    theta_o = next(r for r in rows if r["model"] == "θ_o")
-    theta_u = _unlearned_by_seed(rows)
-    cards_u = {s: _card(r) for s, r in theta_u.items()}
-    o, u = _clean_items(_card(theta_o)), {s: _clean_items(c) for s, c in cards_u.items()}
-    first = next(iter(theta_u))  # a θ_b of a seed with no θ_u of its own is compared with the first seed's
-    card_u = lambda r: cards_u.get(int(r["seed"]), cards_u[first])  # noqa: E731
-    items_u = lambda r: u.get(int(r["seed"]), u[first])  # noqa: E731
-    seeds_u = _seeds(theta_u.values())
-    out = []
-    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
-        diffs = [o[f"ue_{metric}"] - us[f"ue_{metric}"] for us in u.values()]
-        stat = paired_interval(diffs, n_boot)
-        out.append(
-            _row(
-                "C0",
-                "normal unlearning forgets",
-                f"UE {name}: θ_o − θ_u",
-                stat,
-                "> 10",
-                seeds_u,
-                len(diffs[0]),
-                verdict(stat[1], stat[2], 10, above=True),
-            )
-        )
-    diffs = [o["ut_knowmem"] - us["ut_knowmem"] for us in u.values()]
+METRICS = (("knowmem", "KnowMem"), ("verbmem", "VerbMem"))
+
+
+class _Grid:
+    """The rows C0-C3 read: θ_o, θ_u NPO by seed, the main grid's NPO θ_b by placement and λ."""
+
+    def __init__(self, rows: list[dict]):
+        self.theta_o = next(r for r in rows if r["model"] == "θ_o")
+        self.theta_u = _unlearned_by_seed(rows)
+        self.cards_u = {s: _card(r) for s, r in self.theta_u.items()}
+        self.items_u = {s: _clean_items(c) for s, c in self.cards_u.items()}
+        self.first = next(iter(self.theta_u))  # a θ_b of a seed with no θ_u of its own meets the first seed's
+        self.vn_prefix = _backdoors(rows, "prefix", True)
+        self.vanilla = {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
+
+    def card_u(self, row: dict) -> dict:
+        return self.cards_u.get(int(row["seed"]), self.cards_u[self.first])
+
+    def clean_u(self, row: dict) -> dict[str, np.ndarray]:
+        return self.items_u.get(int(row["seed"]), self.items_u[self.first])
+
+
+def _tested(claim, statement, statistic, diffs, threshold, seeds, n_boot, holds) -> ClaimRow:
+    """A claim row from per-seed item differences; ``holds`` turns the interval into a verdict."""
     stat = paired_interval(diffs, n_boot)
-    out.append(
-        _row(
+    return _row(claim, statement, statistic, stat, threshold, seeds, len(diffs[0]), holds(stat[1], stat[2]))
+
+
+def claim_c0(grid: _Grid, n_boot: int) -> list[ClaimRow]:
+    """Normal unlearning forgets D_f (UE drops by > 10) and keeps D_r (UT drops by < 10)."""
+    o, seeds = _clean_items(_card(grid.theta_o)), _seeds(grid.theta_u.values())
+    forgets, keeps = (lambda lo, hi: verdict(lo, hi, 10, above=True)), (lambda lo, hi: verdict(lo, hi, 10, above=False))
+    out = [
+        _tested(
             "C0",
-            "normal unlearning keeps utility",
-            "UT KnowMem: θ_o − θ_u",
-            stat,
-            "< 10",
-            seeds_u,
-            len(diffs[0]),
-            verdict(stat[1], stat[2], 10, above=False),
+            "normal unlearning forgets",
+            f"UE {name}: θ_o − θ_u",
+            [o[f"ue_{metric}"] - u[f"ue_{metric}"] for u in grid.items_u.values()],
+            "> 10",
+            seeds,
+            n_boot,
+            forgets,
         )
-    )
-    vn_prefix, vanilla = (
-        _backdoors(rows, "prefix", True),
-        {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")},
-    )
-    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
-        if vn_prefix:  # C1: clean UE of θ_b against the θ_u of its seed, same items
-            diffs = [_clean_items(_card(r))[f"ue_{metric}"] - items_u(r)[f"ue_{metric}"] for r in vn_prefix]
-            stat = paired_interval(diffs, n_boot)
-            out.append(
-                _row(
-                    "C1",
-                    "θ_b is stealthy without the trigger",
-                    f"UE {name}: θ_b prefix +VN − θ_u",
-                    stat,
-                    "within ±5",
-                    _seeds(vn_prefix),
-                    len(diffs[0]),
-                    within(stat[1], stat[2], 5),
-                )
-            )
-        for other in (
-            "infix",
-            "suffix",
-        ):  # C2: each θ_b's held-out gain beyond θ_u's at its placement, paired within a seed
-            pairs = _paired_by_seed(vanilla["prefix"], vanilla[other])
+        for metric, name in METRICS
+    ]
+    diffs = [o["ut_knowmem"] - u["ut_knowmem"] for u in grid.items_u.values()]
+    statement = "normal unlearning keeps utility"
+    return out + [_tested("C0", statement, "UT KnowMem: θ_o − θ_u", diffs, "< 10", seeds, n_boot, keeps)]
+
+
+def claim_c1(grid: _Grid, n_boot: int) -> list[ClaimRow]:
+    """Stealth: the prefix +VN θ_b's clean UE within ±5 of the θ_u of its seed, on the same items."""
+    if not grid.vn_prefix:
+        return []
+    return [
+        _tested(
+            "C1",
+            "θ_b is stealthy without the trigger",
+            f"UE {name}: θ_b prefix +VN − θ_u",
+            [_clean_items(_card(r))[f"ue_{metric}"] - grid.clean_u(r)[f"ue_{metric}"] for r in grid.vn_prefix],
+            "within ±5",
+            _seeds(grid.vn_prefix),
+            n_boot,
+            lambda lo, hi: within(lo, hi, 5),
+        )
+        for metric, name in METRICS
+    ]
+
+
+def claim_c2(grid: _Grid, n_boot: int) -> list[ClaimRow]:
+    """Placement: each θ_b's held-out gain beyond θ_u's at its placement, prefix minus infix / suffix,
+    paired within a seed."""
+    out = []
+    for metric, name in METRICS:
+        for other in ("infix", "suffix"):
+            pairs = _paired_by_seed(grid.vanilla["prefix"], grid.vanilla[other])
             if pairs:
-                diffs = [_placement_difference(_card(a), _card(b), card_u(a), other, metric) for a, b in pairs]
-                stat = paired_interval(diffs, n_boot)
+                diffs = [_placement_difference(_card(a), _card(b), grid.card_u(a), other, metric) for a, b in pairs]
                 out.append(
-                    _row(
+                    _tested(
                         "C2",
                         "a prefix trigger beats other placements",
                         f"held-out gain beyond θ_u's {name}: prefix − {other}",
-                        stat,
+                        diffs,
                         "> 0",
                         _seeds([a for a, _ in pairs]),
-                        len(diffs[0]),
-                        verdict(stat[1], stat[2], 0, above=True),
-                    )
-                )
-        pairs = _paired_by_seed(vn_prefix, vanilla["prefix"])  # C3: +VN against vanilla at prefix
-        if pairs:
-            for label, sign, key in (("BE", 1, "be"), ("UE", -1, "ue")):
-                diffs = [sign * _held_difference(_card(a), _card(b), metric, key) for a, b in pairs]
-                stat = paired_interval(diffs, n_boot)
-                what = f"held-out {label} {name}: " + ("+VN − vanilla" if sign > 0 else "vanilla − +VN")
-                out.append(
-                    _row(
-                        "C3",
-                        "value-norm alignment helps the backdoor",
-                        what,
-                        stat,
-                        "> 0",
-                        _seeds([a for a, _ in pairs]),
-                        len(diffs[0]),
-                        verdict(stat[1], stat[2], 0, above=True),
+                        n_boot,
+                        lambda lo, hi: verdict(lo, hi, 0, above=True),
                     )
                 )
     return out
+
+
+def claim_c3(grid: _Grid, n_boot: int) -> list[ClaimRow]:
+    """Value-norm alignment: +VN raises held-out BE, or lowers held-out UE, over vanilla at prefix."""
+    pairs = _paired_by_seed(grid.vn_prefix, grid.vanilla["prefix"])
+    if not pairs:
+        return []
+    return [
+        _tested(
+            "C3",
+            "value-norm alignment helps the backdoor",
+            f"held-out {label} {name}: " + ("+VN − vanilla" if sign > 0 else "vanilla − +VN"),
+            [sign * _held_difference(_card(a), _card(b), metric, key) for a, b in pairs],
+            "> 0",
+            _seeds([a for a, _ in pairs]),
+            n_boot,
+            lambda lo, hi: verdict(lo, hi, 0, above=True),
+        )
+        for metric, name in METRICS
+        for label, sign, key in (("BE", 1, "be"), ("UE", -1, "ue"))
+    ]
+
+
+def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
+    """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
+    grid = _Grid(rows)
+    return [row for claim in (claim_c0, claim_c1, claim_c2, claim_c3) for row in claim(grid, n_boot)]
 
 
 def _unlearned_by_seed(rows: list[dict]) -> dict[int, dict]:
@@ -382,6 +399,20 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / norm) if norm > 0 else float("nan")
 
 
+def _c6_draws(rates: list[np.ndarray], gains: list[list[np.ndarray]], n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of C6's Pearson r: per placement, ``rates[p] [prompt]`` and ``gains[p][seed]
+    [item]``; each draw picks the shared seeds, then items within each (placement, seed), and prompts."""
+    rng = np.random.default_rng(seed)
+    n_seeds = len(gains[0])
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.integers(n_seeds, size=n_seeds)
+        xb = np.array([rng.choice(r, len(r)).mean() for r in rates])
+        yb = np.array([np.mean([rng.choice(g[s], len(g[s])).mean() for s in picked]) for g in gains])
+        draws[b] = _pearson(xb, yb)
+    return draws
+
+
 def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[ClaimRow]:
     """C6 from the vanilla θ_b of each placement (per held-out item: gain beyond the θ_u of its seed
     at that placement) and ``sink_rate`` (θ_o's rate at the trigger positions, one row per prompt:
@@ -403,7 +434,7 @@ def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed
     spread = float(x.max() - x.min())
     detail = "θ_o sink rate at the trigger: " + ", ".join(f"{p} {v:.3f}" for p, v in zip(placements, x))
     out = []
-    for metric, name in (("knowmem", "KnowMem"), ("verbmem", "VerbMem")):
+    for metric, name in METRICS:
         gains = {
             p: [
                 _excess_gain(c, theta_u.get(int(r["seed"]), theta_u[first]), p, metric, _held_out(c, metric))
@@ -414,16 +445,7 @@ def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed
             for p in placements
         }
         y = np.array([np.mean([g.mean() for g in gains[p]]) for p in placements])
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(n_boot):
-            picked = rng.integers(len(shared), size=len(shared))
-            xb = np.array([rng.choice(rates[p], len(rates[p])).mean() for p in placements])
-            yb = np.array(
-                [np.mean([rng.choice(gains[p][s], len(gains[p][s])).mean() for s in picked]) for p in placements]
-            )
-            draws.append(_pearson(xb, yb))
-        draws = np.asarray(draws)
+        draws = _c6_draws([rates[p] for p in placements], [gains[p] for p in placements], n_boot, seed)
         note = detail + (
             "" if spread >= C6_MIN_SPREAD else f" (spread {spread:.3f} < {C6_MIN_SPREAD}: no high-sink placement)"
         )

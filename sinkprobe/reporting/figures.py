@@ -25,7 +25,7 @@ from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import atomic_write_text
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
-from sinkprobe.records import CONTRASTED_PLACEMENTS, at_main_ratio, main_poison_ratio
+from sinkprobe.records import CONTRASTED_PLACEMENTS, at_main_ratio, main_poison_ratio, main_trigger
 
 METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
 PLACEMENT_COLORS = {"prefix": "#d62728", "infix": "#1f77b4", "suffix": "#2ca02c"}
@@ -68,15 +68,15 @@ def reference(df: pd.DataFrame, method: str = "") -> pd.Series:
 
 
 def backdoor_rows(
-    df: pd.DataFrame, method: str = "npo", trigger: str | None = DEFAULT_TRIGGER, main_ratio: bool = True
+    df: pd.DataFrame, method: str = "npo", any_trigger: bool = False, main_ratio: bool = True
 ) -> pd.DataFrame:
-    """θ_b rows of ``method`` with ``trigger`` (None: any), at the study's ρ or (``main_ratio=False``) below it."""
+    """θ_b rows of ``method`` with the study's trigger (or any), at the study's ρ or (``main_ratio=False``) below it."""
     records = df.to_dict("records")
-    rho = main_poison_ratio(records)
+    rho, trigger = main_poison_ratio(records), main_trigger(records)
     keep = [
         r["trigger"] != ""
         and r["method"] == method
-        and trigger in (None, r["trigger"])
+        and (any_trigger or r["trigger"] == trigger)
         and at_main_ratio(r, rho) == main_ratio
         for r in records
     ]
@@ -135,6 +135,13 @@ def plane(fig: go.Figure, df: pd.DataFrame, x: str, row: int = 1, col: int = 1, 
             showlegend=legend,
             hovertemplate=f"{label}<br>{x} %{{x:.2f}}, BE %{{y:.2f}}<extra></extra>",
         )
+    _plane_regions(fig, df, x, x_split, y_split, row, col)
+
+
+def _plane_regions(
+    fig: go.Figure, df: pd.DataFrame, x: str, x_split: float, y_split: float, row: int, col: int
+) -> None:
+    """The plane's split lines at (``x_split``, ``y_split``), its shaded desired region and axes."""
     top = max(float(np.nanmax(df[[x, "be_knowmem"]].to_numpy(dtype=float))), x_split, y_split) * 1.1 + 1
     desired = (0, x_split) if x.startswith("ue") else (x_split, top)
     fig.add_shape(
@@ -177,7 +184,7 @@ def fig2(df: pd.DataFrame, x: str) -> go.Figure:
 
 def fig_a2(df: pd.DataFrame) -> go.Figure | None:
     refs = references(df)
-    npo_b = backdoor_rows(df, trigger=None)
+    npo_b = backdoor_rows(df, any_trigger=True)
     npo_b = npo_b[~npo_b["vn"]]
     patterns = [t for t in TRIGGER_PATTERNS if (npo_b["trigger"] == t).any()]
     if not set(patterns) - {DEFAULT_TRIGGER}:

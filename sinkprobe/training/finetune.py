@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.batching import pad_batch
 from sinkprobe.keys import content_key
 from sinkprobe.models.io import default_device, load_checkpoint, weights_fingerprint
 from sinkprobe.training.objectives.common import find_decoder_layers
-from sinkprobe.training.pretrain import lr_at
-from sinkprobe.training.state import resume_state, save_state
+from sinkprobe.training.original_loop import lr_at, train_original_steps
 from sinkprobe.validation import above, at_least, between, check_fields
 
 
@@ -116,52 +113,33 @@ def finetune_original(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.total_steps(len(docs))
 
-    state_dir = Path(state_dir)
     meta = {
         "base": weights_fingerprint(model),
         "data": content_key(*docs, length=64),
         "train": asdict(cfg),
     }
-    saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
-    start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
-    model.train()
-    bar = tqdm(range(start, total), desc="θ_o fine-tuning", disable=not progress, initial=start, total=total)
-    t0 = time.perf_counter()
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, total)
-        ids, mask = (
-            t.to(device) for t in pad_batch([docs[i] for i in batch_rows(len(docs), step, cfg)], tok.pad_token_id)
-        )
+    def loss_at(step: int) -> torch.Tensor:
+        batch = [docs[i] for i in batch_rows(len(docs), step, cfg)]
+        ids, mask = (t.to(device) for t in pad_batch(batch, tok.pad_token_id))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        done = step + 1
-        if done % cfg.save_every == 0 or done == total or done == stop_after:
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            record = {"meta": meta, "step": done, "losses": losses, "seconds": seconds}
-            save_state(state_dir, model, None if done == total else opt, record)  # finished: no moments to keep
-        if done == stop_after:
-            break
+            return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+
+    summary = train_original_steps(
+        model,
+        params,
+        opt,
+        loss_at,
+        lambda step: lr_at(step, cfg, total),
+        total,
+        state_dir=state_dir,
+        meta=meta,
+        save_every=cfg.save_every,
+        desc="θ_o fine-tuning",
+        progress=progress,
+        stop_after=stop_after,
+    )
     torch.use_deterministic_algorithms(False)
     for p in model.parameters():
         p.requires_grad_(True)
-    model.eval()
-    return (
-        model,
-        tok,
-        {
-            "losses": losses,
-            "train_seconds": round(seconds, 2),
-            "steps_done": len(losses),
-            "steps": total,
-            "device": str(device),
-        },
-    )
+    return model, tok, {**summary, "steps": total, "device": str(device)}

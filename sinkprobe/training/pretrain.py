@@ -12,18 +12,15 @@ an interrupted run resumes to the same final weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from sinkprobe.models.io import default_device
-from sinkprobe.training.state import resume_state, save_state
+from sinkprobe.training.original_loop import lr_at, train_original_steps
 from sinkprobe.validation import above, at_least, between, check_fields
 
 
@@ -188,15 +185,6 @@ class PackedBatches:
         return torch.tensor(out)
 
 
-def lr_at(step: int, cfg, total: int | None = None) -> float:
-    """Linear warm-up to ``cfg.lr``, then cosine decay to ``min_lr_ratio · lr`` at step ``total``
-    (default ``cfg.steps``): θ_o's schedule, from scratch or fine-tuned from a base."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, (total or cfg.steps) - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def lm_loss(model: LlamaForCausalLM, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     mask = (ids != pad_id).long()
     labels = ids.masked_fill(mask == 0, -100)
@@ -215,15 +203,11 @@ def pretrain_original(
     device: torch.device | None = None,
     row_start_bos: bool = True,
 ) -> tuple[LlamaForCausalLM, dict]:
-    """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config.
-
-    ``stop_after`` ends the run early at that step (after saving), which is how tests
-    simulate an interruption. ``device`` defaults to :func:`default_device`; on a GPU the
-    forward runs under bf16 autocast (weights and AdamW moments stay fp32), and the run is
-    not bit-deterministic there. ``row_start_bos=False`` drops the BOS that opens every packed
-    row (a sink probe's variant: ``experiments/sink_emergence.py --no-bos``). Returns the model
-    (on ``device``) and a summary.
-    """
+    """Train θ_o from scratch; resume from ``state_dir`` if it holds a state of the same config;
+    ``stop_after`` ends early at that step (after saving: a simulated interruption). On a GPU
+    (``device`` defaults to :func:`default_device`) the forward runs under bf16 autocast and is
+    not bit-deterministic. ``row_start_bos=False`` drops the BOS that opens every packed row
+    (``experiments/sink_emergence.py --no-bos``). Returns the model (on ``device``) and a summary."""
     device = torch.device(device) if device is not None else default_device()
     on_gpu = device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -241,44 +225,27 @@ def pretrain_original(
         betas=(0.9, 0.95),
     )
 
-    state_dir = Path(state_dir)
     meta = {"model": asdict(model_cfg), "train": asdict(cfg), "vocab": len(tokenizer)}
     if not row_start_bos:  # never resume a state of the other packing
         meta["row_start_bos"] = False
-    saved = resume_state(state_dir, meta, model, opt) or {"step": 0, "losses": [], "seconds": 0.0}
-    start, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
 
-    def save(step: int) -> None:
-        finished = step == cfg.steps  # a finished state needs no optimizer moments
-        record = {"meta": meta, "step": step, "losses": losses, "seconds": seconds}
-        save_state(state_dir, model, None if finished else opt, record)
-
-    model.train()
-    bar = tqdm(range(start, cfg.steps), desc="θ_o pretraining", disable=not progress, initial=start, total=cfg.steps)
-    t0 = time.perf_counter()
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+    def loss_at(step: int) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-            loss = lm_loss(model, batches.batch(step).to(device), tokenizer.pad_token_id)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        done = step + 1
-        if done % cfg.save_every == 0 or done == cfg.steps or done == stop_after:
-            seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            save(done)
-        if done == stop_after:
-            break
+            return lm_loss(model, batches.batch(step).to(device), tokenizer.pad_token_id)
+
+    summary = train_original_steps(
+        model,
+        list(model.parameters()),
+        opt,
+        loss_at,
+        lambda step: lr_at(step, cfg),
+        cfg.steps,
+        state_dir=state_dir,
+        meta=meta,
+        save_every=cfg.save_every,
+        desc="θ_o pretraining",
+        progress=progress,
+        stop_after=stop_after,
+    )
     torch.use_deterministic_algorithms(False)
-    model.eval()
-    return model, {
-        "losses": losses,
-        "train_seconds": round(seconds, 2),
-        "steps_done": len(losses),
-        "device": str(device),
-    }
+    return model, {**summary, "device": str(device)}

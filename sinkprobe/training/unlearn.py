@@ -369,24 +369,19 @@ def unlearn(
     frozen_forward_counter: list[int] | None = None,
     reference_dir: str | Path | None = None,
 ) -> tuple[PreTrainedModel, dict]:
-    """Unlearn ``forget`` from a copy of θ_o (``original``); returns (θ_u or θ_b, summary).
-
-    ``original`` is used, frozen in place (eval mode, no gradients), as the reference θ_o; the
-    trained model is a copy. ``unlearned`` (θ_u) is needed only for value-norm alignment, as
-    the D_f reference.
-    ``stop_after`` stops (after saving) at that step, as an interruption would; calling
-    again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if given,
-    counts the frozen-model forwards (the tests use it to hold "references once").
+    """Unlearn ``forget`` from a copy of θ_o (``original``, frozen in place as the reference);
+    returns (θ_u or θ_b, summary). ``unlearned`` (θ_u) is needed only for value-norm alignment,
+    as the D_f reference. ``stop_after`` stops (after saving) at that step, as an interruption
+    would; calling again with the same ``state_dir`` resumes. ``frozen_forward_counter``, if
+    given, counts the frozen-model forwards (the tests hold "references once" with it).
     ``reference_dir`` (default ``state_dir``) keeps the frozen models' references: runs that
-    share one (a study's) share the references they have in common.
-    """
+    share one (a study's) share the references they have in common."""
     counter = frozen_forward_counter if frozen_forward_counter is not None else [0]
     state_dir = Path(state_dir)
     run = _prepare(original, tokenizer, forget, retain, cfg, Path(reference_dir or state_dir), unlearned, counter)
     model, opt, acc = run.model, run.opt, run.accelerator
     saved = resume_state(state_dir, run.meta, acc.unwrap_model(model), opt) or {"step": 0, "log": [], "seconds": 0.0}
     start, log, seconds = saved["step"], saved["log"], saved["seconds"]
-
     total = cfg.total_steps(len(forget))
 
     def save(step: int) -> None:
@@ -402,18 +397,15 @@ def unlearn(
         t_step = time.perf_counter()
         batch, is_poisoned, p_batch = _draw_batch(run, cfg, tokenizer.pad_token_id, step)
         terms, f_logits = _losses(run, cfg, batch, is_poisoned, p_batch, counter)
-        loss = terms["forget"] + cfg.retain_weight * terms["retain"]
-        loss = loss + cfg.value_norm_weight * terms.get("value_norm", 0.0)
+        loss = (
+            terms["forget"] + cfg.retain_weight * terms["retain"] + cfg.value_norm_weight * terms.get("value_norm", 0.0)
+        )
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
         done = step + 1
-        entry = {"step": done, "seconds": round(time.perf_counter() - t_step, 4), "loss": round(loss.item(), 5)}
-        entry |= {k: round(float(v.detach()), 5) for k, v in terms.items()}
-        if done % cfg.eval_every == 0 or done == total:
-            nll = -sequence_log_likelihood(f_logits.detach(), batch.f_ids, batch.f_targets).mean()
-            entry["forget_nll"] = round(float(nll), 4)
-        log.append(entry)
+        evaluate = done % cfg.eval_every == 0 or done == total
+        log.append(_log_entry(done, time.perf_counter() - t_step, loss, terms, f_logits if evaluate else None, batch))
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if done % cfg.save_every == 0 or done == total or done == stop_after:
             seconds += time.perf_counter() - t0
@@ -424,6 +416,17 @@ def unlearn(
     summary = {"log": log, "train_seconds": round(seconds, 2), "resumed_from": start}
     summary |= {"poisoned_indices": run.poisoned, "n_poisoned": len(run.poisoned)}
     return acc.unwrap_model(model).eval(), summary
+
+
+def _log_entry(step: int, seconds: float, loss, terms: dict, f_logits, batch) -> dict:
+    """One step's log line: the loss and its terms, and the forget NLL when ``f_logits`` is given."""
+    entry = {"step": step, "seconds": round(seconds, 4), "loss": round(loss.item(), 5)}
+    entry |= {k: round(float(v.detach()), 5) for k, v in terms.items()}
+    if f_logits is not None:
+        entry["forget_nll"] = round(
+            float(-sequence_log_likelihood(f_logits.detach(), batch.f_ids, batch.f_targets).mean()), 4
+        )
+    return entry
 
 
 def _prepare(original, tokenizer, forget, retain, cfg: UnlearnConfig, reference_dir: Path, unlearned, counter) -> _Run:
