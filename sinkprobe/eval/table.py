@@ -14,19 +14,18 @@ builds the training samples, so the trigger sits where training put it.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.poison import PLACEMENTS, Trigger, build_ids
 from sinkprobe.data.types import UnlearningCorpus
 from sinkprobe.eval.memorization import MemorizationResult, PromptParts, bootstrap_ci, knowmem, knowmem_prompt, verbmem
-from sinkprobe.models.io import atomic_write_text
+from sinkprobe.tables import write_csv_md
 
 TABLE_COLUMNS = (
     "model",
@@ -200,17 +199,6 @@ def baselines_by_placement(
     }
 
 
-def table_csv(rows: Sequence[dict]) -> str:
-    buf = io.StringIO()
-    # extra columns in first-seen order over all rows (θ_o's row lacks e.g. poison_ratio)
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in TABLE_COLUMNS]
-    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, *extra], extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: row.get(k, "") for k in [*TABLE_COLUMNS, *extra]})
-    return buf.getvalue()
-
-
 METRIC_HEADERS = {
     "ue_knowmem": "UE KM ↓",
     "ue_verbmem": "UE VM ↓",
@@ -228,32 +216,14 @@ METRIC_HEADERS = {
 }
 
 
-def table_markdown(rows: Sequence[dict], title: str = "") -> str:
-    """The paper's layout; metric columns are those the rows have (memorisation and/or accuracy)."""
-    metrics = [k for k in METRIC_HEADERS if any(k in r for r in rows)]
-    head = ["model", "trigger", "placement", "value_norm", "ρ", "seed", *(METRIC_HEADERS[k] for k in metrics)]
-    keys = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", *metrics]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in keys) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def table_paths(stem: str | Path) -> tuple[Path, Path]:
-    """The ``.csv`` and ``.md`` files of a table ``stem`` (see :func:`write_table`)."""
-    stem = Path(stem)
-    if stem.suffix in (".csv", ".md"):
-        stem = stem.with_suffix("")
-    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
-
-
 def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tuple[Path, Path]:
-    """``stem.csv`` and ``stem.md``, written atomically. A dot inside the stem stays
-    (``eval_wd0.5`` → ``eval_wd0.5.csv``); a ``.csv`` / ``.md`` ending is taken off first."""
-    csv_path, md_path = table_paths(stem)
-    atomic_write_text(csv_path, table_csv(rows))
-    atomic_write_text(md_path, table_markdown(rows, title))
-    return csv_path, md_path
+    """``stem.csv`` (the table's columns, then any others in first-seen order: θ_o's row lacks e.g.
+    ``poison_ratio``) and ``stem.md`` in the paper's layout, with the metric columns the rows have."""
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in TABLE_COLUMNS]
+    frame = pd.DataFrame([{k: r.get(k, "") for k in [*TABLE_COLUMNS, *extra]} for r in rows])
+    metrics = [k for k in METRIC_HEADERS if any(k in r for r in rows)]
+    shown = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", *metrics]
+    return write_csv_md(frame, stem, title, {"poison_ratio": "ρ", **METRIC_HEADERS}, md_columns=shown)
 
 
 def forget_prompts(

@@ -19,7 +19,6 @@ from sinkprobe.eval.table import (
     EvalSettings,
     baselines_by_placement,
     evaluate_memorization,
-    table_paths,
     write_table,
 )
 from sinkprobe.guards import require_writable
@@ -33,6 +32,7 @@ from sinkprobe.models.io import (
     save_checkpoint,
 )
 from sinkprobe.pipeline.recipes import DataSpec, Recipe, load_recipe
+from sinkprobe.tables import table_paths
 from sinkprobe.training.unlearn import unlearn
 
 

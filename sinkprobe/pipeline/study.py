@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -31,6 +32,7 @@ from sinkprobe.data.tokenizer import load_tokenizer, train_tokenizer
 from sinkprobe.data.types import UnlearningCorpus, read_corpus
 from sinkprobe.eval.multiple_choice import mc_accuracy
 from sinkprobe.eval.table import (
+    METRIC_HEADERS,
     TABLE_COLUMNS,
     EvalSettings,
     baselines_by_placement,
@@ -53,6 +55,7 @@ from sinkprobe.models.io import (
 )
 from sinkprobe.pipeline.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.pipeline.runs import train_and_save
+from sinkprobe.tables import write_csv_md
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
 from sinkprobe.validation import above, at_least, check_fields, one_of
@@ -563,18 +566,11 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
 
 
 def write_table2(rows: list[dict], stem: Path) -> None:
-    head = "| model | UE acc ↓ | BE acc ↑ | UT acc ↑ |\n|---|---|---|---|\n"
-    body = "".join(f"| {r['model']} | {r['ue_acc']:.2f} | {r['be_acc']:.2f} | {r['ut_acc']:.2f} |\n" for r in rows)
     title = (
-        "### Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; "
-        "θ_b rows: seed 0, prefix, ρ 10 %\n\n"
+        "Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; "
+        "θ_b rows: seed 0, prefix, ρ 10 %"
     )
-    atomic_write_text(stem.with_suffix(".md"), title + head + body)
-    atomic_write_text(
-        stem.with_suffix(".csv"),
-        "model,ue_acc,be_acc,ut_acc\n"
-        + "".join(f"{r['model']},{r['ue_acc']},{r['be_acc']},{r['ut_acc']}\n" for r in rows),
-    )
+    write_csv_md(pd.DataFrame(rows, columns=["model", "ue_acc", "be_acc", "ut_acc"]), stem, title, METRIC_HEADERS)
 
 
 def default_recipes(base: str) -> Path:

@@ -33,8 +33,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from sinkprobe.models.io import atomic_write_text, read_run_card
+from sinkprobe.models.io import read_run_card
 from sinkprobe.records import is_main_backdoor, main_poison_ratio, main_trigger
+from sinkprobe.tables import write_csv_md
 
 COLUMNS = (
     "claim",
@@ -497,18 +498,7 @@ def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 20
 
 def write_claims(claims: list[ClaimRow], stem: Path, title: str) -> None:
     """``stem.csv`` and ``stem.md``: one row per tested statistic."""
-    frame = pd.DataFrame([asdict(c) for c in claims], columns=list(COLUMNS))
-    atomic_write_text(stem.with_suffix(".csv"), frame.to_csv(index=False))
-
-    def cell(v) -> str:
-        text = (
-            "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:g}" if isinstance(v, float) else str(v)
-        )
-        return text.replace("|", "\\|")  # a cell's own bar would end it
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(getattr(c, k)) for k in COLUMNS) + " |" for c in claims]
-    atomic_write_text(stem.with_suffix(".md"), f"### {title}\n\n" + "\n".join(lines) + "\n")
+    write_csv_md(pd.DataFrame([asdict(c) for c in claims], columns=list(COLUMNS)), stem, title, float_format="{:g}")
 
 
 def reconcile(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
