@@ -135,6 +135,13 @@ def cmd_figures(args) -> None:
     print(f"report: {write_report(study, figures, StudyLayout(study).report)}")
 
 
+def _model_folder(path: str) -> Path:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder (no config.json): give a checkpoint folder")
+    return folder
+
+
 def cmd_scan(args) -> None:
     from tqdm.auto import tqdm
 
@@ -147,11 +154,10 @@ def cmd_scan(args) -> None:
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
     cfg = InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=args.placement)
-    folders = [(Path(f), "suspect") for f in args.suspects] + [(Path(f), "reference") for f in args.reference]
-    for folder, _ in folders:
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a model folder (no config.json): give a checkpoint folder")
+    folders = [(_model_folder(f), "suspect") for f in args.suspects]
+    folders += [(_model_folder(f), "reference") for f in args.reference]
     corpus = load_corpus(args.source, args.data)
+    original = load_checkpoint(_model_folder(args.original))[0] if args.original else None
     results = []
     for folder, role in folders:
         model, tok = load_checkpoint(folder)
@@ -161,7 +167,8 @@ def cmd_scan(args) -> None:
         with tqdm(total=cfg.steps, desc=f"scan {folder.name}") as bar:
             step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
             n = dict(n_search=args.search_items, n_eval=args.eval_items)
-            results.append(scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, truth=truth, **n))
+            kw = dict(role=role, progress=step, truth=truth, original=original, **n)
+            results.append(scan_model(model, tok, corpus, folder.name, cfg, **kw))
     suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])
     write_scan(suspects + [r for r in results if r.role == "reference"], out)
     for r in suspects:
@@ -175,12 +182,9 @@ def cmd_defend(args) -> None:
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any scoring: replace nothing unasked
-    folders = [Path(f) for f in args.backdoored]
-    for folder in [*folders, Path(args.original)]:
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a model folder (no config.json): give a checkpoint folder")
+    folders, original = [_model_folder(f) for f in args.backdoored], _model_folder(args.original)
     settings = DefenceSettings(anchor=args.anchor, perturb_positions=args.perturb_positions, perturb_rate=args.rate)
-    rows = measure_defences(folders, Path(args.original), load_corpus(args.source, args.data), settings)
+    rows = measure_defences(folders, original, load_corpus(args.source, args.data), settings)
     write_defences(rows, out, f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)")
     print(f"defences written to {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
 
@@ -360,6 +364,7 @@ def _add_scan(sub) -> None:
     s.add_argument(
         "--reference", action="append", required=True, help="a model with no backdoor (θ_u, θ_o); repeatable"
     )
+    s.add_argument("--original", help="θ_o's folder: adds each found sequence's sink value-norm signature")
     _data_options(s)
     s.add_argument("--tokens", type=int, default=4, help="length of the searched sequence in tokens (default: 4)")
     s.add_argument("--steps", type=int, default=30, help="search steps per model (default: 30)")

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sinkprobe.records import ModelRow
 from sinkprobe.reporting.claims import (
     COLUMNS,
     claim_c4,
@@ -70,6 +71,11 @@ def _backdoor_metrics(ue_km, be_km, poisoned_km):
     }
 
 
+def _model_rows(cells: list[dict]) -> list[ModelRow]:
+    """The study's typed rows from hand-written cells ('' for a blank)."""
+    return [ModelRow(**{k: None if v == "" else v for k, v in c.items()}) for c in cells]
+
+
 def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
     o = _card(tmp_path / "o", {}, metrics_by_placement=_clean([100.0] * 4, [90.0, 90.0], [80.0] * 4))
     # θ_u gains nothing from a prefix trigger and loses 10 points to an infix one
@@ -91,7 +97,7 @@ def test_c0_to_c3_read_per_item_scores_and_keep_poisoned_items_out(tmp_path):
         row("θ_b", inf, placement="infix", value_norm=0.0, **bd),
         row("θ_b +VN", vn, placement="prefix", value_norm=1.0, **bd),
     ]
-    got = {c.statistic: c for c in claims_c0_c3(rows, n_boot=100)}
+    got = {c.statistic: c for c in claims_c0_c3(_model_rows(rows), n_boot=100)}
     assert got["UE KnowMem: θ_o − θ_u"].value == 80.0 and got["UE KnowMem: θ_o − θ_u"].holds == "yes"
     assert got["UT KnowMem: θ_o − θ_u"].value == 2.0 and got["UT KnowMem: θ_o − θ_u"].holds == "yes"
     assert (
@@ -150,7 +156,7 @@ def test_each_theta_b_is_compared_with_the_theta_u_of_its_seed(tmp_path):
         }
         for s, f in enumerate(vns)
     ]
-    got = {c.statistic: c for c in claims_c0_c3(rows, n_boot=100)}
+    got = {c.statistic: c for c in claims_c0_c3(_model_rows(rows), n_boot=100)}
     c0 = got["UE KnowMem: θ_o − θ_u"]
     assert (c0.value, c0.seeds) == (70.0, "0,1")  # (100 − 20 + 100 − 40) / 2
     c1 = got["UE KnowMem: θ_b prefix +VN − θ_u"]
@@ -182,7 +188,7 @@ def _c6_rows(tmp_path, gains: dict[str, float], seeds=(0, 1)):
                     "value_norm": 0.0,
                 }
             )
-    return rows
+    return _model_rows(rows)
 
 
 def test_c6_correlates_sink_rate_at_the_trigger_with_the_held_out_gain(tmp_path):
@@ -327,13 +333,19 @@ def test_claims_command_reconciles_two_studies(tmp_path, capsys):
 
 def test_the_main_grid_is_the_studys_own_trigger_and_rho():
     """A study trained with a user's trigger keeps its main grid: the trigger most θ_b carry, at the
-    largest ρ; the Fig. A1 (lower ρ) and Fig. A2 (other trigger) variants fall outside it."""
+    largest ρ; the Fig. A1 (lower ρ) and Fig. A2 (other trigger) variants fall outside it. A row
+    read back from the table (blanks as '' or NaN, numbers as text) reads the same."""
     from sinkprobe.records import is_main_backdoor, main_poison_ratio, main_trigger
 
-    grid = [{"trigger": "cf", "poison_ratio": 0.1} for _ in range(6)]
-    variants = [{"trigger": "!!!!!", "poison_ratio": 0.1}] * 3 + [{"trigger": "cf", "poison_ratio": 0.05}] * 2
-    rows = [{"trigger": "", "poison_ratio": ""}] + grid + variants
+    b = lambda trigger, rho: ModelRow("θ_b", 0, method="npo", trigger=trigger, poison_ratio=rho)  # noqa: E731
+    rows = [ModelRow("θ_o", 0, baseline=True)] + [b("cf", 0.1)] * 6 + [b("!!!!!", 0.1)] * 3 + [b("cf", 0.05)] * 2
     rho, trigger = main_poison_ratio(rows), main_trigger(rows)
     assert (rho, trigger) == (0.1, "cf")
     assert [is_main_backdoor(r, rho, trigger) for r in rows] == [False] + [True] * 6 + [False] * 5
-    assert main_trigger([{"trigger": float("nan")}]) is None
+    assert main_trigger(rows[:1]) is None
+    cells = {"model": "θ_b", "method": "npo", "trigger": "cf", "placement": "prefix", "value_norm": "0.0", "seed": "1"}
+    back = ModelRow.from_table(cells | {"poison_ratio": float("nan")})
+    assert back == ModelRow("θ_b", 1, method="npo", trigger="cf", placement="prefix", value_norm=0.0)
+    assert back.table_cells() == {**cells, "value_norm": 0.0, "seed": 1}
+    theta_o = ModelRow.from_table({"model": "θ_o", "method": "", "trigger": "", "placement": "prefix", "seed": 0})
+    assert theta_o.baseline and theta_o.method is None and theta_o.table_cells()["value_norm"] == ""

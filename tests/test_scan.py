@@ -100,6 +100,11 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     assert table.loc["suspect", "recovered"] in ("exact", "functional", "partial")
     assert "AUROC (score, 1 backdoored vs 1 clean suspects): 1.000" in (tmp_path / "scan.md").read_text()
     assert main(args) == 2 and "already exists" in capsys.readouterr().err  # nothing replaced unasked
+    with_original = ["scan", str(clean), "--reference", str(tiny_original[0]), "--original", str(tiny_original[0])]
+    assert main([*with_original, *common, "--out", str(tmp_path / "signed")]) == 0
+    signed = pd.read_csv(tmp_path / "signed.csv").set_index("model")
+    assert signed["sink_signature"].notna().all()  # every row, the reference θ_o's own (0: it is θ_o) included
+    assert signed.loc[tiny_original[0].name, "sink_signature"] == 0.0
     bad = ["scan", str(tmp_path), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "x")]
     assert main(bad) == 2 and "is not a model folder (no config.json)" in capsys.readouterr().err
 
@@ -126,3 +131,43 @@ def test_the_searched_sequence_sits_where_its_placement_says(placement, cut):
     seqs, starts, answers = _sequences(1, [(prompt, answer)], trigger, placement)
     assert seqs == [[1, *prompt[:cut], *trigger, *prompt[cut:], *answer]]
     assert starts == [1 + cut] and answers == [1 + len(prompt) + len(trigger)]
+
+
+def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_otherwise(planted, tiny_tokenizer):
+    """A suspect that equals θ_o except for the embeddings of every token but BOS and the trigger's:
+    with the trigger after BOS, positions 0..k hold the same inputs in both models, so (causally)
+    the same value norms there: d(found) = 0 exactly; a random sequence meets changed embeddings,
+    so d(random) > 0 and the signature is d(random). Identical models give 0."""
+    import copy
+
+    from sinkprobe.scan.inversion import sequences_with
+    from sinkprobe.scan.signature import norm_distance, random_sequence, sink_signature
+    from sinkprobe.training.objectives import ValueNormCapture
+
+    original, rows, trig = planted
+    tok, rows = tiny_tokenizer, rows[:5]
+    suspect = copy.deepcopy(original)
+    keep = torch.zeros(len(tok), dtype=torch.bool)
+    keep[[tok.bos_token_id, *trig]] = True
+    with torch.no_grad():
+        table = suspect.get_input_embeddings().weight
+        table[~keep] += 0.5 * torch.randn(table[~keep].shape, generator=torch.Generator().manual_seed(0))
+    positions = list(range(len(trig) + 1))
+    assert norm_distance(suspect, original, sequences_with(tok, rows, trig, "prefix"), positions) == 0.0
+    control = random_sequence(tok, len(trig), seed=0)
+    assert not set(control) & set(tok.all_special_ids)
+    d_random = norm_distance(suspect, original, sequences_with(tok, rows, control, "prefix"), positions)
+    assert d_random > 0.01
+    assert sink_signature(suspect, original, tok, rows, trig, "prefix", seed=0) == d_random
+    assert sink_signature(original, original, tok, rows, trig, "prefix") == 0.0
+    # the batched norms equal each prompt run alone: mean |Δ‖v‖| by hand
+    seqs = sequences_with(tok, rows, control, "prefix")
+    alone = []
+    for ids in seqs:
+        norms = []
+        for m in (suspect, original):
+            with torch.no_grad(), ValueNormCapture(m, range(m.config.num_hidden_layers)) as cap:
+                m(input_ids=torch.tensor([ids]))
+            norms.append(cap.sink_norms(torch.tensor(positions)))
+        alone.append((norms[0] - norms[1]).abs().mean())
+    assert abs(d_random - float(torch.stack(alone).mean())) < 1e-5

@@ -28,7 +28,7 @@ def test_second_run_retrains_nothing(monkeypatch, tmp_path_factory):
     monkeypatch.setattr("sinkprobe.pipeline.study.pretrain_original", no_training)
     monkeypatch.setattr("sinkprobe.pipeline.study.train_and_save", no_training)
     rows = Study(tiny_config(), study.folder, RECIPES, log=lambda _: None).models()
-    assert {str(r["folder"]) for r in rows} >= {str(Path(p).parent) for p in before}
+    assert {str(r.folder) for r in rows} >= {str(Path(p).parent) for p in before}
     assert _stamps(study.folder) == before
 
 
@@ -237,8 +237,8 @@ def test_value_norm_runs_align_the_sink_set_detected_on_theta_o(tmp_path_factory
     card = read_run_card(study.folder / "models" / "original")
     assert card["sink_positions"] and "mean sink rate" in card["sink_positions_rule"]
     assert len(card["sink_rate_per_key"]) == 8
-    vn = next(r for r in study.rows if r.get("value_norm") and r["method"] == "npo")
-    assert read_run_card(vn["folder"])["config"]["sink_positions"] == card["sink_positions"]
+    vn = next(r for r in study.rows if r.vn and r.method == "npo")
+    assert read_run_card(vn.folder)["config"]["sink_positions"] == card["sink_positions"]
 
 
 def test_table_a4_has_baselines_at_every_placement_and_held_out_be(tmp_path_factory):
@@ -263,7 +263,7 @@ def test_study_layout_names_every_path_the_study_writes(tmp_path_factory, monkey
     study = tiny_study(tmp_path_factory)
     layout = StudyLayout(study.folder)
     for row in study.rows:  # every checkpoint the study made is where the layout says
-        assert Path(row["folder"]).parent == layout.original.parent and (Path(row["folder"]) / "config.json").is_file()
+        assert row.folder.parent == layout.original.parent and (row.folder / "config.json").is_file()
     assert layout.backdoored("prefix", value_norm=True, seed=0).is_dir()
     assert layout.model(StudyLayout.unlearned_name(0, first_seed=0)) == layout.model("npo")
     assert StudyLayout.unlearned_name(2, first_seed=0) == "npo_s2" and layout.first_seed() == 0

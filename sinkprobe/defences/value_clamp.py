@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sinkprobe.training.objectives.common import find_decoder_layers
-from sinkprobe.training.objectives.value_norm import ValueNormCapture
+from sinkprobe.training.objectives.value_norm import sink_value_norms
 
 
 def clamp_norms(v: Tensor, low: Tensor, high: Tensor) -> Tensor:
@@ -33,18 +33,12 @@ def sink_value_range(
     model: nn.Module, rows: Sequence[Sequence[int]], sink_positions: Sequence[int]
 ) -> tuple[Tensor, Tensor]:
     """``(low, high)``, each ``[layer kv_head n_sink]``: the smallest and largest value norm of
-    ``model`` at the sink positions over ``rows`` (token ids, BOS first; one forward each, so no
-    padding enters)."""
-    layers = list(range(len(find_decoder_layers(model))))
-    norms = []
-    with ValueNormCapture(model, layers) as cap:
-        for ids in rows:
-            model(input_ids=torch.tensor([list(ids)], device=model.device))
-            v = torch.stack([cap.values[l][0, list(sink_positions)] for l in layers])  # [layer n_sink kv*d_head]
-            v = v.unflatten(-1, (cap.n_kv_heads, -1))  # [layer n_sink kv_head d_head]
-            norms.append(torch.linalg.vector_norm(v.float(), dim=-1).transpose(1, 2).cpu())  # [layer kv_head n_sink]
-    stacked = torch.stack(norms)
-    return stacked.amin(0), stacked.amax(0)
+    ``model`` at the sink positions over ``rows`` (token ids, BOS first)."""
+    norms = sink_value_norms(model, rows, sink_positions)  # [row layer head n_sink], query heads
+    n_heads = model.config.num_attention_heads
+    n_kv = getattr(model.config, "num_key_value_heads", None) or n_heads
+    per_kv = norms[:, :, :: n_heads // n_kv]  # query heads of one KV head share its norm
+    return per_kv.amin(0), per_kv.amax(0)
 
 
 class SinkValueClamp:

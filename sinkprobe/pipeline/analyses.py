@@ -61,7 +61,7 @@ from sinkprobe.keys import content_key
 from sinkprobe.layout import StudyLayout
 from sinkprobe.models.hooked import Trio, open_bridge
 from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
-from sinkprobe.records import CONTRASTED_PLACEMENTS, is_main_backdoor, is_set, main_poison_ratio, main_trigger
+from sinkprobe.records import CONTRASTED_PLACEMENTS, ModelRow, main_backdoors, main_trigger
 
 FALLBACK_SINKS = (0, 1, 2, 3)  # S when no key passes the sink-rate threshold (small models)
 SINK_THRESHOLD = 0.5
@@ -74,26 +74,23 @@ ANALYSIS_VERSION = 5
 
 
 # ---- which checkpoints ---------------------------------------------------------------------
-def select_models(rows: list[dict]) -> dict[str, dict]:
+def select_models(rows: list[ModelRow]) -> dict[str, ModelRow]:
     """The rows the analysis reads: ``original``, ``unlearned`` (θ_u NPO) and the first-seed NPO
     θ_b rows ``backdoor_prefix``, ``backdoor_prefix_vn``, ``backdoor_infix`` (the last two only
     when the study has them)."""
-    original = [r for r in rows if not is_set(r.get("method")) and not is_set(r.get("trigger"))]
-    unlearned = [r for r in rows if r.get("method") == "npo" and not is_set(r.get("trigger"))]
+    original = [r for r in rows if r.method is None and r.trigger is None]
+    unlearned = [r for r in rows if r.method == "npo" and r.trigger is None]
     if not original or not unlearned:
         raise ValueError(
             "the study rows lack θ_o or θ_u NPO: pass the rows Study.models() returns for a finished study"
         )
-    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
-    backdoor = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho, trigger)]
+    backdoor = main_backdoors(rows)
     out = {"original": original[0], "unlearned": unlearned[0]}
     for placement in CONTRASTED_PLACEMENTS:
         for vn, suffix in ((False, ""), (True, "_vn")):
-            match = [
-                r for r in backdoor if r.get("placement") == placement and bool(float(r.get("value_norm") or 0)) == vn
-            ]
+            match = [r for r in backdoor if r.placement == placement and r.vn == vn]
             if match:
-                out[f"backdoor_{placement}{suffix}"] = min(match, key=lambda r: int(r["seed"]))
+                out[f"backdoor_{placement}{suffix}"] = min(match, key=lambda r: r.seed)
     if "backdoor_prefix" not in out:
         raise ValueError(
             "the study rows have no vanilla NPO-Backdoor with a prefix trigger: the paper's analyses need it; "
@@ -102,11 +99,9 @@ def select_models(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def trained_placements(rows: list[dict]) -> list:
+def trained_placements(rows: list[ModelRow]) -> list:
     """The placements of the main sweep's NPO θ_b, in the order the study lists them."""
-    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
-    main = [r for r in rows if r.get("method") == "npo" and is_main_backdoor(r, rho, trigger)]
-    return list(dict.fromkeys(r["placement"] for r in main))
+    return list(dict.fromkeys(r.placement for r in main_backdoors(rows)))
 
 
 def trained_trigger(folder: Path) -> Trigger:
@@ -149,15 +144,15 @@ def passage_inputs(tok, passages, trigger: Trigger | None, n: int) -> list[list[
 
 # ---- the analysis --------------------------------------------------------------------------
 def analysis_key(
-    models: dict[str, dict], n_samples: int, n_boot: int, layer: int | None = None, placements: Sequence = ()
+    models: dict[str, ModelRow], n_samples: int, n_boot: int, layer: int | None = None, placements: Sequence = ()
 ) -> str:
-    parts = {name: read_run_card(row["folder"]).get("stage_key", str(row["folder"])) for name, row in models.items()}
+    parts = {name: read_run_card(row.folder).get("stage_key", str(row.folder)) for name, row in models.items()}
     return content_key(parts, n_samples, n_boot, ANALYSIS_VERSION, layer, [str(p) for p in placements])
 
 
 def analyse_study(
     study_dir: Path,
-    rows: list[dict],
+    rows: list[ModelRow],
     n_samples: int = 64,
     *,
     n_boot: int = 1000,
@@ -177,7 +172,7 @@ def analyse_study(
         log(f"analysis: reusing {out}")
         return out
     corpus = load_corpus("embedded", study_dir)
-    bridges = {name: open_bridge(row["folder"]) for name, row in models.items()}
+    bridges = {name: open_bridge(row.folder) for name, row in models.items()}
     tok = bridges["original"].tokenizer
     clean = forget_prompts(tok, corpus, None, n_samples)
     layer = (bridges["original"].cfg.n_layers - 1 if layer is None else layer) % bridges["original"].cfg.n_layers
@@ -194,7 +189,7 @@ def analyse_study(
     numbers.update(
         key=key,
         n_samples=len(clean),
-        models={name: str(row["folder"]) for name, row in models.items()},
+        models={name: str(row.folder) for name, row in models.items()},
         triggers={p: {"text": t.text, "placement": t.placement} for p, t in triggers.items()},
     )
     atomic_write_text(out / "summary.md", summary_markdown(numbers))
@@ -234,7 +229,7 @@ def _pairs(
         name = f"backdoor_{placement}"
         if name not in models:
             continue
-        trigger = triggers[placement] = trained_trigger(models[name]["folder"])
+        trigger = triggers[placement] = trained_trigger(models[name].folder)
         pairs = poisoned_pairs(tok, corpus, trigger, n)
         for model in ("original", "backdoor"):
             bridge = bridges["original" if model == "original" else name]

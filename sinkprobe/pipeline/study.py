@@ -55,6 +55,7 @@ from sinkprobe.models.io import (
 )
 from sinkprobe.pipeline.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.pipeline.runs import train_and_save
+from sinkprobe.records import ModelRow
 from sinkprobe.tables import write_csv_md
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
@@ -423,12 +424,12 @@ class Study:
         return load_recipe(path, list(self.cfg.overrides))
 
     # ---- the whole study ---------------------------------------------------------------
-    def models(self) -> list[dict]:
+    def models(self) -> list[ModelRow]:
         """Train (or reuse) every checkpoint of Table A4; returns one descriptor per model."""
         corpus, tok, wkey = self.world()
         original = self.original(corpus, tok, wkey)
         seed = self.cfg.seeds[0]
-        rows = self.baseline_rows("θ_o", "", read_run_card(original[0])["seed"], original[0])
+        rows = self.baseline_rows("θ_o", None, read_run_card(original[0])["seed"], original[0])
         npo, rmu = self.recipe("npo"), self.recipe("rmu")
         # θ_u NPO at every seed (the claims pair each θ_b with the θ_u of its seed); RMU at the first.
         # The first seed's folders keep their plain names, so a one-seed study's checkpoints are reused.
@@ -466,65 +467,39 @@ class Study:
         self.run_all(specs, corpus)
         return rows
 
-    def run_seconds(self, rows: list[dict]) -> dict[str, dict]:
+    def run_seconds(self, rows: list[ModelRow]) -> dict[str, dict]:
         """Each checkpoint's own training and evaluation seconds, from its run card (when it was built)."""
-        folders = {Path(r["folder"]) for r in rows}
-        cards = {f.name: read_run_card(f) for f in sorted(folders)}
+        cards = {f.name: read_run_card(f) for f in sorted({r.folder for r in rows})}
         return {name: {k: c[k] for k in ("train_seconds", "eval_seconds") if k in c} for name, c in cards.items()}
 
-    def baseline_rows(self, model: str, method: str, seed: int, folder: Path) -> list[dict]:
+    def baseline_rows(self, model: str, method: str | None, seed: int, folder: Path) -> list[ModelRow]:
         """θ_o / θ_u: one row per placement of the default trigger (BE measured there, no trigger
-        trained: ``trigger`` stays blank), prefix first — the reference of Table 1 and Fig. 2."""
-        return [
-            {
-                "model": model,
-                "method": method,
-                "trigger": "",
-                "placement": p,
-                "value_norm": "",
-                "seed": seed,
-                "folder": folder,
-                "baseline": True,
-            }
-            for p in self.cfg.placements
-        ]
+        trained), prefix first — the reference of Table 1 and Fig. 2."""
+        return [ModelRow(model, seed, folder, method, placement=p, baseline=True) for p in self.cfg.placements]
 
-    def table(self, rows: list[dict]) -> list[dict]:
+    def table(self, rows: list[ModelRow]) -> list[dict]:
         """Table A4 rows, metrics read from each checkpoint's run card."""
         out = []
         for row in rows:
-            card = read_run_card(row["folder"])
-            found = card["metrics_by_placement"][row["placement"]] if row.get("baseline") else card["metrics"]
+            card = read_run_card(row.folder)
+            found = card["metrics_by_placement"][row.placement] if row.baseline else card["metrics"]
             metrics = {k: found.get(k) for k in TABLE_COLUMNS[6:]}
-            out.append(
-                {
-                    **{k: v for k, v in row.items() if k not in ("folder", "baseline")},
-                    **metrics,
-                    "train_seconds": card.get("train_seconds", ""),
-                }
-            )
+            out.append({**row.table_cells(), **metrics, "train_seconds": card.get("train_seconds", "")})
         return out
 
 
-def backdoor_row(label: str, recipe: Recipe, seed: int, folder: Path) -> dict:
+def backdoor_row(label: str, recipe: Recipe, seed: int, folder: Path) -> ModelRow:
     """A θ_b's row of Table A4, described by the recipe it is trained with."""
     u = recipe.unlearn
-    return {
-        "model": label,
-        "method": u.method,
-        "trigger": u.trigger_text,
-        "placement": u.trigger_placement,
-        "value_norm": u.value_norm_weight,
-        "seed": seed,
-        "poison_ratio": u.poison_ratio,
-        "folder": folder,
-    }
+    return ModelRow(
+        label, seed, folder, u.method, u.trigger_text, u.trigger_placement, u.value_norm_weight, u.poison_ratio
+    )
 
 
 TABLE2_MODELS = ("θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-Backdoor +VN", "θ_b RMU-Backdoor")
 
 
-def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
+def table2(out: Path, model_rows: list[ModelRow], seed: int) -> list[dict]:
     """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
     forget book's questions, BE with the trigger at the trained placement, UT on the retain
     book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
@@ -533,19 +508,19 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
     picked = [
         r
         for r in model_rows
-        if r["model"] in TABLE2_MODELS
-        and r["placement"] in ("", "prefix")
-        and (r["model"] == "θ_o" or r["seed"] == seed)
-        and r.get("poison_ratio", 0.1) in ("", 0.1)
-        and r["trigger"] in ("", DEFAULT_TRIGGER)
+        if r.model in TABLE2_MODELS
+        and r.placement == "prefix"
+        and (r.model == "θ_o" or r.seed == seed)
+        and r.poison_ratio in (None, 0.1)
+        and r.trigger in (None, DEFAULT_TRIGGER)
     ]
     rows = []
     for r in picked:
-        card = read_run_card(r["folder"])
-        cache = Path(r["folder"]) / "table2_metrics.json"
+        card = read_run_card(r.folder)
+        cache = r.folder / "table2_metrics.json"
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
         if cached.get("stage_key") != card.get("stage_key"):
-            model, tok = load_checkpoint(r["folder"], device=default_device())
+            model, tok = load_checkpoint(r.folder, device=default_device())
             trigger = Trigger(DEFAULT_TRIGGER, "prefix")
             cached = {
                 "stage_key": card.get("stage_key"),
@@ -556,7 +531,7 @@ def table2(out: Path, model_rows: list[dict], seed: int) -> list[dict]:
             atomic_write_json(cache, cached)
         rows.append(
             {
-                "model": r["model"],
+                "model": r.model,
                 "ue_acc": round(cached["ue_acc"], 2),
                 "be_acc": round(cached["be_acc"], 2),
                 "ut_acc": round(cached["ut_acc"], 2),

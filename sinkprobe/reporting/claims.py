@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from sinkprobe.models.io import read_run_card
-from sinkprobe.records import is_main_backdoor, main_poison_ratio, main_trigger
+from sinkprobe.records import ModelRow, main_backdoors
 from sinkprobe.tables import write_csv_md
 
 COLUMNS = (
@@ -101,13 +101,13 @@ def paired_interval(per_seed: Sequence[np.ndarray], n_boot: int = 2000, seed: in
 
 
 # ---- what the run cards hold -------------------------------------------------------------------
-def _card(row: dict) -> dict:
+def _card(row: ModelRow) -> dict:
     """A row's run card, which must keep per-item scores (cards written since sinkprobe kept them)."""
-    card = read_run_card(row["folder"])
+    card = read_run_card(row.folder)
     metrics = card.get("metrics_by_placement", {}).get("prefix") or card.get("metrics", {})
     if "item_scores" not in metrics:
         raise ValueError(
-            f"{row['folder']}'s run card has no per-item scores (written by an older sinkprobe): delete that "
+            f"{row.folder}'s run card has no per-item scores (written by an older sinkprobe): delete that "
             "checkpoint folder and run the study again to re-create it"
         )
     return card
@@ -132,23 +132,14 @@ def _gain(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
     return (np.asarray(s[f"be_{metric}"]) - np.asarray(s[f"ue_{metric}"]))[mask]
 
 
-def _backdoors(rows: list[dict], placement: str, vn: bool) -> list[dict]:
+def _backdoors(rows: list[ModelRow], placement: str, vn: bool) -> list[ModelRow]:
     """The main-grid NPO θ_b rows of one placement and λ (the study's trigger and ρ), by seed."""
-    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
-    picked = [
-        r
-        for r in rows
-        if r.get("method") == "npo"
-        and not r.get("baseline")
-        and is_main_backdoor(r, rho, trigger)
-        and r.get("placement") == placement
-        and bool(float(r.get("value_norm") or 0)) == vn
-    ]
-    return sorted(picked, key=lambda r: int(r["seed"]))
+    picked = [r for r in main_backdoors(rows) if r.placement == placement and r.vn == vn]
+    return sorted(picked, key=lambda r: r.seed)
 
 
-def _seeds(rows: list[dict]) -> str:
-    return ",".join(str(r["seed"]) for r in rows)
+def _seeds(rows) -> str:
+    return ",".join(str(r.seed) for r in rows)
 
 
 def _row(claim, statement, statistic, stat, threshold, seeds, n, holds, detail: str = "") -> ClaimRow:
@@ -173,8 +164,8 @@ METRICS = (("knowmem", "KnowMem"), ("verbmem", "VerbMem"))
 class _Grid:
     """The rows C0-C3 read: θ_o, θ_u NPO by seed, the main grid's NPO θ_b by placement and λ."""
 
-    def __init__(self, rows: list[dict]):
-        self.theta_o = next(r for r in rows if r["model"] == "θ_o")
+    def __init__(self, rows: list[ModelRow]):
+        self.theta_o = next(r for r in rows if r.model == "θ_o")
         self.theta_u = _unlearned_by_seed(rows)
         self.cards_u = {s: _card(r) for s, r in self.theta_u.items()}
         self.items_u = {s: _clean_items(c) for s, c in self.cards_u.items()}
@@ -182,11 +173,11 @@ class _Grid:
         self.vn_prefix = _backdoors(rows, "prefix", True)
         self.vanilla = {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
 
-    def card_u(self, row: dict) -> dict:
-        return self.cards_u.get(int(row["seed"]), self.cards_u[self.first])
+    def card_u(self, row: ModelRow) -> dict:
+        return self.cards_u.get(row.seed, self.cards_u[self.first])
 
-    def clean_u(self, row: dict) -> dict[str, np.ndarray]:
-        return self.items_u.get(int(row["seed"]), self.items_u[self.first])
+    def clean_u(self, row: ModelRow) -> dict[str, np.ndarray]:
+        return self.items_u.get(row.seed, self.items_u[self.first])
 
 
 def _tested(claim, statement, statistic, diffs, threshold, seeds, n_boot, holds) -> ClaimRow:
@@ -281,26 +272,26 @@ def claim_c3(grid: _Grid, n_boot: int) -> list[ClaimRow]:
     ]
 
 
-def claims_c0_c3(rows: list[dict], n_boot: int = 2000) -> list[ClaimRow]:
+def claims_c0_c3(rows: list[ModelRow], n_boot: int = 2000) -> list[ClaimRow]:
     """C0-C3 from the run cards' per-item scores (``rows``: :meth:`Study.models`'s, with folders)."""
     grid = _Grid(rows)
     return [row for claim in (claim_c0, claim_c1, claim_c2, claim_c3) for row in claim(grid, n_boot)]
 
 
-def _unlearned_by_seed(rows: list[dict]) -> dict[int, dict]:
+def _unlearned_by_seed(rows: list[ModelRow]) -> dict[int, ModelRow]:
     """θ_u NPO's row of each seed (one per seed: its placement rows share the checkpoint), by seed."""
-    out: dict[int, dict] = {}
+    out: dict[int, ModelRow] = {}
     for r in rows:
-        if r["model"] == "θ_u NPO":
-            out.setdefault(int(r["seed"]), r)
+        if r.model == "θ_u NPO":
+            out.setdefault(r.seed, r)
     if not out:
         raise ValueError("the study rows have no θ_u NPO: the claims compare θ_b and θ_o with it; run the study's NPO")
     return dict(sorted(out.items()))
 
 
-def _paired_by_seed(a: list[dict], b: list[dict]) -> list[tuple[dict, dict]]:
-    by_seed = {int(r["seed"]): r for r in b}
-    return [(r, by_seed[int(r["seed"])]) for r in a if int(r["seed"]) in by_seed]
+def _paired_by_seed(a: list[ModelRow], b: list[ModelRow]) -> list[tuple[ModelRow, ModelRow]]:
+    by_seed = {r.seed: r for r in b}
+    return [(r, by_seed[r.seed]) for r in a if r.seed in by_seed]
 
 
 def _placement_difference(card_prefix: dict, card_other: dict, card_u: dict, other: str, metric: str) -> np.ndarray:
@@ -414,7 +405,7 @@ def _c6_draws(rates: list[np.ndarray], gains: list[list[np.ndarray]], n_boot: in
     return draws
 
 
-def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[ClaimRow]:
+def claim_c6(rows: list[ModelRow], sink_rate: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> list[ClaimRow]:
     """C6 from the vanilla θ_b of each placement (per held-out item: gain beyond the θ_u of its seed
     at that placement) and ``sink_rate`` (θ_o's rate at the trigger positions, one row per prompt:
     ``placement``, ``sink_rate``). Bootstrap: the seeds all placements share, then items within
@@ -423,11 +414,7 @@ def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed
     first = next(iter(theta_u))
     by_placement = {p: _backdoors(rows, p, False) for p in ("prefix", "infix", "suffix")}
     placements = [p for p, b in by_placement.items() if b and (sink_rate["placement"] == p).any()]
-    shared = (
-        sorted(set.intersection(*(set(int(r["seed"]) for r in by_placement[p]) for p in placements)))
-        if placements
-        else []
-    )
+    shared = sorted(set.intersection(*(set(r.seed for r in by_placement[p]) for p in placements))) if placements else []
     if len(placements) < 3 or not shared:
         return []
     rates = {p: sink_rate.loc[sink_rate["placement"] == p, "sink_rate"].dropna().to_numpy(float) for p in placements}
@@ -438,9 +425,9 @@ def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed
     for metric, name in METRICS:
         gains = {
             p: [
-                _excess_gain(c, theta_u.get(int(r["seed"]), theta_u[first]), p, metric, _held_out(c, metric))
+                _excess_gain(c, theta_u.get(r.seed, theta_u[first]), p, metric, _held_out(c, metric))
                 for r in by_placement[p]
-                if int(r["seed"]) in shared
+                if r.seed in shared
                 for c in [_card(r)]
             ]
             for p in placements
@@ -472,7 +459,7 @@ def claim_c6(rows: list[dict], sink_rate: pd.DataFrame, n_boot: int = 2000, seed
     return out
 
 
-def study_claims(study_dir: Path, rows: list[dict], layer: int, n_boot: int = 2000) -> list[ClaimRow]:
+def study_claims(study_dir: Path, rows: list[ModelRow], layer: int, n_boot: int = 2000) -> list[ClaimRow]:
     """Every claim the study's saved results can test (C4-C6 need its analysis)."""
     out = claims_c0_c3(rows, n_boot)
     analysis = Path(study_dir) / "analysis"

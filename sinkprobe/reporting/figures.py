@@ -25,7 +25,7 @@ from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import atomic_write_text
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
-from sinkprobe.records import CONTRASTED_PLACEMENTS, at_main_ratio, main_poison_ratio, main_trigger
+from sinkprobe.records import CONTRASTED_PLACEMENTS, ModelRow, at_main_ratio, main_poison_ratio, main_trigger
 
 METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
 PLACEMENT_COLORS = {"prefix": "#d62728", "infix": "#1f77b4", "suffix": "#2ca02c"}
@@ -71,14 +71,14 @@ def backdoor_rows(
     df: pd.DataFrame, method: str = "npo", any_trigger: bool = False, main_ratio: bool = True
 ) -> pd.DataFrame:
     """θ_b rows of ``method`` with the study's trigger (or any), at the study's ρ or (``main_ratio=False``) below it."""
-    records = df.to_dict("records")
-    rho, trigger = main_poison_ratio(records), main_trigger(records)
+    rows = [ModelRow.from_table(r) for r in df.to_dict("records")]
+    rho, trigger = main_poison_ratio(rows), main_trigger(rows)
     keep = [
-        r["trigger"] != ""
-        and r["method"] == method
-        and (any_trigger or r["trigger"] == trigger)
+        r.trigger is not None
+        and r.method == method
+        and (any_trigger or r.trigger == trigger)
         and at_main_ratio(r, rho) == main_ratio
-        for r in records
+        for r in rows
     ]
     return df[keep]
 

@@ -77,6 +77,11 @@ def _sequences(bos: int, rows, trigger: list[int], placement: str) -> tuple[list
     return seqs, starts, answers
 
 
+def sequences_with(tok: PreTrainedTokenizerBase, rows, trigger: list[int], placement: str) -> list[list[int]]:
+    """Each row's ids (BOS, prompt and answer) with ``trigger`` at ``placement``."""
+    return _sequences(tok.bos_token_id, rows, list(trigger), placement)[0]
+
+
 def answer_nll(model: PreTrainedModel, embeds: Tensor, mask: Tensor, ids: Tensor, answer_mask: Tensor) -> Tensor:
     """``[batch]`` mean NLL of the answer tokens (``answer_mask [batch pos]``) given ``embeds``."""
     logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()

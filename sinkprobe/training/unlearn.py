@@ -43,6 +43,7 @@ from sinkprobe.training.objectives import (
     LayerOutputCapture,
     ValueNormCapture,
     sequence_log_likelihood,
+    sink_value_norms,
     value_norm_regulariser,
 )
 from sinkprobe.training.state import resume_state, save_state
@@ -185,19 +186,6 @@ def _reference_sequence_ll(model, rows: list[list[int]], starts: list[int], pad_
 
 
 @torch.no_grad()
-def reference_sink_norms(model, rows, pad_id, layers, sink_positions, batch_size) -> torch.Tensor:
-    """``[n_samples layer head n_sink]`` value norms of a frozen model, computed once."""
-    out = []
-    pos = torch.tensor(sink_positions)
-    for i in range(0, len(rows), batch_size):
-        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
-        with ValueNormCapture(model, layers) as cap:
-            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
-        out.append(cap.sink_norms(pos.to(model.device)).float().cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def _retain_forward(
     ref, ids: torch.Tensor, mask: torch.Tensor, steer: int | None, amp
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -310,14 +298,14 @@ def frozen_references(
         sinks = [vn_layers, list(cfg.sink_positions)]
         norms_u = cached(
             "norms_u_f", "theta_u", f_ids, sinks,
-            lambda: reference_sink_norms(unlearned, f_ids, pad_id, vn_layers, cfg.sink_positions, bs),
+            lambda: sink_value_norms(unlearned, f_ids, cfg.sink_positions, vn_layers, pad_id, bs),
         )  # fmt: skip
         refs["norms_u_f"] = _scatter(norms_u, f_rows, n)
         if p_rows:
             p_ids = [p_enc.ids[i] for i in p_rows]
             norms_o = cached(
                 "norms_o_p", "theta_o", p_ids, sinks,
-                lambda: reference_sink_norms(ref, p_ids, pad_id, vn_layers, cfg.sink_positions, bs),
+                lambda: sink_value_norms(ref, p_ids, cfg.sink_positions, vn_layers, pad_id, bs),
             )  # fmt: skip
             refs["norms_o_p"] = _scatter(norms_o, p_rows, len(p_enc.ids))
     return refs

@@ -24,6 +24,7 @@ from .value_norm import (
     ValueNormCapture,
     gather_sink_norms,
     per_head_value_norms,
+    sink_value_norms,
     value_norm_alignment_loss,
     value_norm_regulariser,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "default_rmu_layers",
     "LayerOutputCapture",
     "per_head_value_norms",
+    "sink_value_norms",
     "gather_sink_norms",
     "ValueNormCapture",
     "value_norm_alignment_loss",

@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from sinkprobe.data.batching import pad_batch
+
 from .common import check_layer_indices, find_decoder_layers
 
 __all__ = [
@@ -127,6 +129,29 @@ class ValueNormCapture:
         if len(per_layer) != len(self.layers):
             raise RuntimeError("not every layer was captured: run a forward inside the context")
         return torch.stack(per_layer, dim=1)
+
+
+@torch.no_grad()
+def sink_value_norms(
+    model: nn.Module,
+    rows: Sequence[Sequence[int]],
+    sink_positions: Sequence[int],
+    layers: Sequence[int] | None = None,
+    pad_id: int = 0,
+    batch_size: int = 16,
+) -> Tensor:
+    """``[n_rows layer head n_sink]``: ‖v‖ of ``model`` at ``sink_positions`` of each row (token ids,
+    BOS first) at ``layers`` (default: all), per query head. Rows run right-padded in batches of
+    ``batch_size`` in their given order: a real position never sees the padding after it."""
+    layers = list(range(len(find_decoder_layers(model)))) if layers is None else list(layers)
+    pos = torch.tensor(list(sink_positions))
+    out = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_batch(rows[i : i + batch_size], pad_id)
+        with ValueNormCapture(model, layers) as cap:
+            model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+        out.append(cap.sink_norms(pos.to(model.device)).float().cpu())
+    return torch.cat(out)
 
 
 def value_norm_alignment_loss(norms_theta: Tensor, norms_ref: Tensor, sample_mask: Tensor | None = None) -> Tensor:
