@@ -185,16 +185,17 @@ def cmd_defend(args) -> None:
     folders, original = [_model_folder(f) for f in args.backdoored], _model_folder(args.original)
     settings = DefenceSettings(anchor=args.anchor, perturb_positions=args.perturb_positions, perturb_rate=args.rate)
     rows = measure_defences(folders, original, load_corpus(args.source, args.data), settings)
-    write_defences(rows, out, f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)")
-    print(f"defences written to {out.with_suffix('.csv')} and {out.with_suffix('.md')}")
+    title = f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)"
+    csv_path, md_path = write_defences(rows, out, title)
+    print(f"defences written to {csv_path} and {md_path}")
 
 
 def cmd_claims(args) -> None:
     import pandas as pd
 
-    from sinkprobe.models.io import atomic_write_text
     from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.reporting.claims import reconcile
+    from sinkprobe.tables import write_csv_md
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before reading anything: replace nothing unasked
@@ -207,21 +208,15 @@ def cmd_claims(args) -> None:
             path, keep_default_na=False
         )
     table = reconcile(runs)
-    atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
-    head = "| claim | statistic | " + " | ".join(f"holds ({n})" for n in runs) + " | interval (union) | holds |\n"
-    head += "|---|---|" + "---|" * len(runs) + "---|---|\n"
-    body = "".join(
-        f"| {r['claim']} | {r['statistic']} | "
-        + " | ".join(str(r[f"holds ({n})"]) for n in runs)
-        + f" | [{r['ci_low']:.4g}, {r['ci_high']:.4g}] | {r['holds']} |\n"
-        for _, r in table.iterrows()
-    )
-    title = (
-        f"### Claims over {len(runs)} runs ({', '.join(runs)}): a verdict that differs between runs is inconclusive\n\n"
-    )
-    atomic_write_text(out.with_suffix(".md"), title + head + body)
+    shown = pd.DataFrame({"claim": table["claim"], "statistic": table["statistic"]})
+    for n in runs:
+        shown[f"holds ({n})"] = table[f"holds ({n})"].astype(str)
+    shown["interval (union)"] = [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(table["ci_low"], table["ci_high"])]
+    shown["holds"] = table["holds"]
+    title = f"Claims over {len(runs)} runs ({', '.join(runs)}): a verdict that differs between runs is inconclusive"
+    csv_path, md_path = write_csv_md(table, out, title, shown=shown)
     print(
-        f"claims over {len(runs)} runs written to {out.with_suffix('.csv')} and {out.with_suffix('.md')} "
+        f"claims over {len(runs)} runs written to {csv_path} and {md_path} "
         f"({int(table['flipped'].sum())} verdicts flip)"
     )
 

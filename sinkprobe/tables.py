@@ -44,13 +44,12 @@ def write_csv_md(
     footer: str = "",
     *,
     float_format: str = "{:.2f}",
-    md_columns: list[str] | None = None,
+    shown: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
-    """``stem.csv`` (every column, full precision) and ``stem.md`` (``### title``, the table of
-    ``md_columns`` (default: all), then ``footer``), each written atomically."""
+    """``stem.csv`` (every column of ``frame``, full precision) and ``stem.md`` (``### title``, the
+    table of ``shown`` — default ``frame`` — then ``footer``), each written atomically."""
     csv, md = table_paths(stem)
     atomic_write_text(csv, frame.to_csv(index=False))
-    shown = frame.reindex(columns=md_columns, fill_value="") if md_columns else frame  # a missing column: blank
-    table = markdown_table(shown, headers, float_format)
+    table = markdown_table(frame if shown is None else shown, headers, float_format)
     atomic_write_text(md, (f"### {title}\n\n" if title else "") + table + footer)
     return csv, md

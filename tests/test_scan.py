@@ -160,6 +160,7 @@ def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_othe
     assert d_random > 0.01
     assert sink_signature(suspect, original, tok, rows, trig, "prefix", seed=0) == d_random
     assert sink_signature(original, original, tok, rows, trig, "prefix") == 0.0
+    assert sink_signature(suspect, original, tok, rows, trig, "infix") is None  # away from the sink: not measured
     # the batched norms equal each prompt run alone: mean |Δ‖v‖| by hand
     seqs = sequences_with(tok, rows, control, "prefix")
     alone = []

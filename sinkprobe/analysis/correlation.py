@@ -106,13 +106,13 @@ def paper_comparisons(
     seed: int = 0,
     batch_size: int = 16,
     padding_side: str = "right",
-    norms_cache: dict[tuple[int, str], Tensor] | None = None,
+    norms_cache: dict[tuple, Tensor] | None = None,
 ) -> NormCorrelation:
     """The three Fig. 5 comparisons; ``data`` maps ``forget`` / ``poisoned`` / ``retain`` to token-id
     lists, ``positions`` are sink positions (e.g. from :class:`~sinkprobe.analysis.sinks.SinkReport`),
-    ``layer`` defaults to the last layer. ``norms_cache`` (keyed by the bridge's ``id`` and the dataset
-    name) lets calls on the same ``data`` and layer share the value norms of the bridges they have
-    in common (θ_o and θ_u against two θ_b)."""
+    ``layer`` defaults to the last layer. ``norms_cache`` (keyed by the bridge's ``id``, the dataset
+    name, the layer and the batching) lets calls on the same ``data`` share the value norms of the
+    bridges they have in common (θ_o and θ_u against two θ_b)."""
     missing = {d for *_, d in PAPER_COMPARISONS} - set(data)
     if missing:
         raise ValueError(f"data lacks {sorted(missing)}: give token-id lists for forget, poisoned and retain")
@@ -124,7 +124,7 @@ def paper_comparisons(
 
     def norms(model: str, dataset: str) -> Tensor:
         bridge = getattr(trio, model)
-        key = (id(bridge), dataset)
+        key = (id(bridge), dataset, layer, batch_size, padding_side)
         if key not in cache:
             cache[key] = collect_value_norms(bridge, data[dataset], layer, **kw)
         return cache[key]

@@ -104,7 +104,7 @@ HEADERS = {"ue_knowmem": "UE KM ↓", "ue_verbmem": "UE VM ↓", "be_knowmem": "
            "ut_knowmem": "UT KM ↑"}  # fmt: skip
 
 
-def write_defences(rows: list[dict], stem: Path, title: str) -> None:
-    """``stem.csv`` and ``stem.md``: one row per θ_b × defence."""
+def write_defences(rows: list[dict], stem: Path, title: str) -> tuple[Path, Path]:
+    """``stem.csv`` and ``stem.md``: one row per θ_b × defence; returns their paths."""
     frame = pd.DataFrame(rows)[["model", "placement", "value_norm", "seed", "defence", *COLUMNS, "seconds"]]
-    write_csv_md(frame, stem, title, headers={"model": "θ_b", "value_norm": "λ", "seconds": "s", **HEADERS})
+    return write_csv_md(frame, stem, title, headers={"model": "θ_b", "value_norm": "λ", "seconds": "s", **HEADERS})

@@ -33,7 +33,8 @@ def sink_value_range(
     model: nn.Module, rows: Sequence[Sequence[int]], sink_positions: Sequence[int]
 ) -> tuple[Tensor, Tensor]:
     """``(low, high)``, each ``[layer kv_head n_sink]``: the smallest and largest value norm of
-    ``model`` at the sink positions over ``rows`` (token ids, BOS first)."""
+    ``model`` at the sink positions over ``rows`` (token ids, BOS first; run right-padded in
+    batches, which leaves every real position as it would be alone)."""
     norms = sink_value_norms(model, rows, sink_positions)  # [row layer head n_sink], query heads
     n_heads = model.config.num_attention_heads
     n_kv = getattr(model.config, "num_key_value_heads", None) or n_heads

@@ -82,6 +82,8 @@ def continuation_logliks(
     the continuations, whose positions go on from their context's end. Only the positions that
     predict a continuation token go through the vocabulary projection (``logits_to_keep``, where
     the model takes it). Contexts are batched by length, so a batch pads little."""
+    if any(not k for _, k in pairs) or any(not c for c, _ in pairs):
+        raise ValueError("a context or continuation is empty: each pair needs at least one token of each")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, (context, _) in enumerate(pairs):
         groups.setdefault(tuple(context), []).append(i)

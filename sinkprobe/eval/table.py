@@ -223,7 +223,8 @@ def write_table(rows: Sequence[dict], stem: str | Path, title: str = "") -> tupl
     frame = pd.DataFrame([{k: r.get(k, "") for k in [*TABLE_COLUMNS, *extra]} for r in rows])
     metrics = [k for k in METRIC_HEADERS if any(k in r for r in rows)]
     shown = ["model", "trigger", "placement", "value_norm", "poison_ratio", "seed", *metrics]
-    return write_csv_md(frame, stem, title, {"poison_ratio": "ρ", **METRIC_HEADERS}, md_columns=shown)
+    paper = frame.reindex(columns=shown, fill_value="")  # a column no row has: blank
+    return write_csv_md(frame, stem, title, {"poison_ratio": "ρ", **METRIC_HEADERS}, shown=paper)
 
 
 def forget_prompts(

