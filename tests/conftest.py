@@ -58,3 +58,27 @@ def sentencepiece_tokenizer(tiny_world):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )
+
+
+# Integration tests: whole commands and studies, notebooks, a browser, two processes, the real
+# base. `pytest -m "not integration"` runs the fast unit tests alone; the README's command runs all.
+INTEGRATION_MODULES = {
+    "test_study.py",
+    "test_study_outputs.py",
+    "test_notebooks.py",
+    "test_browser.py",
+    "test_distributed.py",
+    "test_base.py",
+    "test_cli.py",
+    "test_reliability.py",
+}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "integration: a whole command, study, notebook, browser or the real base")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.path.name in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
