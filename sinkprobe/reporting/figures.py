@@ -209,7 +209,7 @@ def fig_a1(df: pd.DataFrame) -> go.Figure | None:
     both = pd.concat([high, low]).assign(rho=lambda d: [_ratio_label(r) for r in d.to_dict("records")])
     stats = seed_stats(both, ["rho", "vn"])
     o, u = reference(df), reference(df, "npo")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["(a) UE on D_f ↓", "(b) BE on D_p ↑"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["(a) UE on D_f ↓", "(b) held-out BE on D_f ↑"])
     for col, metric in enumerate(("ue_knowmem", "be_knowmem"), start=1):
         for vn, color in ((False, "#7f7f7f"), (True, "#d62728")):
             s = stats[stats["vn"] == vn]
