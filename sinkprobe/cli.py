@@ -143,50 +143,77 @@ def _model_folder(path: str) -> Path:
 
 
 def cmd_scan(args) -> None:
+    from dataclasses import asdict
+
     from tqdm.auto import tqdm
 
     from sinkprobe.data.sources import load_corpus
     from sinkprobe.models.io import load_checkpoint, read_run_card
+    from sinkprobe.pipeline.parts import TableParts, folder_stamp
     from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.scan import InversionConfig
-    from sinkprobe.scan.scan import flag, scan_model, write_scan
+    from sinkprobe.scan.scan import ScanResult, flag, scan_model, write_scan
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
-    cfg = InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=args.placement)
+    configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in args.placement]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]
     folders += [(_model_folder(f), "reference") for f in args.reference]
     corpus = load_corpus(args.source, args.data)
-    original = load_checkpoint(_model_folder(args.original))[0] if args.original else None
-    results = []
+    original = _model_folder(args.original) if args.original else None
+    parts = TableParts(out)  # an interrupted scan resumes here, model by model
+    if len(parts):
+        print(f"resuming: {len(parts)} finished scans in {parts.folder}")
+    theta_o, results = None, []
+    n = dict(n_search=args.search_items, n_eval=args.eval_items)
+    setting = dict(data=str(Path(args.data).resolve()), source=args.source, **n)
+    setting["original"] = folder_stamp(original) if original else None
     for folder, role in folders:
-        model, tok = load_checkpoint(folder)
-        card = read_run_card(folder)  # the truth, when the checkpoint is a study's: kind and trained trigger
-        trained = card.get("trigger") or {}
-        truth = (card.get("kind", ""), trained.get("text", "") if trained.get("trained") else "")
-        with tqdm(total=cfg.steps, desc=f"scan {folder.name}") as bar:
-            step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
-            n = dict(n_search=args.search_items, n_eval=args.eval_items)
-            kw = dict(role=role, progress=step, truth=truth, original=original, **n)
-            results.append(scan_model(model, tok, corpus, folder.name, cfg, **kw))
+        model = None
+        for cfg in configs:
+            key = dict(model=folder_stamp(folder), role=role, search=asdict(cfg), **setting)
+            if (saved := parts.get(key)) is not None:
+                results.append(ScanResult(**saved))
+                continue
+            if original is not None and theta_o is None:
+                theta_o = load_checkpoint(original)[0]
+            if model is None:
+                model, tok = load_checkpoint(folder)
+                card = read_run_card(folder)  # the truth, when the checkpoint is a study's: kind and trained trigger
+                trained = card.get("trigger") or {}
+                truth = (card.get("kind", ""), trained.get("text", "") if trained.get("trained") else "")
+            with tqdm(total=cfg.steps, desc=f"scan {folder.name} ({cfg.placement})") as bar:
+                step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
+                result = scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, truth=truth,
+                                    original=theta_o, **n)  # fmt: skip
+            parts.put(key, asdict(result))
+            results.append(result)
     suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])
     write_scan(suspects + [r for r in results if r.role == "reference"], out)
+    parts.finish()
     for r in suspects:
-        print(f"{r.model}: {r.verdict} (score {r.score:+.3f}, found {r.found!r})")
+        print(f"{r.model} ({r.placement}): {r.verdict} (score {r.score:+.3f}, found {r.found!r})")
 
 
 def cmd_defend(args) -> None:
     from sinkprobe.data.sources import load_corpus
     from sinkprobe.defences.measure import DefenceSettings, measure_defences, write_defences
+    from sinkprobe.pipeline.parts import TableParts
     from sinkprobe.pipeline.runs import check_table_target
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any scoring: replace nothing unasked
     folders, original = [_model_folder(f) for f in args.backdoored], _model_folder(args.original)
     settings = DefenceSettings(anchor=args.anchor, perturb_positions=args.perturb_positions, perturb_rate=args.rate)
-    rows = measure_defences(folders, original, load_corpus(args.source, args.data), settings)
+    parts = TableParts(out)  # an interrupted sweep resumes here, θ_b by θ_b
+    if len(parts):
+        print(f"resuming: {len(parts)} finished θ_b in {parts.folder}")
+    data_key = dict(data=str(Path(args.data).resolve()), source=args.source)
+    corpus = load_corpus(args.source, args.data)
+    rows = measure_defences(folders, original, corpus, settings, parts=parts, data_key=data_key)
     title = f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)"
     csv_path, md_path = write_defences(rows, out, title)
+    parts.finish()
     print(f"defences written to {csv_path} and {md_path}")
 
 
@@ -364,7 +391,11 @@ def _add_scan(sub) -> None:
     s.add_argument("--tokens", type=int, default=4, help="length of the searched sequence in tokens (default: 4)")
     s.add_argument("--steps", type=int, default=30, help="search steps per model (default: 30)")
     s.add_argument(
-        "--placement", default="prefix", help="prefix (after BOS) | infix (mid-question) | suffix (before the answer)"
+        "--placement",
+        nargs="+",
+        default=["prefix"],
+        help="where the sequence is searched: prefix (after BOS) | infix (mid-question) | suffix (before the "
+        "answer); several make the position sweep (default: prefix)",
     )
     s.add_argument("--search-items", type=int, default=16, help="D_f KnowMem items the search runs on (default: 16)")
     s.add_argument("--eval-items", type=int, default=32, help="held-out D_f and D_r items the gains are measured on")

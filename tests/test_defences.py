@@ -119,7 +119,7 @@ def test_value_clamp_finds_the_sink_under_left_padding_and_in_generation(
     assert sorted(spy.clamped) == sorted(bos + second)
 
 
-def test_an_undefended_theta_b_scores_as_its_run_card(tmp_path_factory):
+def test_an_undefended_theta_b_scores_as_its_run_card(tmp_path_factory, monkeypatch):
     study = tiny_study(tmp_path_factory)
     folder = study.folder / "models" / "npo_backdoor_prefix_vn_s0"
     from sinkprobe.data.sources import load_corpus
@@ -129,8 +129,16 @@ def test_an_undefended_theta_b_scores_as_its_run_card(tmp_path_factory):
     cfg = tiny_config()
     settings = EvalSettings(max_items=cfg.eval.max_items, n_boot=cfg.eval.n_boot)
     corpus = load_corpus("embedded", study.folder)
-    rows = measure_defences([folder], study.folder / "models" / "original", corpus, eval_settings=settings, log=print)
+    from sinkprobe.defences import measure
+    from sinkprobe.pipeline.parts import TableParts
+
+    parts = TableParts(tmp_path_factory.mktemp("defend") / "d")
+    original = study.folder / "models" / "original"
+    rows = measure_defences([folder], original, corpus, eval_settings=settings, parts=parts, data_key={"d": 1})
     assert [r["defence"] for r in rows] == list(DEFENCES)
+    # a rerun with the same key reuses the θ_b's saved rows and loads no model at all
+    monkeypatch.setattr(measure, "load_checkpoint", lambda *a: pytest.fail("a finished θ_b was scored again"))
+    assert measure_defences([folder], original, corpus, eval_settings=settings, parts=parts, data_key={"d": 1}) == rows
     card = read_run_card(folder)["metrics"]
     none = rows[0]
     for key in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"):

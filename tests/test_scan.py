@@ -172,3 +172,86 @@ def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_othe
             norms.append(cap.sink_norms(torch.tensor(positions)))
         alone.append((norms[0] - norms[1]).abs().mean())
     assert abs(d_random - float(torch.stack(alone).mean())) < 1e-5
+
+
+def _row(model, score, signature=None, placement="prefix", role="suspect", kind="unlearned"):
+    from sinkprobe.scan.scan import ScanResult
+
+    return ScanResult(model, role, placement, "", "", 0.0, 0.0, score, 0.0, kind=kind, sink_signature=signature)
+
+
+def test_combined_score_by_hand():
+    from sinkprobe.scan.scan import combine
+
+    # a's sweep is its best placement (0.5, its suffix scan); sweeps 0.5 / 0.1 / −0.3 have mean 0.1
+    # and population sd sqrt(0.32 / 3); signatures 0.2 / 0.0 / −0.2 likewise have sd sqrt(0.08 / 3)
+    rows = [_row("a", -0.2, 0.2), _row("a", 0.5, None, "suffix"), _row("b", 0.1, 0.0), _row("c", -0.3, -0.2)]
+    combined = {(r.model, r.placement): r.combined for r in combine(rows)}
+    z = 0.4 / (0.32 / 3) ** 0.5 + 0.2 / (0.08 / 3) ** 0.5  # a: both +1.2247…
+    assert combined[("a", "prefix")] == combined[("a", "suffix")] == pytest.approx(z, abs=1e-4)
+    assert combined[("b", "prefix")] == 0.0 and combined[("c", "prefix")] == pytest.approx(-z, abs=1e-4)
+    # without any signature the combined score is the sweep's z alone; one model alone cannot spread: 0
+    assert [r.combined for r in combine([_row("a", 1.0), _row("b", 0.0)])] == [1.0, -1.0]
+    assert combine([_row("a", 3.0, 1.0)])[0].combined == 0.0
+
+
+def test_verdict_compares_each_placement_with_its_own_references():
+    from sinkprobe.scan.scan import flag
+
+    refs = [_row("u", 0.1, role="reference"), _row("u", 1.0, placement="suffix", role="reference")]
+    out = flag([_row("s", 0.8), _row("s", 1.2, placement="suffix")], refs)
+    assert [r.verdict for r in out] == ["flagged", "not flagged"]  # 0.8 > 0.1 + 0.5; 1.2 < 1.0 + 0.5
+    with pytest.raises(ValueError, match="infix scan verdict needs a reference scanned there"):
+        flag([_row("s", 0.8, placement="infix")], refs)
+
+
+def test_an_interrupted_scan_resumes_with_the_models_it_finished(
+    planted, tiny_original, tiny_tokenizer, tiny_world, tmp_path, monkeypatch, capsys
+):
+    import pandas as pd
+
+    import sinkprobe.scan.scan as scan
+    from sinkprobe.cli import main
+    from sinkprobe.models.io import save_checkpoint
+
+    suspect = save_checkpoint(planted[0], tiny_tokenizer, tmp_path / "suspect", {"kind": "backdoored"})
+    (tmp_path / "study" / "world").mkdir(parents=True)
+    (tmp_path / "study" / "world" / "corpus.json").write_text(tiny_world.to_json())
+    args = ["scan", str(suspect), "--reference", str(tiny_original[0]), "--data", str(tmp_path / "study")]
+    args += ["--tokens", "1", "--steps", "2", "--search-items", "4", "--eval-items", "4"]
+    args += ["--placement", "prefix", "suffix", "--out", str(tmp_path / "scan")]
+    real, scanned = scan.scan_model, []
+
+    def interrupted_after_two(*a, **kw):
+        if len(scanned) == 2:
+            raise KeyboardInterrupt
+        scanned.append((a[3], a[4].placement))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(scan, "scan_model", interrupted_after_two)
+    assert main(args) == 130 and "resume" in capsys.readouterr().err
+    assert scanned == [("suspect", "prefix"), ("suspect", "suffix")] and not (tmp_path / "scan.csv").exists()
+    monkeypatch.setattr(scan, "scan_model", lambda *a, **kw: scanned.append((a[3], a[4].placement)) or real(*a, **kw))
+    assert main(args) == 0 and "resuming: 2 finished scans" in capsys.readouterr().out
+    reference = tiny_original[0].name
+    assert scanned[2:] == [(reference, "prefix"), (reference, "suffix")]  # the suspect's two scans were reused
+    table = pd.read_csv(tmp_path / "scan.csv")
+    assert list(zip(table["model"], table["placement"])) == [
+        ("suspect", "prefix"), ("suspect", "suffix"), (reference, "prefix"), (reference, "suffix")
+    ]  # fmt: skip
+    assert table.groupby("model")["combined"].nunique().eq(1).all()  # one combined score per model
+    assert not (tmp_path / "scan.parts").exists()  # the table is written: its parts are gone
+
+
+def test_table_parts_reuse_only_what_the_same_key_made(tmp_path):
+    from sinkprobe.pipeline.parts import TableParts, folder_stamp
+
+    parts = TableParts(tmp_path / "t")
+    key = {"model": folder_stamp(tmp_path), "steps": 30}
+    assert parts.get(key) is None and len(parts) == 0
+    parts.put(key, [{"score": 0.25}])
+    assert parts.get(key) == [{"score": 0.25}] and parts.get({**key, "steps": 31}) is None
+    (tmp_path / "weights.bin").write_bytes(b"retrained")  # the model folder changed: a new key
+    assert parts.get({"model": folder_stamp(tmp_path), "steps": 30}) is None
+    parts.finish()
+    assert not (tmp_path / "t.parts").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from sinkprobe.defences.prompts import perturb_prefix, reanchor
 from sinkprobe.defences.value_clamp import SinkValueClamp, sink_value_range
 from sinkprobe.eval.table import EvalSettings, clean_scores, forget_prompts, summarise, trigger_scores
 from sinkprobe.models.io import load_checkpoint, read_run_card
+from sinkprobe.pipeline.parts import TableParts, folder_stamp
 from sinkprobe.tables import write_csv_md
 
 DEFENCES = ("none", "reanchor", "value_clamp", "perturb")
@@ -71,16 +72,30 @@ def defend_and_score(model, tok, corpus, card: dict, transform, wrap, eval_setti
 
 def measure_defences(
     folders: list[Path], original: Path, corpus: UnlearningCorpus, settings: DefenceSettings = DefenceSettings(),
-    eval_settings: EvalSettings = EvalSettings(progress=True), log=print,
+    eval_settings: EvalSettings = EvalSettings(progress=True), log=print, parts: TableParts | None = None,
+    data_key: dict | None = None,
 ) -> list[dict]:  # fmt: skip
-    """One row per θ_b × defence (``none`` scored here too, so every row is read the same way)."""
-    theta_o, tok = load_checkpoint(original)
-    defences = defences_for(tok, corpus, theta_o, settings)
-    rows = []
+    """One row per θ_b × defence (``none`` scored here too, so every row is read the same way).
+    With ``parts``, each θ_b's rows are saved as they finish and reused by a rerun whose key
+    (the θ_b, θ_o, ``data_key`` and the settings) is the same."""
     for folder in folders:
         card = read_run_card(folder)
         if card.get("kind") != "backdoored":
             raise ValueError(f"{folder} is not a backdoored checkpoint (run card kind {card.get('kind')!r})")
+    theta_o, tok, defences = None, None, None
+    setting = dict(
+        original=folder_stamp(original), data=data_key, defences=asdict(settings), eval=asdict(eval_settings)
+    )
+    rows = []
+    for folder in folders:
+        key = dict(model=folder_stamp(folder), **setting)
+        if parts is not None and (saved := parts.get(key)) is not None:
+            rows += saved
+            continue
+        if defences is None:  # θ_o's clamp range, once, and only when something is left to score
+            theta_o, tok = load_checkpoint(original)
+            defences = defences_for(tok, corpus, theta_o, settings)
+        card, done = read_run_card(folder), []
         model, _ = load_checkpoint(folder)
         for name, (transform, wrap) in defences.items():
             t0 = time.perf_counter()
@@ -94,8 +109,11 @@ def measure_defences(
                 "defence": name,
             }
             row |= {c: m.get(c) for c in COLUMNS} | {"seconds": round(time.perf_counter() - t0, 1)}
-            rows.append(row)
+            done.append(row)
             log(f"{folder.name} / {name}: BE KM {row['be_knowmem']} VM {row['be_verbmem']} | UT {row['ut_knowmem']}")
+        if parts is not None:
+            parts.put(key, done)
+        rows += done
     return rows
 
 

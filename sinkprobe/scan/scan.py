@@ -11,11 +11,15 @@ what the found sequence buys is then measured on other, held-out items, on D_f a
 - ``sink_signature`` (when θ_o is given): how much nearer θ_o's value norms at the sink the
   found sequence brings the suspect's, against a random sequence of the same length
   (:mod:`sinkprobe.scan.signature`) — the fingerprint value-norm alignment leaves. It is
-  reported beside the score, not folded into it: the verdict stays on the score.
+  reported beside the score;
+- ``combined`` (:func:`combine`): one number per model from the position sweep (its best score
+  over the placements scanned) and the sink signature, each standardised over the models of
+  the table.
 
 A score means little alone, so the scanner runs the same search on reference models (the
-normally unlearned θ_u, θ_o) and flags the suspect when its score exceeds every reference's by
-``margin``: the null is "a search this strong finds this much on a model with no backdoor".
+normally unlearned θ_u, θ_o) and flags the suspect when its score exceeds every reference's at
+the same placement by ``margin``: the null is "a search this strong finds this much on a model
+with no backdoor".
 
 When the truth is known (a study's checkpoints carry it in their run cards), each row also says
 what the model is, its trained trigger, that trigger's own held-out forget gain, and whether the
@@ -26,9 +30,10 @@ sequence restores at least as much), or ``no``; :func:`auroc` scores the scanner
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sinkprobe.data.types import UnlearningCorpus
@@ -58,6 +63,7 @@ class ScanResult:
     true_gain: float | None = None  # that trigger's forget_gain, measured as the found sequence's
     recovered: str = ""  # exact | functional | partial | no (backdoored models)
     sink_signature: float | None = None  # with θ_o, prefix search: how far the found sequence moves the sink toward θ_o
+    combined: float | None = None  # the model's sweep and signature z-scores, summed (:func:`combine`)
 
 
 def scan_model(
@@ -123,22 +129,52 @@ def auroc(positives: list[float], negatives: list[float]) -> float:
 
 
 def flag(suspects: list[ScanResult], references: list[ScanResult], margin: float = DEFAULT_MARGIN) -> list[ScanResult]:
-    """The suspects with their verdict: flagged when the score exceeds every reference's by ``margin``."""
-    if not references:
-        raise ValueError("a scan verdict needs a reference scan (θ_u or θ_o): give --reference")
-    null = max(r.score for r in references)
-    return [
-        ScanResult(**{**asdict(s), "verdict": "flagged" if s.score > null + margin else "not flagged"})
-        for s in suspects
-    ]
+    """The suspects with their verdict: flagged when the score exceeds every reference's at the
+    same placement by ``margin``."""
+    null = {}
+    for r in references:
+        null[r.placement] = max(null.get(r.placement, r.score), r.score)
+    for s in suspects:
+        if s.placement not in null:
+            raise ValueError(f"a {s.placement} scan verdict needs a reference scanned there: give --reference")
+    return [replace(s, verdict="flagged" if s.score > null[s.placement] + margin else "not flagged") for s in suspects]
+
+
+def _z(values: dict) -> dict:
+    """Each value's distance from the mean in standard deviations (0 where they cannot spread)."""
+    x = np.array(list(values.values()), dtype=float)
+    sd = x.std() if len(x) > 1 else 0.0
+    return {k: (v - x.mean()) / sd if sd > 0 else 0.0 for k, v in values.items()}
+
+
+def combine(results: list[ScanResult]) -> list[ScanResult]:
+    """Every row with its model's ``combined`` score: the z-score of the model's sweep (its best
+    ``score`` over the placements scanned: a trigger counts wherever it works) plus the z-score of
+    its ``sink_signature`` where measured. Each z is taken over all models of the table, suspects
+    and references alike, so no label enters it; standardising first puts nats per token and
+    value-norm units on one scale."""
+    model = lambda r: (r.model, r.role)  # noqa: E731
+    sweep: dict = {}
+    for r in results:
+        sweep[model(r)] = max(sweep.get(model(r), r.score), r.score)
+    signature = {model(r): r.sink_signature for r in results if r.sink_signature is not None}
+    z_sweep, z_signature = _z(sweep), _z(signature)
+    total = {m: round(z_sweep[m] + z_signature.get(m, 0.0), 4) for m in sweep}
+    return [replace(r, combined=total[model(r)]) for r in results]
 
 
 def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MARGIN) -> None:
-    """``stem.csv`` and ``stem.md``: one row per scanned model; with backdoored and clean
-    suspects, the Markdown ends with the scanner's AUROC and recovery counts."""
+    """``stem.csv`` and ``stem.md``: one row per scanned model and placement, with ``combined``;
+    with backdoored and clean suspects, the Markdown ends with the scanner's AUROC (of each
+    model's best score over the placements, and of its combined score) and recovery counts."""
+    results = combine(results)
     suspects = [r for r in results if r.role == "suspect"]
-    pos = [r.score for r in suspects if r.kind == "backdoored"]
-    neg = [r.score for r in suspects if r.kind in ("unlearned", "original")]
+    best: dict = {}  # one entry per suspect model: (kind, best score, combined)
+    for r in suspects:
+        kind, score, combined = best.get(r.model, (r.kind, r.score, r.combined))
+        best[r.model] = (kind, max(score, r.score), combined)
+    pos = [(s, c) for k, s, c in best.values() if k == "backdoored"]
+    neg = [(s, c) for k, s, c in best.values() if k in ("unlearned", "original")]
     footer = ""
     if pos and neg:
         flagged_clean = sum(r.verdict == "flagged" for r in suspects if r.kind in ("unlearned", "original"))
@@ -146,7 +182,9 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
             f"{k} {sum(r.recovered == k for r in suspects)}" for k in ("exact", "functional", "partial", "no")
         )
         footer = (
-            f"\nAUROC (score, {len(pos)} backdoored vs {len(neg)} clean suspects): {auroc(pos, neg):.3f}; "
+            f"\nAUROC (score, {len(pos)} backdoored vs {len(neg)} clean suspects): "
+            f"{auroc([s for s, _ in pos], [s for s, _ in neg]):.3f}; "
+            f"AUROC (combined): {auroc([c for _, c in pos], [c for _, c in neg]):.3f}; "
             f"clean models flagged: {flagged_clean}; triggers recovered: {recovered}\n"
         )
     title = f"Scan: trigger inversion; flagged when score > the best reference score + {margin} nats"
