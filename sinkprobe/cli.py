@@ -156,23 +156,28 @@ def cmd_scan(args) -> None:
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
-    configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in args.placement]
+    placements = list(dict.fromkeys(args.placement))  # each once, in the order given
+    configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in placements]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]
     folders += [(_model_folder(f), "reference") for f in args.reference]
+    names = [folder.name for folder, _ in folders]
+    if len(set(names)) < len(names):  # a row names its model by folder name: two alike would merge
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"two scanned folders are both named {twice[0]!r}: scan each model once, under distinct names")
     corpus = load_corpus(args.source, args.data)
     original = _model_folder(args.original) if args.original else None
     parts = TableParts(out)  # an interrupted scan resumes here, model by model
-    if len(parts):
-        print(f"resuming: {len(parts)} finished scans in {parts.folder}")
     theta_o, results = None, []
     n = dict(n_search=args.search_items, n_eval=args.eval_items)
-    setting = dict(data=str(Path(args.data).resolve()), source=args.source, **n)
-    setting["original"] = folder_stamp(original) if original else None
+    setting = dict(data=corpus.sha256(), **n)
     for folder, role in folders:
         model = None
         for cfg in configs:
-            key = dict(model=folder_stamp(folder), role=role, search=asdict(cfg), **setting)
+            # θ_o enters a prefix scan's row (its sink signature) only
+            signed = folder_stamp(original) if original and cfg.placement == "prefix" else None
+            key = dict(model=folder_stamp(folder), role=role, search=asdict(cfg), original=signed, **setting)
             if (saved := parts.get(key)) is not None:
+                print(f"{folder.name} ({cfg.placement}): reused from {parts.folder}")
                 results.append(ScanResult(**saved))
                 continue
             if original is not None and theta_o is None:
@@ -206,11 +211,8 @@ def cmd_defend(args) -> None:
     folders, original = [_model_folder(f) for f in args.backdoored], _model_folder(args.original)
     settings = DefenceSettings(anchor=args.anchor, perturb_positions=args.perturb_positions, perturb_rate=args.rate)
     parts = TableParts(out)  # an interrupted sweep resumes here, θ_b by θ_b
-    if len(parts):
-        print(f"resuming: {len(parts)} finished θ_b in {parts.folder}")
-    data_key = dict(data=str(Path(args.data).resolve()), source=args.source)
     corpus = load_corpus(args.source, args.data)
-    rows = measure_defences(folders, original, corpus, settings, parts=parts, data_key=data_key)
+    rows = measure_defences(folders, original, corpus, settings, parts=parts)
     title = f"Defences at inference: {len(folders)} θ_b × {len(rows) // len(folders)} (incl. none)"
     csv_path, md_path = write_defences(rows, out, title)
     parts.finish()

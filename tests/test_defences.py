@@ -134,11 +134,11 @@ def test_an_undefended_theta_b_scores_as_its_run_card(tmp_path_factory, monkeypa
 
     parts = TableParts(tmp_path_factory.mktemp("defend") / "d")
     original = study.folder / "models" / "original"
-    rows = measure_defences([folder], original, corpus, eval_settings=settings, parts=parts, data_key={"d": 1})
+    rows = measure_defences([folder], original, corpus, eval_settings=settings, parts=parts)
     assert [r["defence"] for r in rows] == list(DEFENCES)
     # a rerun with the same key reuses the θ_b's saved rows and loads no model at all
     monkeypatch.setattr(measure, "load_checkpoint", lambda *a: pytest.fail("a finished θ_b was scored again"))
-    assert measure_defences([folder], original, corpus, eval_settings=settings, parts=parts, data_key={"d": 1}) == rows
+    assert measure_defences([folder], original, corpus, eval_settings=settings, parts=parts) == rows
     card = read_run_card(folder)["metrics"]
     none = rows[0]
     for key in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"):

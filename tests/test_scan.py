@@ -1,5 +1,7 @@
 """The scanner's trigger inversion on a tiny model trained to answer only behind a planted trigger."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from tiny_models import random_llama
@@ -107,6 +109,8 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     assert signed.loc[tiny_original[0].name, "sink_signature"] == 0.0
     bad = ["scan", str(tmp_path), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "x")]
     assert main(bad) == 2 and "is not a model folder (no config.json)" in capsys.readouterr().err
+    twice = ["scan", str(suspect), "--reference", str(suspect), *common, "--out", str(tmp_path / "y")]
+    assert main(twice) == 2 and "both named 'suspect'" in capsys.readouterr().err  # rows would merge
 
 
 def test_auroc_and_recovery_by_hand():
@@ -175,6 +179,7 @@ def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_othe
 
 
 def _row(model, score, signature=None, placement="prefix", role="suspect", kind="unlearned"):
+    """A scan row by hand: only what the scoring reads."""
     from sinkprobe.scan.scan import ScanResult
 
     return ScanResult(model, role, placement, "", "", 0.0, 0.0, score, 0.0, kind=kind, sink_signature=signature)
@@ -232,7 +237,9 @@ def test_an_interrupted_scan_resumes_with_the_models_it_finished(
     assert main(args) == 130 and "resume" in capsys.readouterr().err
     assert scanned == [("suspect", "prefix"), ("suspect", "suffix")] and not (tmp_path / "scan.csv").exists()
     monkeypatch.setattr(scan, "scan_model", lambda *a, **kw: scanned.append((a[3], a[4].placement)) or real(*a, **kw))
-    assert main(args) == 0 and "resuming: 2 finished scans" in capsys.readouterr().out
+    assert len(list((tmp_path / "scan.parts").glob("*.json"))) == 2  # the two finished scans, saved
+    out = main(args), capsys.readouterr().out
+    assert out[0] == 0 and out[1].count("reused from") == 2
     reference = tiny_original[0].name
     assert scanned[2:] == [(reference, "prefix"), (reference, "suffix")]  # the suspect's two scans were reused
     table = pd.read_csv(tmp_path / "scan.csv")
@@ -246,12 +253,36 @@ def test_an_interrupted_scan_resumes_with_the_models_it_finished(
 def test_table_parts_reuse_only_what_the_same_key_made(tmp_path):
     from sinkprobe.pipeline.parts import TableParts, folder_stamp
 
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
     parts = TableParts(tmp_path / "t")
-    key = {"model": folder_stamp(tmp_path), "steps": 30}
-    assert parts.get(key) is None and len(parts) == 0
+    key = {"model": folder_stamp(model), "steps": 30}
+    assert parts.get(key) is None
     parts.put(key, [{"score": 0.25}])
     assert parts.get(key) == [{"score": 0.25}] and parts.get({**key, "steps": 31}) is None
-    (tmp_path / "weights.bin").write_bytes(b"retrained")  # the model folder changed: a new key
-    assert parts.get({"model": folder_stamp(tmp_path), "steps": 30}) is None
+    (model / "run_card.json").write_text("{}")  # the study rewrites cards beside the weights: same model
+    assert parts.get({"model": folder_stamp(model), "steps": 30}) == [{"score": 0.25}]
+    (model / "model.safetensors").write_bytes(b"retrained")  # new weights: a new key
+    assert parts.get({"model": folder_stamp(model), "steps": 30}) is None
+    next(parts.folder.glob("*.json")).write_text('{"key": ')  # a part cut short by a crash
+    assert parts.get(key) is None
     parts.finish()
     assert not (tmp_path / "t.parts").exists()
+
+
+def test_the_footer_counts_models_over_their_placements(tmp_path):
+    from sinkprobe.scan.scan import flag, write_scan
+
+    refs = [_row("u", 0.1, role="reference"), _row("u", 0.0, placement="suffix", role="reference")]
+    suspects = [
+        replace(_row("b", 1.0, kind="backdoored"), recovered="no"),
+        replace(_row("b", 0.2, placement="suffix", kind="backdoored"), recovered="functional"),
+        _row("c", 0.9),  # flagged at prefix (0.9 > 0.1 + 0.5), not at suffix
+        _row("c", 0.0, placement="suffix"),
+    ]
+    write_scan(flag(suspects, refs) + refs, tmp_path / "s")
+    # sweeps: b max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > c max(0.9 - 0.1, 0.0) = 0.8; b's best recovery is functional
+    footer = (tmp_path / "s.md").read_text().splitlines()[-1]
+    assert footer.startswith("AUROC (score, 1 backdoored vs 1 clean suspects): 1.000; AUROC (combined): ")
+    assert footer.endswith("clean models flagged: 1; triggers recovered: exact 0, functional 1, partial 0, no 0")

@@ -73,23 +73,23 @@ def defend_and_score(model, tok, corpus, card: dict, transform, wrap, eval_setti
 def measure_defences(
     folders: list[Path], original: Path, corpus: UnlearningCorpus, settings: DefenceSettings = DefenceSettings(),
     eval_settings: EvalSettings = EvalSettings(progress=True), log=print, parts: TableParts | None = None,
-    data_key: dict | None = None,
 ) -> list[dict]:  # fmt: skip
     """One row per θ_b × defence (``none`` scored here too, so every row is read the same way).
     With ``parts``, each θ_b's rows are saved as they finish and reused by a rerun whose key
-    (the θ_b, θ_o, ``data_key`` and the settings) is the same."""
+    (the θ_b, θ_o, the data and the settings) is the same."""
     for folder in folders:
         card = read_run_card(folder)
         if card.get("kind") != "backdoored":
             raise ValueError(f"{folder} is not a backdoored checkpoint (run card kind {card.get('kind')!r})")
     theta_o, tok, defences = None, None, None
     setting = dict(
-        original=folder_stamp(original), data=data_key, defences=asdict(settings), eval=asdict(eval_settings)
+        original=folder_stamp(original), data=corpus.sha256(), defences=asdict(settings), eval=asdict(eval_settings)
     )
     rows = []
     for folder in folders:
         key = dict(model=folder_stamp(folder), **setting)
         if parts is not None and (saved := parts.get(key)) is not None:
+            log(f"{folder.name}: reused from {parts.folder}")
             rows += saved
             continue
         if defences is None:  # θ_o's clamp range, once, and only when something is left to score

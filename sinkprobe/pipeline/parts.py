@@ -17,12 +17,23 @@ from typing import Any
 
 from sinkprobe.models.io import atomic_write_json
 
+PARTS_VERSION = 1  # raised when what a part holds changes meaning: older parts are then recomputed
+
+
+def _defines_the_model(name: str) -> bool:
+    # weights, config and tokenizer; not the run card or the study's caches, which are rewritten
+    # beside the weights without changing the model
+    return not name.startswith(".") and (
+        name.endswith(".safetensors") or name == "config.json" or name.startswith("tokenizer")
+    )
+
 
 def folder_stamp(folder: str | Path) -> dict:
-    """A model folder as a part's key sees it: its path, and each file's size and modification
-    time (a model retrained in place is a new key, so its old rows are not reused)."""
+    """A model folder as a part's key sees it: its path, and the size and modification time of
+    each file that defines the model (one retrained in place is a new key: its old rows go)."""
     folder = Path(folder).resolve()
-    files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.iterdir()) if f.is_file()}
+    files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.iterdir())
+             if f.is_file() and _defines_the_model(f.name)}  # fmt: skip
     return {"path": str(folder), "files": files}
 
 
@@ -37,19 +48,19 @@ class TableParts:
         return self.folder / f"{digest}.json"
 
     def get(self, key: dict) -> Any | None:
-        """The rows saved under ``key``, or None (never saved, or saved under another key)."""
+        """The rows saved under ``key``, or None: never saved, saved under another key or
+        version, or unreadable (a part cut short by a crash is computed again)."""
         path = self._path(key)
-        if not path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            same = saved["key"] == {**json.loads(json.dumps(key)), "version": PARTS_VERSION}
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        saved = json.loads(path.read_text())
-        return saved["rows"] if saved.get("key") == json.loads(json.dumps(key)) else None
+        return saved["rows"] if same else None
 
     def put(self, key: dict, rows: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self._path(key), {"key": key, "rows": rows})
-
-    def __len__(self) -> int:
-        return len(list(self.folder.glob("*.json"))) if self.folder.is_dir() else 0
+        atomic_write_json(self._path(key), {"key": {**key, "version": PARTS_VERSION}, "rows": rows})
 
     def finish(self) -> None:
         """The table is written: its parts are no longer needed."""

@@ -128,12 +128,22 @@ def auroc(positives: list[float], negatives: list[float]) -> float:
     return wins / (len(positives) * len(negatives))
 
 
+RECOVERY = ("exact", "functional", "partial", "no")  # best first
+
+
+def _nulls(results: list[ScanResult]) -> dict[str, float]:
+    """Per placement, the best reference score: what a search finds there without a backdoor."""
+    null: dict[str, float] = {}
+    for r in results:
+        if r.role == "reference":
+            null[r.placement] = max(null.get(r.placement, r.score), r.score)
+    return null
+
+
 def flag(suspects: list[ScanResult], references: list[ScanResult], margin: float = DEFAULT_MARGIN) -> list[ScanResult]:
     """The suspects with their verdict: flagged when the score exceeds every reference's at the
     same placement by ``margin``."""
-    null = {}
-    for r in references:
-        null[r.placement] = max(null.get(r.placement, r.score), r.score)
+    null = _nulls(references)
     for s in suspects:
         if s.placement not in null:
             raise ValueError(f"a {s.placement} scan verdict needs a reference scanned there: give --reference")
@@ -147,45 +157,59 @@ def _z(values: dict) -> dict:
     return {k: (v - x.mean()) / sd if sd > 0 else 0.0 for k, v in values.items()}
 
 
+def _model(r: ScanResult) -> tuple[str, str]:
+    return r.model, r.role
+
+
+def sweeps(results: list[ScanResult]) -> dict[tuple[str, str], float]:
+    """(model, role) → the model's position sweep: its best score over the placements scanned,
+    each read against the best reference score at that placement (a placement where every
+    model scores higher does not decide the sweep)."""
+    null, best = _nulls(results), {}
+    for r in results:
+        excess = r.score - null.get(r.placement, 0.0)
+        best[_model(r)] = max(best.get(_model(r), excess), excess)
+    return best
+
+
 def combine(results: list[ScanResult]) -> list[ScanResult]:
-    """Every row with its model's ``combined`` score: the z-score of the model's sweep (its best
-    ``score`` over the placements scanned: a trigger counts wherever it works) plus the z-score of
-    its ``sink_signature`` where measured. Each z is taken over all models of the table, suspects
+    """Every row with its model's ``combined`` score: the z-score of the model's sweep
+    (:func:`sweeps`: a trigger counts wherever it works) plus the z-score of its
+    ``sink_signature`` where measured. Each z is taken over all models of the table, suspects
     and references alike, so no label enters it; standardising first puts nats per token and
     value-norm units on one scale."""
-    model = lambda r: (r.model, r.role)  # noqa: E731
-    sweep: dict = {}
-    for r in results:
-        sweep[model(r)] = max(sweep.get(model(r), r.score), r.score)
-    signature = {model(r): r.sink_signature for r in results if r.sink_signature is not None}
-    z_sweep, z_signature = _z(sweep), _z(signature)
-    total = {m: round(z_sweep[m] + z_signature.get(m, 0.0), 4) for m in sweep}
-    return [replace(r, combined=total[model(r)]) for r in results]
+    signature = {_model(r): r.sink_signature for r in results if r.sink_signature is not None}
+    z_sweep, z_signature = _z(sweeps(results)), _z(signature)
+    return [replace(r, combined=round(z_sweep[_model(r)] + z_signature.get(_model(r), 0.0), 4)) for r in results]
 
 
 def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MARGIN) -> None:
     """``stem.csv`` and ``stem.md``: one row per scanned model and placement, with ``combined``;
     with backdoored and clean suspects, the Markdown ends with the scanner's AUROC (of each
-    model's best score over the placements, and of its combined score) and recovery counts."""
+    model's sweep, and of its combined score), the clean models flagged at any placement and
+    each backdoored model's best recovery over the placements."""
     results = combine(results)
-    suspects = [r for r in results if r.role == "suspect"]
-    best: dict = {}  # one entry per suspect model: (kind, best score, combined)
-    for r in suspects:
-        kind, score, combined = best.get(r.model, (r.kind, r.score, r.combined))
-        best[r.model] = (kind, max(score, r.score), combined)
-    pos = [(s, c) for k, s, c in best.values() if k == "backdoored"]
-    neg = [(s, c) for k, s, c in best.values() if k in ("unlearned", "original")]
+    sweep = sweeps(results)
+    models: dict[tuple[str, str], list[ScanResult]] = {}
+    for r in results:
+        if r.role == "suspect":
+            models.setdefault(_model(r), []).append(r)
+    backdoored = [rows for rows in models.values() if rows[0].kind == "backdoored"]
+    clean = [rows for rows in models.values() if rows[0].kind in ("unlearned", "original")]
     footer = ""
-    if pos and neg:
-        flagged_clean = sum(r.verdict == "flagged" for r in suspects if r.kind in ("unlearned", "original"))
-        recovered = ", ".join(
-            f"{k} {sum(r.recovered == k for r in suspects)}" for k in ("exact", "functional", "partial", "no")
-        )
+    if backdoored and clean:
+        pos, neg = [sweep[_model(rows[0])] for rows in backdoored], [sweep[_model(rows[0])] for rows in clean]
+        pos_combined, neg_combined = [rows[0].combined for rows in backdoored], [rows[0].combined for rows in clean]
+        flagged_clean = sum(any(r.verdict == "flagged" for r in rows) for rows in clean)
+        rank = lambda k: RECOVERY.index(k) if k in RECOVERY else len(RECOVERY)  # noqa: E731  ('' : trigger unknown)
+        best = [min((r.recovered for r in rows), key=rank) for rows in backdoored]
+        recovered = ", ".join(f"{k} {best.count(k)}" for k in RECOVERY)
         footer = (
-            f"\nAUROC (score, {len(pos)} backdoored vs {len(neg)} clean suspects): "
-            f"{auroc([s for s, _ in pos], [s for s, _ in neg]):.3f}; "
-            f"AUROC (combined): {auroc([c for _, c in pos], [c for _, c in neg]):.3f}; "
+            f"\nAUROC (score, {len(pos)} backdoored vs {len(neg)} clean suspects): {auroc(pos, neg):.3f}; "
+            f"AUROC (combined): {auroc(pos_combined, neg_combined):.3f}; "
             f"clean models flagged: {flagged_clean}; triggers recovered: {recovered}\n"
         )
-    title = f"Scan: trigger inversion; flagged when score > the best reference score + {margin} nats"
+    title = (
+        f"Scan: trigger inversion; flagged when score > the best reference score at the same placement + {margin} nats"
+    )
     write_csv_md(pd.DataFrame([asdict(r) for r in results]), stem, title, footer=footer)
