@@ -120,30 +120,36 @@ def test_value_clamp_finds_the_sink_under_left_padding_and_in_generation(
 
 
 def test_an_undefended_theta_b_scores_as_its_run_card(tmp_path_factory, monkeypatch):
-    study = tiny_study(tmp_path_factory)
-    folder = study.folder / "models" / "npo_backdoor_prefix_vn_s0"
     from sinkprobe.data.sources import load_corpus
+    from sinkprobe.defences import measure
     from sinkprobe.eval.table import EvalSettings
     from sinkprobe.models.io import read_run_card
+    from sinkprobe.pipeline.parts import TableParts
+    from sinkprobe.pipeline.study import available_cores
 
+    study = tiny_study(tmp_path_factory)
+    folder, original = study.folder / "models" / "npo_backdoor_prefix_vn_s0", study.folder / "models" / "original"
     cfg = tiny_config()
     settings = EvalSettings(max_items=cfg.eval.max_items, n_boot=cfg.eval.n_boot)
     corpus = load_corpus("embedded", study.folder)
-    from sinkprobe.defences import measure
-    from sinkprobe.pipeline.parts import TableParts
-
     parts = TableParts(tmp_path_factory.mktemp("defend") / "d")
-    original = study.folder / "models" / "original"
-    rows = measure_defences([folder], original, corpus, eval_settings=settings, parts=parts)
+    # the card was scored in one of the tiny study's two worker processes, with its share of the
+    # cores: score with the same thread count, or a near-tie in greedy decoding may round apart
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, available_cores() // 2))
+    try:
+        rows = measure_defences([folder], original, corpus, eval_settings=settings, parts=parts)
+    finally:
+        torch.set_num_threads(threads)
     assert [r["defence"] for r in rows] == list(DEFENCES)
-    # a rerun with the same key reuses the θ_b's saved rows and loads no model at all
-    monkeypatch.setattr(measure, "load_checkpoint", lambda *a: pytest.fail("a finished θ_b was scored again"))
-    assert measure_defences([folder], original, corpus, eval_settings=settings, parts=parts) == rows
     card = read_run_card(folder)["metrics"]
     none = rows[0]
     for key in ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "ut_knowmem"):
         assert none[key] == pytest.approx(card[key]), key
     assert all(r[k] is not None for r in rows for k in ("ue_knowmem", "be_knowmem", "ut_knowmem"))
+    # a rerun with the same key reuses the θ_b's saved rows and loads no model at all
+    monkeypatch.setattr(measure, "load_checkpoint", lambda *a: pytest.fail("a finished θ_b was scored again"))
+    assert measure_defences([folder], original, corpus, eval_settings=settings, parts=parts) == rows
 
 
 def test_defend_cli_refuses_bad_input_in_one_line(tmp_path):

@@ -145,6 +145,10 @@ def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tm
     copy = tmp_path / "gpu"
     shutil.copytree(study.folder, copy, ignore=weights_and_states)
     assert not list(copy.glob("models/*/*.safetensors")) and list(copy.glob("analysis/*.safetensors"))
+    # a pretrained base's card names the local folder it was unpacked to: the shared copy drops it
+    card_path = copy / "models" / "original" / "run_card.json"
+    theta_o_card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**theta_o_card, "base_folder": "/home/someone/cache/bases/x"}))
     written = {p.name for p in make_figures(copy, tmp_path / "figures", log=lambda _: None)}
     assert {f"{s}.html" for s in FIGURES} | {
         "table1.md",
@@ -154,7 +158,8 @@ def test_figures_redraw_from_a_study_copied_without_weights(study, no_models, tm
         "original_model.json",
     } <= written
     card = json.loads((tmp_path / "figures" / "original_model.json").read_text())
-    assert card == read_run_card(study.folder / "models" / "original") and "sink_score_per_layer" in card
+    assert card == theta_o_card == read_run_card(study.folder / "models" / "original")
+    assert "sink_score_per_layer" in card and "base_folder" not in card
 
 
 def test_pngs_are_skipped_with_a_message_without_a_browser(study, monkeypatch, tmp_path):
