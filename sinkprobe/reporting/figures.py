@@ -10,7 +10,6 @@ skipped with a log line, and so are the PNGs when no browser is found.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ from plotly.subplots import make_subplots
 from sinkprobe.analysis import NormCorrelation, PairAnalysis, load_result
 from sinkprobe.data.poison import DEFAULT_TRIGGER
 from sinkprobe.layout import StudyLayout
-from sinkprobe.models.io import atomic_write_json, atomic_write_text
+from sinkprobe.models.io import atomic_write_json, atomic_write_text, read_run_card
 from sinkprobe.plots import norm_correlation_bars, position_logits_figure
 from sinkprobe.records import CONTRASTED_PLACEMENTS, ModelRow, at_main_ratio, main_poison_ratio, main_trigger
 from sinkprobe.tables import write_csv_md
@@ -558,11 +557,10 @@ def make_figures(study_dir: Path, out: Path, log: Log = print) -> list[Path]:
         if src.is_file() and src.resolve() != dst.resolve():
             atomic_write_text(dst, src.read_text(encoding="utf-8"))
             written.append(dst)
-    if (card := StudyLayout(study_dir).original / "run_card.json").is_file():
+    if card := read_run_card(StudyLayout(study_dir).original):
         # θ_o's card, less the folder its base was unpacked to on the machine that trained it:
         # the copy is shared, and base + base_identity name the base anywhere
-        shared = {k: v for k, v in json.loads(card.read_text(encoding="utf-8")).items() if k != "base_folder"}
-        atomic_write_json(out / "original_model.json", shared)
+        atomic_write_json(out / "original_model.json", {k: v for k, v in card.items() if k != "base_folder"})
         written.append(out / "original_model.json")
     log(f"figures: {len(figs)} figures and tables written to {out}")
     return written
