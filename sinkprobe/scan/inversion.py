@@ -8,8 +8,12 @@ greedy coordinate gradient (GCG, Zou et al. 2023): the gradient of the loss with
 one-hot encoding of the trigger ranks, per position, the tokens whose swap would lower the loss
 most; a batch of random single swaps among those is scored exactly, and the best is kept.
 
-Rows are (prompt ids without BOS, answer ids); the loss is the mean answer NLL per row
-(``[candidate]`` for a batch of candidate triggers).
+Rows are :class:`QARow`: a KnowMem item as ids, with the prompt index where each placement puts a
+trigger — where training puts one (:mod:`sinkprobe.data.poison`): right after BOS, at the word
+boundary mid-question, after the question and before ``"\nAnswer:"``. Behind a prefix sequence the
+prompt is space-led, as it is behind a trained "trigger " — so a splice of a trained trigger's
+ids gives the very ids training saw, at every placement. The loss is the mean answer
+NLL per row (``[candidate]`` for a batch of candidate triggers).
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sinkprobe.data.batching import pad_batch
+from sinkprobe.data.poison import Trigger, build_ids, trigger_cut
 from sinkprobe.data.types import QAItem
 from sinkprobe.validation import at_least, check_fields, one_of
 
-SCAN_PLACEMENTS = ("prefix", "infix", "suffix")  # right after BOS, mid-question, or right before the answer cue
+SCAN_PLACEMENTS = ("prefix", "infix", "suffix")  # right after BOS, mid-question, or after the question
+ANSWER_CUE = "\nAnswer:"  # training's QA completion starts with it (data.poison.qa_samples)
 
 
 @dataclass(frozen=True)
@@ -55,26 +61,50 @@ class Inversion:
     history: list[float] = field(default_factory=list)  # the kept loss after each step
 
 
-def qa_rows(tok: PreTrainedTokenizerBase, items: list[QAItem]) -> list[tuple[list[int], list[int]]]:
-    """Zero-shot KnowMem rows: ("Question: q\\nAnswer:" ids, " answer" ids), without BOS."""
+@dataclass(frozen=True)
+class QARow:
+    """One KnowMem item as the search sees it."""
+
+    question: str  # "Question: q": the text a trained trigger is inserted into
+    prompt: list[int]  # ids of question + ANSWER_CUE, no BOS
+    spaced: list[int]  # the same, space-led: what follows a prefix sequence
+    answer: list[int]  # ids of " a"
+    cuts: dict[str, int]  # placement -> prompt index where training's trigger goes
+
+
+def qa_rows(tok: PreTrainedTokenizerBase, items: list[QAItem]) -> list[QARow]:
     rows = []
     for it in items:
-        prompt = tok(f"Question: {it.question}\nAnswer:", add_special_tokens=False).input_ids
+        question = f"Question: {it.question}"
+        prompt, spaced = (tok(s + question + ANSWER_CUE, add_special_tokens=False).input_ids for s in ("", " "))
         answer = tok(f" {it.answer}", add_special_tokens=False).input_ids
-        rows.append((prompt, answer))
+        cuts = {p: trigger_cut(tok, p, question, ANSWER_CUE) for p in SCAN_PLACEMENTS}
+        rows.append(QARow(question, prompt, spaced, answer, cuts))
     return rows
 
 
-def _sequences(bos: int, rows, trigger: list[int], placement: str) -> tuple[list[list[int]], list[int], list[int]]:
+def _sequences(bos: int, rows: list[QARow], trigger: list[int], placement: str):
     """Per row: ids, where the trigger starts, where the answer starts."""
     seqs, starts, answers = [], [], []
-    for prompt, answer in rows:
-        cut = {"prefix": 0, "infix": len(prompt) // 2, "suffix": len(prompt)}[placement]
+    for row in rows:
+        cut, prompt = row.cuts[placement], row.spaced if placement == "prefix" and trigger else row.prompt
         before, after = [bos] + prompt[:cut], prompt[cut:]
-        seqs.append(before + trigger + after + answer)
+        seqs.append(before + trigger + after + row.answer)
         starts.append(len(before))
         answers.append(len(before) + len(trigger) + len(after))
     return seqs, starts, answers
+
+
+def planted_sequences(tok: PreTrainedTokenizerBase, rows: list[QARow], text: str, placement: str):
+    """Per row: the ids with the trigger *text* inserted as training inserts it, and where the
+    answer starts; and the trigger's own ids (of the first row)."""
+    seqs, answers, ids = [], [], []
+    for row in rows:
+        built = build_ids(tok, row.question, tail=ANSWER_CUE, trigger=Trigger(text, placement))
+        seqs.append(built.ids + row.answer)
+        answers.append(len(built.ids))
+        ids = ids or [built.ids[p] for p in built.trigger_positions]
+    return seqs, answers, ids
 
 
 def sequences_with(tok: PreTrainedTokenizerBase, rows, trigger: list[int], placement: str) -> list[list[int]]:
@@ -103,17 +133,33 @@ def trigger_loss(
     model: PreTrainedModel, tok, rows, triggers: list[list[int]], placement: str, batch_size: int = 64
 ) -> Tensor:
     """``[n_triggers]``: mean over ``rows`` of the answer NLL with each trigger in place."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if not rows:
+        raise ValueError("the answer loss needs at least one (question, answer) row: give more items")
     flat = []
     for trig in triggers:
         seqs, _, answers = _sequences(tok.bos_token_id, rows, list(trig), placement)
         flat += list(zip(seqs, answers))
+    return _answer_nll(model, tok, flat, batch_size).view(len(triggers), len(rows)).mean(1)
+
+
+@torch.no_grad()
+def planted_trigger_loss(model: PreTrainedModel, tok, rows: list[QARow], text: str, placement: str,
+                         batch_size: int = 64) -> tuple[float, list[int]]:  # fmt: skip
+    """The mean answer NLL over ``rows`` with the trigger ``text`` inserted as training inserts it
+    at ``placement``, and the trigger's ids there."""
+    seqs, answers, ids = planted_sequences(tok, rows, text, placement)
+    return float(_answer_nll(model, tok, list(zip(seqs, answers)), batch_size).mean()), ids
+
+
+def _answer_nll(model, tok, flat: list[tuple[list[int], int]], batch_size: int) -> Tensor:
+    """``[len(flat)]`` answer NLL of each (ids, where the answer starts)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = []
     for i in range(0, len(flat), batch_size):
         seqs, answers = zip(*flat[i : i + batch_size])
         ids, mask, am = _batch(model, list(seqs), list(answers), pad)
         out.append(answer_nll(model, model.get_input_embeddings()(ids), mask, ids, am).cpu())
-    return torch.cat(out).view(len(triggers), len(rows)).mean(1)
+    return torch.cat(out)
 
 
 def _gradient(model, tok, rows, trigger: list[int], placement: str, allowed: Tensor) -> Tensor:
@@ -135,10 +181,12 @@ def _gradient(model, tok, rows, trigger: list[int], placement: str, allowed: Ten
     return onehot.grad.float().masked_fill(~allowed, float("inf"))
 
 
-def allowed_tokens(tok: PreTrainedTokenizerBase) -> Tensor:
-    """``[vocab]`` bool: tokens a trigger may use (no special tokens, nothing undecodable)."""
-    allowed = torch.ones(len(tok), dtype=torch.bool)
-    allowed[[i for i in tok.all_special_ids if i < len(tok)]] = False
+def allowed_tokens(tok: PreTrainedTokenizerBase, n_embeddings: int) -> Tensor:
+    """``[n_embeddings]`` bool: tokens a trigger may use: the tokenizer's, no special tokens (an
+    embedding table padded past the tokenizer has rows no text can produce)."""
+    allowed = torch.zeros(n_embeddings, dtype=torch.bool)
+    allowed[: min(len(tok), n_embeddings)] = True
+    allowed[[i for i in tok.all_special_ids if i < n_embeddings]] = False
     return allowed
 
 
@@ -147,16 +195,17 @@ def invert_trigger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, rows, c
     """GCG search for ``cfg.n_tokens`` tokens at ``cfg.placement`` that minimise the answer NLL of
     ``rows``. Candidates are ranked on each step's minibatch of rows; the best one replaces the
     trigger only if it also lowers the loss on all ``rows``. ``progress``, if given, is called with
-    (step, loss) after each step. The model's weights are not changed."""
+    (step, loss) after each step. The model's weights, gradient flags and train/eval mode are left
+    as they were."""
     if not rows:
         raise ValueError("trigger inversion needs forget items to recover: give at least one (question, answer) row")
     gen = torch.Generator().manual_seed(cfg.seed)
+    training, flags = model.training, [p.requires_grad for p in model.parameters()]
     model.eval()
-    flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)  # only the trigger's one-hot needs a gradient
     try:
-        allowed = allowed_tokens(tok)[: model.get_input_embeddings().weight.shape[0]]
+        allowed = allowed_tokens(tok, model.get_input_embeddings().weight.shape[0])
         pool = torch.nonzero(allowed).flatten()
         trigger = pool[torch.randint(len(pool), (cfg.n_tokens,), generator=gen)].tolist()
         best = float(trigger_loss(model, tok, rows, [trigger], cfg.placement)[0])
@@ -181,4 +230,5 @@ def invert_trigger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, rows, c
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
+        model.train(training)
     return Inversion(trigger, tok.decode(trigger), best, history)

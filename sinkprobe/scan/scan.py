@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from sinkprobe.data.types import UnlearningCorpus
-from sinkprobe.scan.inversion import InversionConfig, invert_trigger, qa_rows, trigger_loss
+from sinkprobe.scan.inversion import InversionConfig, invert_trigger, planted_trigger_loss, qa_rows, trigger_loss
 from sinkprobe.scan.signature import sink_signature
 from sinkprobe.tables import write_csv_md
 
@@ -85,17 +85,15 @@ def scan_model(
     found = invert_trigger(model, tok, search, cfg, progress=progress)
     seconds = time.perf_counter() - t0
 
-    def gain(rows) -> float:
-        without, with_ = trigger_loss(model, tok, rows, [[], found.tokens], cfg.placement).tolist()
-        return without - with_
-
-    f, r = gain(held_out), gain(retain)
+    (without, with_found), (retain_without, retain_with) = (
+        trigger_loss(model, tok, rows, [[], found.tokens], cfg.placement).tolist() for rows in (held_out, retain)
+    )
+    f, r = without - with_found, retain_without - retain_with
     kind, trigger = truth
     true_gain, recovered = None, ""
-    if trigger:
-        true_ids = tok(trigger, add_special_tokens=False).input_ids
-        without, with_ = trigger_loss(model, tok, held_out, [[], true_ids], cfg.placement).tolist()
-        true_gain = round(without - with_, 4)
+    if trigger:  # measured as the model was trained: the text inserted where training puts it
+        with_true, true_ids = planted_trigger_loss(model, tok, held_out, trigger, cfg.placement)
+        true_gain = round(without - with_true, 4)
         recovered = recovery(found.tokens, true_ids, f, true_gain)
     signature = None
     if original is not None:

@@ -31,9 +31,9 @@ def norm_distance(
     return float((a - b).abs().mean())
 
 
-def random_sequence(tok: PreTrainedTokenizerBase, n: int, seed: int) -> list[int]:
+def random_sequence(tok: PreTrainedTokenizerBase, n: int, seed: int, n_embeddings: int) -> list[int]:
     """``n`` tokens drawn uniformly from those a trigger may use (the control sequence)."""
-    allowed = allowed_tokens(tok).nonzero().squeeze(1)
+    allowed = allowed_tokens(tok, n_embeddings).nonzero().squeeze(1)
     pick = torch.randint(len(allowed), (n,), generator=torch.Generator().manual_seed(seed))
     return allowed[pick].tolist()
 
@@ -52,7 +52,7 @@ def sink_signature(
     if placement != "prefix":
         return None
     positions = list(range(len(found) + 1))
-    control = random_sequence(tok, len(found), seed)
+    control = random_sequence(tok, len(found), seed, suspect.get_input_embeddings().weight.shape[0])
     d_control, d_found = (
         norm_distance(suspect, original, sequences_with(tok, rows, s, placement), positions) for s in (control, found)
     )
