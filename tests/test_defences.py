@@ -2,6 +2,7 @@
 the value clamp finds the sink under left padding and in generation, and a θ_b of the tiny
 study scored undefended reproduces its run card."""
 
+import re
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -173,3 +174,15 @@ def test_defend_cli_refuses_bad_input_in_one_line(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "is not a model folder" in run.stderr
+
+
+def test_defence_settings_refuse_bad_values_before_anything_is_loaded():
+    from sinkprobe.defences.measure import DefenceSettings
+
+    for bad, says in (({"perturb_rate": 0.0}, "defend.perturb_rate = 0.0: expected a number in (0, 1]"),
+                      ({"perturb_rate": 1.5}, "defend.perturb_rate = 1.5"),
+                      ({"perturb_positions": 0}, "defend.perturb_positions = 0"),
+                      ({"anchor": "  "}, "defend.anchor = '  ': expected a non-empty neutral text")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(says)):
+            DefenceSettings(**bad)
+    assert DefenceSettings(perturb_rate=1.0).perturb_rate == 1.0

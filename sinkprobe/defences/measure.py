@@ -25,6 +25,7 @@ from sinkprobe.eval.table import EvalSettings, clean_scores, forget_prompts, sum
 from sinkprobe.models.io import load_checkpoint, read_run_card
 from sinkprobe.pipeline.parts import TableParts, folder_stamp
 from sinkprobe.tables import write_csv_md
+from sinkprobe.validation import Rule, at_least, check_fields
 
 DEFENCES = ("none", "reanchor", "value_clamp", "perturb")
 COLUMNS = ("ue_knowmem", "ue_verbmem", "be_knowmem", "be_verbmem", "be_knowmem_poisoned", "be_verbmem_poisoned",
@@ -39,6 +40,12 @@ class DefenceSettings:
     n_range_prompts: int = 32  # clean D_f prompts that set the clamp range on θ_o
     sink_positions: tuple[int, ...] = (0,)
     seed: int = 0
+
+    def __post_init__(self) -> None:  # refused before any model is loaded or θ_b reused
+        rules = {"anchor": Rule(lambda v: bool(v.strip()), "a non-empty neutral text", names_type=True),
+                 "perturb_positions": at_least(1), "perturb_rate": Rule(lambda v: 0 < v <= 1, "in (0, 1]"),
+                 "n_range_prompts": at_least(1), "sink_positions": at_least(0), "seed": at_least(0)}  # fmt: skip
+        check_fields(self, "defend", rules)
 
 
 def defences_for(tok, corpus: UnlearningCorpus, original, settings: DefenceSettings) -> dict:
