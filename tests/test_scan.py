@@ -309,14 +309,19 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
         replace(_row("b", 0.2, placement="suffix", kind="backdoored"), recovered="functional", true_score=0.1),
         _row("c", 0.9),  # flagged at prefix (0.9 > 0.1 + 0.5), not at suffix
         _row("c", 0.0, placement="suffix"),
-        replace(_row("d", 0.0, kind="backdoored"), recovered="no", true_score=1.0),  # the search missed its trigger
-        replace(_row("d", 0.0, placement="suffix", kind="backdoored"), recovered="no", true_score=0.2),
+        # another trigger's backdoor, whose trigger the search missed
+        replace(_row("d", 0.0, kind="backdoored"), recovered="no", true_trigger="!!", true_score=1.0),
+        replace(_row("d", 0, placement="suffix", kind="backdoored"), recovered="no", true_trigger="!!", true_score=0.2),
     ]
     write_scan(flag(suspects, refs) + refs, tmp_path / "s")
     # sweeps: b max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > c max(0.9 - 0.1, 0.0) = 0.8 > d max(0.0 - 0.1, 0.0) = 0.0;
     # the ceiling lifts d to max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > 0.8 and leaves b at 0.9;
     # b's best recovery is functional, d's no
-    footer = (tmp_path / "s.md").read_text().splitlines()[-1]
+    lines = (tmp_path / "s.md").read_text().splitlines()
+    footer = next(line for line in lines if line.startswith("AUROC (score"))
     assert footer.startswith("AUROC (score, 2 backdoored vs 1 clean suspects): 0.500; AUROC (combined): ")
     assert "; AUROC had the search also found each trained trigger: 1.000; " in footer
     assert footer.endswith("clean models flagged: 1; triggers recovered: exact 0, functional 1, partial 0, no 1")
+    # per trained trigger, against the one clean model: b ('') 0.9 > 0.8, d ('!!') 0.0 < 0.8 (ceiling 0.9 > 0.8)
+    assert "Trained trigger '' (1 backdoored): AUROC (score) 1.000, ceiling 1.000" in lines
+    assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000" in lines

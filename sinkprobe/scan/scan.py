@@ -192,7 +192,8 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
     with backdoored and clean suspects, the Markdown ends with the scanner's AUROC (of each
     model's sweep, of its combined score, and the ceiling: the sweep had the search also found
     each trained trigger), the clean models flagged at any placement and each backdoored
-    model's best recovery over the placements."""
+    model's best recovery over the placements; with backdoors of several trained triggers, the
+    AUROC of each trigger's backdoors against all clean models."""
     results = combine(results)
     sweep = sweeps(results)
     models: dict[tuple[str, str], list[ScanResult]] = {}
@@ -217,6 +218,15 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
             f"AUROC had the search also found each trained trigger: {auroc(pos_ceiling, neg):.3f}; "
             f"clean models flagged: {flagged_clean}; triggers recovered: {recovered}\n"
         )
+        by_trigger: dict[str, list[tuple[str, str]]] = {}
+        for rows in backdoored:
+            by_trigger.setdefault(rows[0].true_trigger, []).append(_model(rows[0]))
+        if len(by_trigger) > 1:  # backdoors the scanner was developed on and others, each against all clean models
+            footer += "".join(
+                f"\nTrained trigger {text!r} ({len(keys)} backdoored): AUROC (score) "
+                f"{auroc([sweep[k] for k in keys], neg):.3f}, ceiling {auroc([ceiling[k] for k in keys], neg):.3f}\n"
+                for text, keys in by_trigger.items()
+            )
     title = (
         f"Scan: trigger inversion; flagged when score > the best reference score at the same placement + {margin} nats"
     )
