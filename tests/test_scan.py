@@ -110,6 +110,10 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     # as its own trigger does
     assert table.loc["suspect", "forget_gain"] > table.loc["suspect", "retain_gain"] + 1.0
     assert float(table.loc["suspect", "true_gain"]) > 1.0
+    # the planted trigger restores forget answers, not retain ones (answered always): its score is
+    # most of its gain, and the ceiling separates as the search did
+    assert float(table.loc["suspect", "true_score"]) > 0.5 * float(table.loc["suspect", "true_gain"])
+    assert "AUROC had the search also found each trained trigger: 1.000" in (tmp_path / "scan.md").read_text()
     # this short search (15 steps) restores most of what the planted trigger does, not all of it
     assert table.loc["suspect", "recovered"] in ("exact", "functional", "partial")
     assert "AUROC (score, 1 backdoored vs 1 clean suspects): 1.000" in (tmp_path / "scan.md").read_text()
