@@ -22,9 +22,11 @@ the same placement by ``margin``: the null is "a search this strong finds this m
 with no backdoor".
 
 When the truth is known (a study's checkpoints carry it in their run cards), each row also says
-what the model is, its trained trigger, that trigger's own held-out forget gain, and whether the
-search recovered it: ``exact`` (its tokens are in the found sequence), ``functional`` (the found
-sequence restores at least as much), or ``no``; :func:`auroc` scores the scanner over a population.
+what the model is, its trained trigger, that trigger's own held-out forget gain (``true_gain``)
+and score (``true_score``), and whether the search recovered it: ``exact`` (its tokens are in the
+found sequence), ``functional`` (the found sequence restores at least as much), ``partial`` (half
+as much), or ``no``; :func:`auroc` scores the scanner over a population, and the ceiling
+(:func:`sweeps` with ``ceiling=True``) what it would score had the search found every trigger.
 """
 
 from __future__ import annotations
