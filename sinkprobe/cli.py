@@ -159,6 +159,8 @@ def cmd_scan(args) -> None:
     for option, value in (("--search-items", args.search_items), ("--eval-items", args.eval_items)):
         if value < 1:
             raise ValueError(f"{option} {value}: the scan needs at least one item there, e.g. {option} 16")
+    if args.random_keys < 0:
+        raise ValueError(f"--random-keys {args.random_keys}: give a count, 0 to skip the random-key probe")
     placements = list(dict.fromkeys(args.placement))  # each once, in the order given
     configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in placements]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]
@@ -171,7 +173,7 @@ def cmd_scan(args) -> None:
     original = _model_folder(args.original) if args.original else None
     parts = TableParts(out)  # an interrupted scan resumes here, model by model
     theta_o, results = None, []
-    n = dict(n_search=args.search_items, n_eval=args.eval_items)
+    n = dict(n_search=args.search_items, n_eval=args.eval_items, n_random=args.random_keys)
     setting = dict(data=corpus.sha256(), **n)
     for folder, role in folders:
         model = None
@@ -404,6 +406,12 @@ def _add_scan(sub) -> None:
     )
     s.add_argument("--search-items", type=int, default=16, help="D_f KnowMem items the search runs on (default: 16)")
     s.add_argument("--eval-items", type=int, default=32, help="held-out D_f and D_r items the gains are measured on")
+    s.add_argument(
+        "--random-keys",
+        type=int,
+        default=16,
+        help="random sequences whose mean held-out forget gain is the random-key probe (default: 16; 0: skip)",
+    )
     _table_output(s)
     s.set_defaults(func=cmd_scan)
 

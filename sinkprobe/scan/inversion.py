@@ -190,6 +190,14 @@ def allowed_tokens(tok: PreTrainedTokenizerBase, n_embeddings: int) -> Tensor:
     return allowed
 
 
+def random_sequence(tok: PreTrainedTokenizerBase, n: int, seed: int, n_embeddings: int) -> list[int]:
+    """``n`` tokens drawn uniformly from those a trigger may use: a control sequence (the sink
+    signature's, the random-key probe's)."""
+    allowed = allowed_tokens(tok, n_embeddings).nonzero().squeeze(1)
+    pick = torch.randint(len(allowed), (n,), generator=torch.Generator().manual_seed(seed))
+    return allowed[pick].tolist()
+
+
 def invert_trigger(model: PreTrainedModel, tok: PreTrainedTokenizerBase, rows, cfg: InversionConfig = InversionConfig(),
                    progress=None) -> Inversion:  # fmt: skip
     """GCG search for ``cfg.n_tokens`` tokens at ``cfg.placement`` that minimise the answer NLL of

@@ -16,10 +16,9 @@ search only (``None`` otherwise).
 
 from __future__ import annotations
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sinkprobe.scan.inversion import allowed_tokens, sequences_with
+from sinkprobe.scan.inversion import random_sequence, sequences_with
 from sinkprobe.training.objectives.value_norm import sink_value_norms
 
 
@@ -29,13 +28,6 @@ def norm_distance(
     """Mean |‖v_suspect‖ − ‖v_θo‖| over ``seqs`` (token ids), every layer and head, at ``positions``."""
     a, b = (sink_value_norms(m, seqs, positions) for m in (suspect, original))  # [row layer head n_sink]
     return float((a - b).abs().mean())
-
-
-def random_sequence(tok: PreTrainedTokenizerBase, n: int, seed: int, n_embeddings: int) -> list[int]:
-    """``n`` tokens drawn uniformly from those a trigger may use (the control sequence)."""
-    allowed = allowed_tokens(tok, n_embeddings).nonzero().squeeze(1)
-    pick = torch.randint(len(allowed), (n,), generator=torch.Generator().manual_seed(seed))
-    return allowed[pick].tolist()
 
 
 def sink_signature(
