@@ -202,7 +202,8 @@ def cmd_scan(args) -> None:
     write_scan(suspects + [r for r in results if r.role == "reference"], out)
     parts.finish()
     for r in suspects:
-        print(f"{r.model} ({r.placement}): {r.verdict} (score {r.score:+.3f}, found {r.found!r})")
+        probe = "" if r.random_gain is None else f", random keys {r.random_gain:+.3f}"
+        print(f"{r.model} ({r.placement}): {r.verdict} (score {r.score:+.3f}{probe}, found {r.found!r})")
 
 
 def cmd_defend(args) -> None:
@@ -387,7 +388,7 @@ def _add_scan(sub) -> None:
     s = sub.add_parser(
         "scan",
         help="search each SUSPECT for a short token sequence that restores the forget set (trigger inversion), "
-        "and flag it against the same search on reference models (θ_u, θ_o)",
+        "measure what random sequences restore, and flag it against the same on reference models (θ_u, θ_o)",
     )
     s.add_argument("suspects", nargs="+", help="checkpoint folders to scan")
     s.add_argument(
