@@ -4,9 +4,12 @@
 # "zanzibar", seed 3; a code-like string, "x9_Qz()", seed 4; each at prefix / infix / suffix) and
 # five clean θ_u (NPO seeds 3-5, RMU seeds 1-2) on a finished from-scratch study, then scans them
 # against that study's θ_u NPO seed 0 exactly as the study's own population was scanned.
-# Usage: experiments/scan_validation.sh [STUDY (default runs/scratch)] [OUT (default STUDY_validation)] [scan options, e.g. --overwrite]
+# Usage: experiments/scan_validation.sh [STUDY [OUT [scan options...]]] — STUDY (default runs/scratch)
+# and OUT (default STUDY_validation) relative to the repository root; options after both, e.g.
+# `experiments/scan_validation.sh runs/scratch runs/scratch_validation --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 study=${1:-runs/scratch}
 out=${2:-${study}_validation}
 models=$study/models

@@ -174,7 +174,8 @@ def cmd_scan(args) -> None:
     parts = TableParts(out)  # an interrupted scan resumes here, model by model
     theta_o, results = None, []
     n = dict(n_search=args.search_items, n_eval=args.eval_items, n_random=args.random_keys)
-    setting = dict(data=corpus.sha256(), **n)
+    # the row's columns too: a part saved by an older scanner, without a column this one writes, is re-scanned
+    setting = dict(data=corpus.sha256(), columns=list(ScanResult.__dataclass_fields__), **n)
     for folder, role in folders:
         model = None
         for cfg in configs:

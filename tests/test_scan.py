@@ -292,6 +292,8 @@ def test_verdict_compares_each_placement_with_its_own_references():
     refs += [_row("o", 0.0, role="reference", random_gain=-1.0)]
     suspects = [_row("s", 0.8, random_gain=3.5), _row("s", 1.2, placement="suffix", random_gain=1.4)]
     suspects += [_row("t", 0.0, random_gain=3.5)]
+    with pytest.raises(ValueError, match="random-key verdict needs a reference's random_gain there"):
+        flag([_row("s", 0.0, random_gain=1.0)], [_row("u", 0.0, role="reference")])
     assert [r.verdict for r in flag(suspects, refs)] == ["flagged (search, random keys)", "not flagged",
                                                          "flagged (random keys)"]  # fmt: skip
     with pytest.raises(ValueError, match="infix scan verdict needs a reference scanned there"):
@@ -301,11 +303,14 @@ def test_verdict_compares_each_placement_with_its_own_references():
 def test_an_interrupted_scan_resumes_with_the_models_it_finished(
     planted, tiny_original, tiny_tokenizer, tiny_world, tmp_path, monkeypatch, capsys
 ):
+    import json
+
     import pandas as pd
 
     import sinkprobe.scan.scan as scan
     from sinkprobe.cli import main
     from sinkprobe.models.io import save_checkpoint
+    from sinkprobe.pipeline.parts import TableParts
 
     suspect = save_checkpoint(planted[0], tiny_tokenizer, tmp_path / "suspect", {"kind": "backdoored"})
     (tmp_path / "study" / "world").mkdir(parents=True)
@@ -326,10 +331,19 @@ def test_an_interrupted_scan_resumes_with_the_models_it_finished(
     assert scanned == [("suspect", "prefix"), ("suspect", "suffix")] and not (tmp_path / "scan.csv").exists()
     monkeypatch.setattr(scan, "scan_model", lambda *a, **kw: scanned.append((a[3], a[4].placement)) or real(*a, **kw))
     assert len(list((tmp_path / "scan.parts").glob("*.json"))) == 2  # the two finished scans, saved
+    # the suffix part as a scanner without the random_gain column would have saved it: not reused
+    parts = TableParts(tmp_path / "scan")
+    for path in parts.folder.glob("*.json"):
+        saved = json.loads(path.read_text())
+        if saved["key"]["search"]["placement"] == "suffix":
+            path.unlink()
+            key = {k: v for k, v in saved["key"].items() if k != "version"}
+            key["columns"] = [c for c in key["columns"] if c != "random_gain"]
+            parts.put(key, {k: v for k, v in saved["rows"].items() if k != "random_gain"})
     out = main(args), capsys.readouterr().out
-    assert out[0] == 0 and out[1].count("reused from") == 2
+    assert out[0] == 0 and out[1].count("reused from") == 1
     reference = tiny_original[0].name
-    assert scanned[2:] == [(reference, "prefix"), (reference, "suffix")]  # the suspect's two scans were reused
+    assert scanned[2:] == [("suspect", "suffix"), (reference, "prefix"), (reference, "suffix")]
     table = pd.read_csv(tmp_path / "scan.csv")
     assert list(zip(table["model"], table["placement"])) == [
         ("suspect", "prefix"), ("suspect", "suffix"), (reference, "prefix"), (reference, "suffix")
@@ -360,7 +374,7 @@ def test_table_parts_reuse_only_what_the_same_key_made(tmp_path):
 
 
 def test_the_footer_counts_models_over_their_placements(tmp_path):
-    from sinkprobe.scan.scan import flag, write_scan
+    from sinkprobe.scan.scan import flag, sweeps, write_scan
 
     refs = [_row("u", 0.1, role="reference"), _row("u", 0.0, placement="suffix", role="reference")]
     suspects = [
@@ -386,14 +400,17 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000" in lines
     assert not any(line.startswith("Random keys") for line in lines)  # random_gain not measured
     # with random gains (refs u: prefix 1.0, suffix 0.0), sweeps b max(1.5 − 1.0, 2.0 − 0.0) = 2.0,
-    # c max(−0.5, 0.5) = 0.5, d max(2.0, 0.0) = 2.0: AUROC 1.000; over reference + 1.0: b at the
-    # suffix (2.0 > 1.0), d at the prefix (3.0 > 2.0), c nowhere
-    gains = [1.5, 2.0, 0.5, 0.5, 3.0, 0.0, 1.0, 0.0]
+    # c max(2.1 − 1.0, 0.5) = 1.1, d max(2.0, 0.0) = 2.0: AUROC 1.000; over reference + 1.0: b at
+    # the suffix (2.0 > 1.0), d at the prefix (3.0 > 2.0), c at the prefix (2.1 > 2.0), where the
+    # search flags it too
+    gains = [1.5, 2.0, 2.1, 0.5, 3.0, 0.0, 1.0, 0.0]
     probed = [replace(r, random_gain=g) for r, g in zip(suspects + refs, gains)]
-    write_scan(flag(probed[:6], probed[6:]) + probed[6:], tmp_path / "r")
+    verdicts = flag(probed[:6], probed[6:])
+    assert verdicts[2].verdict == "flagged (search, random keys)"
+    write_scan(verdicts + probed[6:], tmp_path / "r")
     lines = (tmp_path / "r.md").read_text().splitlines()
-    assert (
-        "Random keys: AUROC 1.000; flagged by the search: 1 backdoored, 1 clean; by random keys: 2 backdoored, 0 clean"
-        in lines
-    )  # noqa: E501
+    counts = "flagged by the search: 1 backdoored, 1 clean; by random keys: 2 backdoored, 1 clean"
+    assert f"Random keys: AUROC 1.000; {counts}" in lines
+    with pytest.raises(ValueError, match="the ceiling is the search's"):
+        sweeps(probed, ceiling=True, field="random_gain")
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000, random keys 1.000" in lines
