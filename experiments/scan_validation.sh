@@ -3,9 +3,11 @@
 # backdoors trained with triggers and seeds it never saw? Trains six NPO-Backdoor θ_b (a rare word,
 # "zanzibar", seed 3; a code-like string, "x9_Qz()", seed 4; each at prefix / infix / suffix) and
 # five clean θ_u (NPO seeds 3-5, RMU seeds 1-2) on a finished from-scratch study, then scans them
-# against that study's θ_u NPO seed 0 exactly as the study's own population was scanned.
-# Usage: experiments/scan_validation.sh [STUDY [OUT [scan options...]]] — STUDY (default runs/scratch)
-# and OUT (default STUDY_validation) relative to the repository root; options after both, e.g.
+# against that study's θ_u NPO seed 0 exactly as the study's own population was scanned, and
+# scores the three defences on the six θ_b.
+# Usage: experiments/scan_validation.sh [STUDY [OUT [options...]]] — STUDY (default runs/scratch)
+# and OUT (default STUDY_validation) relative to the repository root; options after both go to
+# scan and defend alike, e.g.
 # `experiments/scan_validation.sh runs/scratch runs/scratch_validation --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
@@ -30,3 +32,5 @@ for seed in 1 2; do train "rmu_s$seed" rmu --set unlearn.seed=$seed; done
 sinkprobe scan "$out"/npo_backdoor_* "$out"/npo_s{3,4,5} "$out"/rmu_s{1,2} --reference "$models/npo" \
   --original "$models/original" --placement prefix infix suffix --data "$study" \
   --out figures/scratch/scan_validation "${@:3}"
+sinkprobe defend "$out"/npo_backdoor_* --original "$models/original" --data "$study" \
+  --out figures/scratch/defences_validation "${@:3}"
