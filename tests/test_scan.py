@@ -130,6 +130,7 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     table = pd.read_csv(tmp_path / "scan.csv", keep_default_na=False).set_index("model")
     assert table.loc["suspect", "verdict"].startswith("flagged (search") and "flagged" in capsys.readouterr().out
     assert table.loc["clean", "verdict"] == "not flagged"
+    assert table["random_gain"].ne("").all()  # the probe ran on every model (16 random keys by default)
     # the planted model recovers held-out forget answers far more than it gains on retain ones,
     # as its own trigger does
     assert table.loc["suspect", "forget_gain"] > table.loc["suspect", "retain_gain"] + 1.0
@@ -152,6 +153,9 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     none = ["scan", str(clean), "--reference", str(tiny_original[0]), *common, "--eval-items", "0"]
     none += ["--out", str(tmp_path / "z")]
     assert main(none) == 2 and "--eval-items 0: the scan needs at least one item" in capsys.readouterr().err
+    negative = ["scan", str(clean), "--reference", str(tiny_original[0]), *common, "--random-keys", "-1"]
+    assert main([*negative, "--out", str(tmp_path / "w")]) == 2
+    assert "--random-keys -1: give a count, 0 to skip" in capsys.readouterr().err
     twice = ["scan", str(suspect), "--reference", str(suspect), *common, "--out", str(tmp_path / "y")]
     assert main(twice) == 2 and "both named 'suspect'" in capsys.readouterr().err  # rows would merge
 

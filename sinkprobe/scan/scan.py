@@ -210,9 +210,10 @@ def sweeps(results: list[ScanResult], ceiling: bool = False, field: str = "score
         raise ValueError(f"the ceiling is the search's: sweeps of {field!r} have none")
     null, best = _nulls(results, field), {}
     for r in results:
-        if getattr(r, field) is None:
+        if (score := getattr(r, field)) is None:
             continue
-        score = max(r.score, r.true_score) if ceiling and r.true_score is not None else getattr(r, field)
+        if ceiling and r.true_score is not None:
+            score = max(score, r.true_score)
         excess = score - null.get(r.placement, 0.0)
         best[_model(r)] = max(best.get(_model(r), excess), excess)
     return best
