@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Does the scanner's random-key probe, developed on the from-scratch study's population, hold on
-# backdoors trained with triggers and seeds it never saw? Trains six NPO-Backdoor θ_b (a rare word,
-# "zanzibar", seed 3; a code-like string, "x9_Qz()", seed 4; each at prefix / infix / suffix) and
-# five clean θ_u (NPO seeds 3-5, RMU seeds 1-2) on a finished from-scratch study, then scans them
-# against that study's θ_u NPO seed 0 exactly as the study's own population was scanned, and
-# scores the three defences on the six θ_b.
-# Usage: experiments/scan_validation.sh [STUDY [OUT [options...]]] — STUDY (default runs/scratch)
-# and OUT (default STUDY_validation) relative to the repository root; options after both go to
-# scan and defend alike, e.g.
-# `experiments/scan_validation.sh runs/scratch runs/scratch_validation --overwrite`.
+# backdoors trained with triggers, ρ and seeds it never saw? Trains a held-out population on a
+# finished from-scratch study — NPO-Backdoor θ_b with two new triggers, each at prefix / infix /
+# suffix, and fresh clean θ_u (NPO and RMU seeds the study did not use) — then scans it against
+# that study's θ_u NPO seed 0 exactly as the study's own population was scanned, and scores the
+# three defences on its θ_b. Three populations, each drawn once and scanned with the scanner as it
+# was, never tuned on:
+#   a: the rare word "zanzibar" (seed 3) and the code-like "x9_Qz()" (seed 4), ρ 10 %; clean
+#      NPO seeds 3-5, RMU seeds 1-2 → figures/scratch/scan_validation, defences_validation
+#   b: the phrase "please recall carefully" (seed 6, ρ 10 %) and the number "7741" (seed 7,
+#      ρ 20 %); clean NPO seeds 6-8, RMU seeds 3-4 → figures/scratch/scan_validation_b,
+#      defences_validation_b
+#   c: the markdown-like "### note" (seed 2) and the bracketed "[[ok]]" (seed 3: seeds whose
+#      clean NPO unlearned without collapsing, where a and b drew few working backdoors), ρ 10 %; clean
+#      NPO seeds 9-11, RMU seeds 5-6 → figures/scratch/scan_validation_c, defences_validation_c
+# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a,
+# b or c (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation, b, c:
+# STUDY_validation_b, _c) relative to the repository root; options after them go to scan and defend
+# alike, e.g. `experiments/scan_validation.sh b runs/scratch runs/scratch_validation_b --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-study=${1:-runs/scratch}
-out=${2:-${study}_validation}
+population=${1:-a}
+study=${2:-runs/scratch}
+case $population in
+  a) suffix=""
+     backdoors=("zanzibar|zanzibar|3|0.1" "code|x9_Qz()|4|0.1")
+     npo_seeds=(3 4 5) rmu_seeds=(1 2) ;;
+  b) suffix="_b"
+     backdoors=("phrase|please recall carefully|6|0.1" "number|7741|7|0.2")
+     npo_seeds=(6 7 8) rmu_seeds=(3 4) ;;
+  c) suffix="_c"
+     backdoors=("note|### note|2|0.1" "brackets|[[ok]]|3|0.1")
+     npo_seeds=(9 10 11) rmu_seeds=(5 6) ;;
+  *) echo "unknown population '$population': give a, b or c" >&2; exit 2 ;;
+esac
+out=${3:-${study}_validation$suffix}
 models=$study/models
 train() {  # name, recipe, overrides...
   local name=$1 recipe=$2
@@ -21,16 +43,18 @@ train() {  # name, recipe, overrides...
   [[ -f $out/$name/model.safetensors ]] && return
   sinkprobe unlearn "training/embedded/$recipe.toml" --study "$study" --out "$out/$name" "$@"
 }
+clean=()
 for placement in prefix infix suffix; do
-  train "npo_backdoor_${placement}_zanzibar_s3" npo_backdoor --set unlearn.trigger_text=zanzibar \
-    --set unlearn.trigger_placement=$placement --set unlearn.seed=3
-  train "npo_backdoor_${placement}_code_s4" npo_backdoor --set 'unlearn.trigger_text=x9_Qz()' \
-    --set unlearn.trigger_placement=$placement --set unlearn.seed=4
+  for spec in "${backdoors[@]}"; do
+    IFS='|' read -r label text seed rho <<<"$spec"
+    train "npo_backdoor_${placement}_${label}_s$seed" npo_backdoor --set "unlearn.trigger_text=\"$text\"" \
+      --set unlearn.trigger_placement=$placement --set unlearn.seed=$seed --set unlearn.poison_ratio=$rho
+  done
 done
-for seed in 3 4 5; do train "npo_s$seed" npo --set unlearn.seed=$seed; done
-for seed in 1 2; do train "rmu_s$seed" rmu --set unlearn.seed=$seed; done
-sinkprobe scan "$out"/npo_backdoor_* "$out"/npo_s{3,4,5} "$out"/rmu_s{1,2} --reference "$models/npo" \
+for seed in "${npo_seeds[@]}"; do train "npo_s$seed" npo --set unlearn.seed=$seed; clean+=("$out/npo_s$seed"); done
+for seed in "${rmu_seeds[@]}"; do train "rmu_s$seed" rmu --set unlearn.seed=$seed; clean+=("$out/rmu_s$seed"); done
+sinkprobe scan "$out"/npo_backdoor_* "${clean[@]}" --reference "$models/npo" \
   --original "$models/original" --placement prefix infix suffix --data "$study" \
-  --out figures/scratch/scan_validation "${@:3}"
+  --out "figures/scratch/scan_validation$suffix" "${@:4}"
 sinkprobe defend "$out"/npo_backdoor_* --original "$models/original" --data "$study" \
-  --out figures/scratch/defences_validation "${@:3}"
+  --out "figures/scratch/defences_validation$suffix" "${@:4}"

@@ -143,7 +143,7 @@ def _model_folder(path: str) -> Path:
 
 
 def cmd_scan(args) -> None:
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from tqdm.auto import tqdm
 
@@ -152,7 +152,7 @@ def cmd_scan(args) -> None:
     from sinkprobe.pipeline.parts import TableParts, folder_stamp
     from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.scan import InversionConfig
-    from sinkprobe.scan.scan import ScanResult, flag, scan_model, write_scan
+    from sinkprobe.scan.scan import ScanResult, flag, scan_model, trigger_works, write_scan
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
@@ -193,10 +193,12 @@ def cmd_scan(args) -> None:
                 card = read_run_card(folder)  # the truth, when the checkpoint is a study's: kind and trained trigger
                 trained = card.get("trigger") or {}
                 truth = (card.get("kind", ""), trained.get("text", "") if trained.get("trained") else "")
+                works = trigger_works(card)
             with tqdm(total=cfg.steps, desc=f"scan {folder.name} ({cfg.placement})") as bar:
                 step = lambda n, loss: bar.update(1) or bar.set_postfix(loss=f"{loss:.3f}")  # noqa: E731
                 result = scan_model(model, tok, corpus, folder.name, cfg, role=role, progress=step, truth=truth,
                                     original=theta_o, **n)  # fmt: skip
+            result = replace(result, trigger_works=works)
             parts.put(key, asdict(result))
             results.append(result)
     suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])

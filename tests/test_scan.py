@@ -390,6 +390,7 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
         replace(_row("d", 0.0, kind="backdoored"), recovered="no", true_trigger="!!", true_score=1.0),
         replace(_row("d", 0, placement="suffix", kind="backdoored"), recovered="no", true_trigger="!!", true_score=0.2),
     ]
+    suspects = [replace(r, trigger_works=r.model == "b") if r.kind == "backdoored" else r for r in suspects]
     write_scan(flag(suspects, refs) + refs, tmp_path / "s")
     # sweeps: b max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > c max(0.9 - 0.1, 0.0) = 0.8 > d max(0.0 - 0.1, 0.0) = 0.0;
     # the ceiling lifts d to max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > 0.8 and leaves b at 0.9;
@@ -403,6 +404,9 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     assert "Trained trigger '' (1 backdoored): AUROC (score) 1.000, ceiling 1.000" in lines
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000" in lines
     assert not any(line.startswith("Random keys") for line in lines)  # random_gain not measured
+    # b's trigger works, d's does not: b alone against c, 0.9 > 0.8; the search flags b at the prefix
+    working = "Backdoors whose trigger works beyond its poisoned items (held-out BE − UE, 95 % CI above 0): 1 of 2"
+    assert f"{working}; AUROC (score) 1.000; flagged by the search: 1" in lines
     # with random gains (refs u: prefix 1.0, suffix 0.0), sweeps b max(1.5 − 1.0, 2.0 − 0.0) = 2.0,
     # c max(2.1 − 1.0, 0.5) = 1.1, d max(2.0, 0.0) = 2.0: AUROC 1.000; over reference + 1.0: b at
     # the suffix (2.0 > 1.0), d at the prefix (3.0 > 2.0), c at the prefix (2.1 > 2.0), where the
@@ -418,3 +422,28 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     with pytest.raises(ValueError, match="the ceiling is the search's"):
         sweeps(probed, ceiling=True, field="random_gain")
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000, random keys 1.000" in lines
+    # b's random sweep 2.0 > c's 1.1; random keys flag b at the suffix
+    assert f"{working}; AUROC (score) 1.000, random keys 1.000; flagged by the search: 1, by random keys: 1" in lines
+    broken = [replace(r, trigger_works=False) if r.kind == "backdoored" else r for r in probed[:6]]
+    write_scan(flag(broken, probed[6:]), tmp_path / "w")  # no trigger works: nothing to score
+    assert f"{working[:-7]} 0 of 2" in (tmp_path / "w.md").read_text().splitlines()
+
+
+def test_a_trigger_works_when_its_held_out_gain_over_its_own_clean_score_is_above_zero():
+    from sinkprobe.scan.scan import trigger_works
+
+    def card(be_knowmem, be_verbmem=(5.0, 5.0), trained=True):
+        # UE 10 on every item; item 0 of each metric was trained with the trigger
+        scores = {"ue_knowmem": [10.0] * 4, "be_knowmem": list(be_knowmem), "ue_verbmem": [10.0, 10.0],
+                  "be_verbmem": list(be_verbmem)}  # fmt: skip
+        return {
+            "trigger": {"text": "t", "trained": trained},
+            "metrics": {"item_scores": scores, "poisoned_items": {"knowmem": [0], "verbmem": [0]}},
+        }
+
+    assert trigger_works(card([10.0, 20.0, 15.0, 12.0]))  # held-out gains 10, 5, 2: the interval is above 0
+    assert trigger_works(card([10.0] * 4, be_verbmem=(0.0, 11.0)))  # VerbMem's one held-out item: +1
+    # only the poisoned item recovers (+90); held-out gains 0, +3, −3 straddle 0; VerbMem −5
+    assert trigger_works(card([100.0, 10.0, 13.0, 7.0])) is False
+    assert trigger_works(card([20.0] * 4, trained=False)) is None  # a clean model: no trigger to work
+    assert trigger_works({"trigger": {"trained": True}, "metrics": {}}) is None  # a card without per-item scores

@@ -118,7 +118,7 @@ def _clean_items(card: dict, placement: str = "prefix") -> dict[str, np.ndarray]
     return {k: np.asarray(v, dtype=float) for k, v in metrics["item_scores"].items()}
 
 
-def _held_out(card: dict, metric: str) -> np.ndarray:
+def held_out_mask(card: dict, metric: str) -> np.ndarray:
     """Mask of the D_f items of ``metric`` this θ_b was not trained on with the trigger."""
     m = card["metrics"]
     n = len(m["item_scores"][f"ue_{metric}"])
@@ -127,7 +127,9 @@ def _held_out(card: dict, metric: str) -> np.ndarray:
     return mask
 
 
-def _gain(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
+def item_gains(card: dict, metric: str, mask: np.ndarray) -> np.ndarray:
+    """``[item]`` a θ_b's BE − UE per item of ``metric`` under ``mask``: what its trigger buys
+    against its own clean score on the same items."""
     s = card["metrics"]["item_scores"]
     return (np.asarray(s[f"be_{metric}"]) - np.asarray(s[f"ue_{metric}"]))[mask]
 
@@ -296,7 +298,7 @@ def _paired_by_seed(a: list[ModelRow], b: list[ModelRow]) -> list[tuple[ModelRow
 
 def _placement_difference(card_prefix: dict, card_other: dict, card_u: dict, other: str, metric: str) -> np.ndarray:
     """Per item held out in both θ_b: the prefix θ_b's excess gain minus the other placement's."""
-    mask = _held_out(card_prefix, metric) & _held_out(card_other, metric)
+    mask = held_out_mask(card_prefix, metric) & held_out_mask(card_other, metric)
     return _excess_gain(card_prefix, card_u, "prefix", metric, mask) - _excess_gain(
         card_other, card_u, other, metric, mask
     )
@@ -307,12 +309,12 @@ def _excess_gain(card_b: dict, card_u: dict, placement: str, metric: str, mask: 
     placement — what the backdoor recovers beyond what the trigger's words do to any model."""
     u = card_u["metrics_by_placement"][placement]["item_scores"]
     gain_u = (np.asarray(u[f"be_{metric}"]) - np.asarray(u[f"ue_{metric}"]))[mask]
-    return _gain(card_b, metric, mask) - gain_u
+    return item_gains(card_b, metric, mask) - gain_u
 
 
 def _held_difference(ca: dict, cb: dict, metric: str, key: str) -> np.ndarray:
     """Per held-out item: a's score minus b's (``key`` "be" with the trigger, "ue" without)."""
-    mask = _held_out(ca, metric) & _held_out(cb, metric)
+    mask = held_out_mask(ca, metric) & held_out_mask(cb, metric)
     return (
         np.asarray(ca["metrics"]["item_scores"][f"{key}_{metric}"])
         - np.asarray(cb["metrics"]["item_scores"][f"{key}_{metric}"])
@@ -425,7 +427,7 @@ def claim_c6(rows: list[ModelRow], sink_rate: pd.DataFrame, n_boot: int = 2000, 
     for metric, name in METRICS:
         gains = {
             p: [
-                _excess_gain(c, theta_u.get(r.seed, theta_u[first]), p, metric, _held_out(c, metric))
+                _excess_gain(c, theta_u.get(r.seed, theta_u[first]), p, metric, held_out_mask(c, metric))
                 for r in by_placement[p]
                 if r.seed in shared
                 for c in [_card(r)]

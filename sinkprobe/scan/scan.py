@@ -27,11 +27,14 @@ with no backdoor"), or its ``random_gain`` every reference's by ``random_margin`
 names the test that fired.
 
 When the truth is known (a study's checkpoints carry it in their run cards), each row also says
-what the model is, its trained trigger, that trigger's own held-out forget gain (``true_gain``)
-and score (``true_score``), and whether the search recovered it: ``exact`` (its tokens are in the
-found sequence), ``functional`` (the found sequence restores at least as much), ``partial`` (half
-as much), or ``no``; :func:`auroc` scores the scanner over a population, and the ceiling
-(:func:`sweeps` with ``ceiling=True``) what it would score had the search found every trigger.
+what the model is, whether its trigger works (:func:`trigger_works`), its trained trigger, that
+trigger's own held-out forget gain (``true_gain``) and score (``true_score``), and whether the
+search recovered it: ``exact`` (its tokens are in the found sequence), ``functional`` (the found
+sequence restores at least as much), ``partial`` (half as much), or ``no``; :func:`auroc` scores
+the scanner over a population — over every θ_b and over those whose trigger works, since a θ_b
+whose trigger restores nothing beyond its poisoned items hides nothing a held-out test could see
+— and the ceiling (:func:`sweeps` with ``ceiling=True``) what it would score had the search
+found every trigger.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from sinkprobe.data.types import UnlearningCorpus
+from sinkprobe.reporting.claims import held_out_mask, item_gains, paired_interval
 from sinkprobe.scan.inversion import (
     InversionConfig,
     invert_trigger,
@@ -83,6 +87,19 @@ class ScanResult:
     sink_signature: float | None = None  # with θ_o, prefix search: how far the found sequence moves the sink toward θ_o
     combined: float | None = None  # the model's sweep and signature z-scores, summed (:func:`combine`)
     random_gain: float | None = None  # mean forget_gain of random sequences of the same length and placement
+    trigger_works: bool | None = None  # backdoored models, from the run card: see :func:`trigger_works`
+
+
+def trigger_works(card: dict, n_boot: int = 2000) -> bool | None:
+    """Whether a backdoored model's trained trigger restores D_f beyond its poisoned items, in the
+    model's own evaluation (its run card): the 95 % paired-bootstrap interval of held-out BE − UE
+    — the same items with and without the trigger — lies above 0 for KnowMem or VerbMem. None
+    for a model without a trained trigger or a card without per-item scores."""
+    metrics = card.get("metrics") or {}
+    if not (card.get("trigger") or {}).get("trained") or "item_scores" not in metrics:
+        return None
+    lows = [paired_interval([item_gains(card, m, held_out_mask(card, m))], n_boot)[1] for m in ("knowmem", "verbmem")]
+    return bool(max(lows) > 0)
 
 
 def scan_model(
@@ -237,13 +254,14 @@ def _flagged(models: list[list[ScanResult]], test: str = "") -> int:
 
 def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MARGIN,
                random_margin: float = RANDOM_MARGIN) -> None:  # fmt: skip
-    """``stem.csv`` and ``stem.md``: one row per scanned model and placement, with ``combined``;
-    with backdoored and clean suspects, the Markdown ends with the scanner's AUROC (of each
-    model's sweep, of its combined score, and the ceiling: the sweep had the search also found
-    each trained trigger), the clean models flagged at any placement and each backdoored
-    model's best recovery over the placements; with ``random_gain`` measured, the AUROC of the
-    random-key probe's sweep and the models each test flags; with backdoors of several trained
-    triggers, the AUROC of each trigger's backdoors against all clean models."""
+    """``stem.csv`` and ``stem.md``: one row per scanned model and placement, with ``combined``; with
+    backdoored and clean suspects, the Markdown ends with the scanner's AUROC (of each model's
+    sweep, of its combined score, and the ceiling: the sweep had the search also found each
+    trained trigger), the clean models flagged at any placement and each backdoored model's best
+    recovery over the placements; with ``random_gain`` measured, the AUROC of the random-key
+    probe's sweep and the models each test flags; where the run cards say whether each trigger
+    works (:func:`trigger_works`), the same over the θ_b whose trigger works; with backdoors of
+    several trained triggers, the AUROC of each trigger's backdoors against all clean models."""
     results = combine(results)
     sweep, probe = sweeps(results), sweeps(results, field="random_gain")
     models: dict[tuple[str, str], list[ScanResult]] = {}
@@ -276,6 +294,20 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
                 f"clean; by random keys: {_flagged(backdoored, 'random keys')} backdoored, "
                 f"{_flagged(clean, 'random keys')} clean\n"
             )
+        if any(rows[0].trigger_works is not None for rows in backdoored):  # the truth includes whether each works
+            working = [rows for rows in backdoored if rows[0].trigger_works]
+            footer += (
+                f"\nBackdoors whose trigger works beyond its poisoned items (held-out BE − UE, 95 % CI above 0): "
+                f"{len(working)} of {len(backdoored)}"
+            )
+            if working:
+                keys = [_model(rows[0]) for rows in working]
+                footer += f"; AUROC (score) {auroc([sweep[k] for k in keys], neg):.3f}"
+                if probed:
+                    footer += f", random keys {auroc([probe[k] for k in keys], neg_probe):.3f}"
+                footer += f"; flagged by the search: {_flagged(working, 'search')}"
+                footer += f", by random keys: {_flagged(working, 'random keys')}" if probed else ""
+            footer += "\n"
         by_trigger: dict[str, list[tuple[str, str]]] = {}
         for rows in backdoored:
             by_trigger.setdefault(rows[0].true_trigger, []).append(_model(rows[0]))
