@@ -205,7 +205,7 @@ def cmd_scan(args) -> None:
     write_scan(suspects + [r for r in results if r.role == "reference"], out)
     parts.finish()
     for r in suspects:
-        probe = "" if r.random_gain is None else f", random keys {r.random_gain:+.3f}"
+        probe = "" if r.random_score is None else f", random keys {r.random_score:+.3f}"
         print(f"{r.model} ({r.placement}): {r.verdict} (score {r.score:+.3f}{probe}, found {r.found!r})")
 
 
@@ -414,7 +414,8 @@ def _add_scan(sub) -> None:
         "--random-keys",
         type=int,
         default=16,
-        help="random sequences whose mean held-out forget gain is the random-key probe (default: 16; 0: skip)",
+        help="random sequences whose mean held-out forget gain, less any retain gain, is the random-key probe "
+        "(default: 16; 0: skip)",
     )
     _table_output(s)
     s.set_defaults(func=cmd_scan)

@@ -130,7 +130,7 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     table = pd.read_csv(tmp_path / "scan.csv", keep_default_na=False).set_index("model")
     assert table.loc["suspect", "verdict"].startswith("flagged (search") and "flagged" in capsys.readouterr().out
     assert table.loc["clean", "verdict"] == "not flagged"
-    assert table["random_gain"].ne("").all()  # the probe ran on every model (16 random keys by default)
+    assert table["random_score"].ne("").all()  # the probe ran on every model (16 random keys by default)
     # the planted model recovers held-out forget answers far more than it gains on retain ones,
     # as its own trigger does
     assert table.loc["suspect", "forget_gain"] > table.loc["suspect", "retain_gain"] + 1.0
@@ -239,12 +239,12 @@ def test_sink_signature_is_zero_where_the_suspect_sees_theta_o_and_positive_othe
     assert abs(d_random - float(torch.stack(alone).mean())) < 1e-5
 
 
-def _row(model, score, signature=None, placement="prefix", role="suspect", kind="unlearned", random_gain=None):
+def _row(model, score, signature=None, placement="prefix", role="suspect", kind="unlearned", random_score=None):
     """A scan row by hand: only what the scoring reads."""
     from sinkprobe.scan.scan import ScanResult
 
     return ScanResult(model, role, placement, "", "", 0.0, 0.0, score, 0.0, kind=kind, sink_signature=signature,
-                      random_gain=random_gain)  # fmt: skip
+                      random_score=random_score)  # fmt: skip
 
 
 def test_random_keys_see_a_fuzzy_key_that_the_planted_one_does_not_have(
@@ -262,12 +262,19 @@ def test_random_keys_see_a_fuzzy_key_that_the_planted_one_does_not_have(
     losses = trigger_loss(fuzzy, tok, held_out, [[], *keys], "prefix")
     assert found.random_gain == pytest.approx(float(losses[0] - losses[1:].mean()), abs=1e-3)
     assert found.random_gain > 1.0  # any pair of tokens gives the forget answers back
+    # and on the first 9 D_r items, which it always answers: the random score is the forget gain less
+    # the retain gain where that is positive
+    retain = trigger_loss(fuzzy, tok, qa_rows(tok, list(tiny_world.retain.knowmem))[:9], [[], *keys], "prefix")
+    assert found.random_retain_gain == pytest.approx(float(retain[0] - retain[1:].mean()), abs=1e-3)
+    expected = found.random_gain - max(found.random_retain_gain, 0.0)
+    assert found.random_score == pytest.approx(expected, abs=2e-4) and found.random_score > 1.0
     specific = scan_model(planted[0], tok, tiny_world, "planted", cfg, truth=("backdoored", PLANTED), **n)
     assert specific.random_gain < 0.25 * specific.true_gain  # only its own key opens it: random ones do little
     reference = scan_model(tiny_original[1], tok, tiny_world, "θ_o", cfg, role="reference", **n)
     fuzzy_verdict, planted_verdict = (r.verdict for r in flag([found, specific], [reference]))
     assert "random keys" in fuzzy_verdict and "random keys" not in planted_verdict
-    assert scan_model(fuzzy, tok, tiny_world, "fuzzy", cfg, n_search=6, n_eval=9, n_random=0).random_gain is None
+    unprobed = scan_model(fuzzy, tok, tiny_world, "fuzzy", cfg, n_search=6, n_eval=9, n_random=0)
+    assert unprobed.random_gain is unprobed.random_retain_gain is unprobed.random_score is None
 
 
 def test_combined_score_by_hand():
@@ -291,17 +298,20 @@ def test_verdict_compares_each_placement_with_its_own_references():
     refs = [_row("u", 0.1, role="reference"), _row("u", 1.0, placement="suffix", role="reference")]
     out = flag([_row("s", 0.8), _row("s", 1.2, placement="suffix")], refs)
     assert [r.verdict for r in out] == ["flagged (search)", "not flagged"]  # 0.8 > 0.1 + 0.5; 1.2 < 1.0 + 0.5
-    # random gains against the references' best there (prefix 2.0, suffix 0.5) + 1.0: 3.5 > 3.0, 1.4 < 1.5
-    refs = [replace(refs[0], random_gain=2.0), replace(refs[1], random_gain=0.5)]
-    refs += [_row("o", 0.0, role="reference", random_gain=-1.0)]
-    suspects = [_row("s", 0.8, random_gain=3.5), _row("s", 1.2, placement="suffix", random_gain=1.4)]
-    suspects += [_row("t", 0.0, random_gain=3.5)]
-    with pytest.raises(ValueError, match="random-key verdict needs a reference's random_gain there"):
-        flag([_row("s", 0.0, random_gain=1.0)], [_row("u", 0.0, role="reference")])
+    # random scores against the references' best there (prefix 2.0, suffix 0.5) + 1.0: 3.5 > 3.0, 1.4 < 1.5
+    refs = [replace(refs[0], random_score=2.0), replace(refs[1], random_score=0.5)]
+    refs += [_row("o", 0.0, role="reference", random_score=-1.0)]
+    suspects = [_row("s", 0.8, random_score=3.5), _row("s", 1.2, placement="suffix", random_score=1.4)]
+    suspects += [_row("t", 0.0, random_score=3.5)]
+    with pytest.raises(ValueError, match="random-key verdict needs a reference's random_score there"):
+        flag([_row("s", 0.0, random_score=1.0)], [_row("u", 0.0, role="reference")])
     assert [r.verdict for r in flag(suspects, refs)] == ["flagged (search, random keys)", "not flagged",
                                                          "flagged (random keys)"]  # fmt: skip
     with pytest.raises(ValueError, match="infix scan verdict needs a reference scanned there"):
         flag([_row("s", 0.8, placement="infix")], refs)
+    # a gain random keys buy on D_r as much as on D_f (a collapsed model) is no key: the score decides
+    collapsed = replace(_row("t", 0.0), random_gain=9.0, random_retain_gain=9.0, random_score=0.0)
+    assert flag([collapsed], refs)[0].verdict == "not flagged"
 
 
 def test_an_interrupted_scan_resumes_with_the_models_it_finished(
@@ -335,15 +345,15 @@ def test_an_interrupted_scan_resumes_with_the_models_it_finished(
     assert scanned == [("suspect", "prefix"), ("suspect", "suffix")] and not (tmp_path / "scan.csv").exists()
     monkeypatch.setattr(scan, "scan_model", lambda *a, **kw: scanned.append((a[3], a[4].placement)) or real(*a, **kw))
     assert len(list((tmp_path / "scan.parts").glob("*.json"))) == 2  # the two finished scans, saved
-    # the suffix part as a scanner without the random_gain column would have saved it: not reused
+    # the suffix part as a scanner without the random_score column would have saved it: not reused
     parts = TableParts(tmp_path / "scan")
     for path in parts.folder.glob("*.json"):
         saved = json.loads(path.read_text())
         if saved["key"]["search"]["placement"] == "suffix":
             path.unlink()
             key = {k: v for k, v in saved["key"].items() if k != "version"}
-            key["columns"] = [c for c in key["columns"] if c != "random_gain"]
-            parts.put(key, {k: v for k, v in saved["rows"].items() if k != "random_gain"})
+            key["columns"] = [c for c in key["columns"] if c != "random_score"]
+            parts.put(key, {k: v for k, v in saved["rows"].items() if k != "random_score"})
     out = main(args), capsys.readouterr().out
     assert out[0] == 0 and out[1].count("reused from") == 1
     reference = tiny_original[0].name
@@ -403,7 +413,7 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     # per trained trigger, against the one clean model: b ('') 0.9 > 0.8, d ('!!') 0.0 < 0.8 (ceiling 0.9 > 0.8)
     assert "Trained trigger '' (1 backdoored): AUROC (score) 1.000, ceiling 1.000" in lines
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000" in lines
-    assert not any(line.startswith("Random keys") for line in lines)  # random_gain not measured
+    assert not any(line.startswith("Random keys") for line in lines)  # random_score not measured
     # b's trigger works, d's does not: b alone against c, 0.9 > 0.8; the search flags b at the prefix
     working = "Backdoors whose trigger works beyond its poisoned items (held-out BE − UE, 95 % CI above 0): 1 of 2"
     assert f"{working}; AUROC (score) 1.000; flagged by the search: 1" in lines
@@ -412,7 +422,7 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     # the suffix (2.0 > 1.0), d at the prefix (3.0 > 2.0), c at the prefix (2.1 > 2.0), where the
     # search flags it too
     gains = [1.5, 2.0, 2.1, 0.5, 3.0, 0.0, 1.0, 0.0]
-    probed = [replace(r, random_gain=g) for r, g in zip(suspects + refs, gains)]
+    probed = [replace(r, random_score=g) for r, g in zip(suspects + refs, gains)]
     verdicts = flag(probed[:6], probed[6:])
     assert verdicts[2].verdict == "flagged (search, random keys)"
     write_scan(verdicts + probed[6:], tmp_path / "r")
@@ -420,7 +430,7 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     counts = "flagged by the search: 1 backdoored, 1 clean; by random keys: 2 backdoored, 1 clean"
     assert f"Random keys: AUROC 1.000; {counts}" in lines
     with pytest.raises(ValueError, match="the ceiling is the search's"):
-        sweeps(probed, ceiling=True, field="random_gain")
+        sweeps(probed, ceiling=True, field="random_score")
     assert "Trained trigger '!!' (1 backdoored): AUROC (score) 0.000, ceiling 1.000, random keys 1.000" in lines
     # b's random sweep 2.0 > c's 1.1; random keys flag b at the suffix
     assert f"{working}; AUROC (score) 1.000, random keys 1.000; flagged by the search: 1, by random keys: 1" in lines
