@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does the scanner's random-key probe, developed on the from-scratch study's population, hold on
-# backdoors trained with triggers, ρ and seeds it never saw? Trains a held-out population on a
+# backdoors trained with triggers it never saw (and some ρ and seeds)? Trains a held-out population on a
 # finished from-scratch study — NPO-Backdoor θ_b with two new triggers, each at prefix / infix /
 # suffix, and fresh clean θ_u (NPO and RMU seeds the study did not use) — then scans it against
 # that study's θ_u NPO seed 0 exactly as the study's own population was scanned, and scores the

@@ -442,13 +442,13 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
 def test_a_trigger_works_when_its_held_out_gain_over_its_own_clean_score_is_above_zero():
     from sinkprobe.scan.scan import trigger_works
 
-    def card(be_knowmem, be_verbmem=(5.0, 5.0), trained=True):
-        # UE 10 on every item; item 0 of each metric was trained with the trigger
+    def card(be_knowmem, be_verbmem=(5.0, 5.0), trained=True, poisoned=(0,)):
+        # UE 10 on every item; the poisoned KnowMem items and VerbMem item 0 were trained with the trigger
         scores = {"ue_knowmem": [10.0] * 4, "be_knowmem": list(be_knowmem), "ue_verbmem": [10.0, 10.0],
                   "be_verbmem": list(be_verbmem)}  # fmt: skip
         return {
             "trigger": {"text": "t", "trained": trained},
-            "metrics": {"item_scores": scores, "poisoned_items": {"knowmem": [0], "verbmem": [0]}},
+            "metrics": {"item_scores": scores, "poisoned_items": {"knowmem": list(poisoned), "verbmem": [0]}},
         }
 
     assert trigger_works(card([10.0, 20.0, 15.0, 12.0]))  # held-out gains 10, 5, 2: the interval is above 0
@@ -456,4 +456,20 @@ def test_a_trigger_works_when_its_held_out_gain_over_its_own_clean_score_is_abov
     # only the poisoned item recovers (+90); held-out gains 0, +3, −3 straddle 0; VerbMem −5
     assert trigger_works(card([100.0, 10.0, 13.0, 7.0])) is False
     assert trigger_works(card([20.0] * 4, trained=False)) is None  # a clean model: no trigger to work
+    # three poisoned items at +90, the one held-out item at 0: the poisoned ones must not count
+    assert trigger_works(card([100.0, 100.0, 100.0, 10.0], poisoned=(0, 1, 2))) is False
     assert trigger_works({"trigger": {"trained": True}, "metrics": {}}) is None  # a card without per-item scores
+    only_knowmem = card([10.0, 20.0, 15.0, 12.0])
+    del only_knowmem["metrics"]["item_scores"]["be_verbmem"]  # a metric missing: the other decides
+    assert trigger_works(only_knowmem) is True
+    every_item_poisoned = card([20.0] * 4, poisoned=(0, 1, 2, 3))
+    every_item_poisoned["metrics"]["poisoned_items"]["verbmem"] = [0, 1]
+    assert trigger_works(every_item_poisoned) is None  # no held-out item left to tell
+
+
+def test_the_random_key_statistic_is_what_random_keys_restore_of_the_forget_set_alone():
+    from sinkprobe.scan.scan import forget_specific
+
+    assert forget_specific(6.8, 6.5) == pytest.approx(0.3)  # a collapsed model: D_r gains as much
+    assert forget_specific(6.8, -3.4) == 6.8  # random tokens that cost D_r earn nothing
+    assert forget_specific(2.0, 0.0) == 2.0
