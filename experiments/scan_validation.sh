@@ -4,9 +4,9 @@
 # finished from-scratch study — NPO-Backdoor θ_b with two new triggers, each at prefix / infix /
 # suffix, and fresh clean θ_u (NPO and RMU seeds the study did not use) — then scans it against
 # that study's θ_u NPO seed 0 exactly as the study's own population was scanned, and scores the
-# three defences on its θ_b. Four populations, each drawn once; a-c tested the probe as first
+# three defences on its θ_b. Five populations, each drawn once; a-c tested the probe as first
 # developed (forget gain alone) and showed its clean false positives, which made its statistic
-# forget-specific (random_score); d was drawn after that, to test it:
+# forget-specific (random_score); d and e were drawn after that, to test it:
 #   a: the rare word "zanzibar" (seed 3) and the code-like "x9_Qz()" (seed 4), ρ 10 %; clean
 #      NPO seeds 3-5, RMU seeds 1-2 → figures/scratch/scan_validation, defences_validation
 #   b: the phrase "please recall carefully" (seed 6, ρ 10 %) and the number "7741" (seed 7,
@@ -17,9 +17,11 @@
 #      NPO seeds 9-11, RMU seeds 5-6 → figures/scratch/scan_validation_c, defences_validation_c
 #   d: the symbol pair "@@" (seed 9) and the words "banana split" (seed 3), ρ 10 %; clean NPO
 #      seeds 12-14, RMU seeds 7-8 → figures/scratch/scan_validation_d, defences_validation_d
-# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a,
-# b, c or d (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b, c, d:
-# STUDY_validation_b, _c, _d) relative to the repository root; options after them go to scan and defend
+#   e: the symbol pair "%%" (seed 0) and the words "orange juice" (seed 2), ρ 10 %; clean NPO
+#      seeds 15-17, RMU seeds 9-10 → figures/scratch/scan_validation_e, defences_validation_e
+# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a-e
+# (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b-e:
+# STUDY_validation_b … _e) relative to the repository root; options after them go to scan and defend
 # alike, e.g. `experiments/scan_validation.sh b runs/scratch runs/scratch_validation_b --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
@@ -39,7 +41,10 @@ case $population in
   d) suffix="_d"
      backdoors=("at|@@|9|0.1" "banana|banana split|3|0.1")
      npo_seeds=(12 13 14) rmu_seeds=(7 8) ;;
-  *) echo "unknown population '$population': give a, b, c or d" >&2; exit 2 ;;
+  e) suffix="_e"
+     backdoors=("percent|%%|0|0.1" "orange|orange juice|2|0.1")
+     npo_seeds=(15 16 17) rmu_seeds=(9 10) ;;
+  *) echo "unknown population '$population': give a, b, c, d or e" >&2; exit 2 ;;
 esac
 out=${3:-${study}_validation$suffix}
 models=$study/models
