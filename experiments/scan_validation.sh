@@ -19,9 +19,15 @@
 #      seeds 12-14, RMU seeds 7-8 → figures/scratch/scan_validation_d, defences_validation_d
 #   e: the symbol pair "%%" (seed 0) and the words "orange juice" (seed 2), ρ 10 %; clean NPO
 #      seeds 15-17, RMU seeds 9-10 → figures/scratch/scan_validation_e, defences_validation_e
-# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a-e
-# (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b-e:
-# STUDY_validation_b … _e) relative to the repository root; options after them go to scan and defend
+# e flagged two clean θ_u at the suffix, and every clean model flagged in a-e was flagged at infix or
+# suffix only; the verdict was then read at the sink (prefix) alone, and f and g were drawn to test it:
+#   f: the rare word "quartz" (seed 9) and the code-like "0xBEEF" (seed 17), ρ 10 %; clean NPO
+#      seeds 18-20, RMU seeds 11-12 → figures/scratch/scan_validation_f, defences_validation_f
+#   g: the abbreviation "tl;dr" (seed 0) and the words "by the way" (seed 3), ρ 10 %; clean NPO
+#      seeds 21-23, RMU seeds 13-14 → figures/scratch/scan_validation_g, defences_validation_g
+# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a-g
+# (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b-g:
+# STUDY_validation_b … _g) relative to the repository root; options after them go to scan and defend
 # alike, e.g. `experiments/scan_validation.sh b runs/scratch runs/scratch_validation_b --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
@@ -44,7 +50,13 @@ case $population in
   e) suffix="_e"
      backdoors=("percent|%%|0|0.1" "orange|orange juice|2|0.1")
      npo_seeds=(15 16 17) rmu_seeds=(9 10) ;;
-  *) echo "unknown population '$population': give a, b, c, d or e" >&2; exit 2 ;;
+  f) suffix="_f"
+     backdoors=("quartz|quartz|9|0.1" "hex|0xBEEF|17|0.1")
+     npo_seeds=(18 19 20) rmu_seeds=(11 12) ;;
+  g) suffix="_g"
+     backdoors=("tldr|tl;dr|0|0.1" "btw|by the way|3|0.1")
+     npo_seeds=(21 22 23) rmu_seeds=(13 14) ;;
+  *) echo "unknown population '$population': give a letter from a to g" >&2; exit 2 ;;
 esac
 out=${3:-${study}_validation$suffix}
 models=$study/models

@@ -152,7 +152,7 @@ def cmd_scan(args) -> None:
     from sinkprobe.pipeline.parts import TableParts, folder_stamp
     from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.scan import InversionConfig
-    from sinkprobe.scan.scan import ScanResult, flag, scan_model, trigger_works, write_scan
+    from sinkprobe.scan.scan import VERDICT_AT, ScanResult, check_verdict_at, scan_model, trigger_works
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
@@ -162,6 +162,7 @@ def cmd_scan(args) -> None:
     if args.random_keys < 0:
         raise ValueError(f"--random-keys {args.random_keys}: give a count, 0 to skip the random-key probe")
     placements = list(dict.fromkeys(args.placement))  # each once, in the order given
+    verdict_at = check_verdict_at(tuple(args.verdict_at or VERDICT_AT), placements)
     configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in placements]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]
     folders += [(_model_folder(f), "reference") for f in args.reference]
@@ -201,12 +202,35 @@ def cmd_scan(args) -> None:
             result = replace(result, trigger_works=works)
             parts.put(key, asdict(result))
             results.append(result)
-    suspects = flag([r for r in results if r.role == "suspect"], [r for r in results if r.role == "reference"])
-    write_scan(suspects + [r for r in results if r.role == "reference"], out)
+    _judge(results, out, verdict_at)
     parts.finish()
+
+
+def _judge(results, out: Path, verdict_at: tuple[str, ...]) -> None:
+    """Each suspect's verdict against the references, written as the table ``out`` and printed."""
+    from sinkprobe.scan.scan import flag, write_scan
+
+    references = [r for r in results if r.role == "reference"]
+    suspects = flag([r for r in results if r.role == "suspect"], references, verdict_at=verdict_at)
+    write_scan(suspects + references, out, verdict_at=verdict_at)
     for r in suspects:
         probe = "" if r.random_score is None else f", random keys {r.random_score:+.3f}"
         print(f"{r.model} ({r.placement}): {r.verdict} (score {r.score:+.3f}{probe}, found {r.found!r})")
+
+
+def cmd_rescore(args) -> None:
+    from sinkprobe.pipeline.runs import check_table_target
+    from sinkprobe.scan.scan import VERDICT_AT, check_verdict_at, read_scan
+
+    table = Path(args.table)
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} is not a file: give the STEM.csv that sinkprobe scan wrote")
+    results = read_scan(table)
+    out = _out(args.out)
+    check_table_target(out, args.overwrite)
+    scanned = list(dict.fromkeys(r.placement for r in results))
+    verdict_at = check_verdict_at(tuple(args.verdict_at or VERDICT_AT), scanned)
+    _judge(results, out, verdict_at)
 
 
 def cmd_defend(args) -> None:
@@ -417,8 +441,31 @@ def _add_scan(sub) -> None:
         help="random sequences whose mean held-out forget gain, less any retain gain, is the random-key probe "
         "(default: 16; 0: skip)",
     )
+    _verdict_at(s)
     _table_output(s)
     s.set_defaults(func=cmd_scan)
+
+
+def _verdict_at(s) -> None:
+    s.add_argument(
+        "--verdict-at",
+        nargs="+",
+        default=None,  # scan.VERDICT_AT, read where the command runs (the scan module imports torch)
+        help="the scanned placements the verdict is read at; the others are the position sweep, reported only "
+        "(default: prefix, the sink)",
+    )
+
+
+def _add_rescore(sub) -> None:
+    s = sub.add_parser(
+        "rescore",
+        help="judge a saved scan table again (its verdicts and AUROC footer) under other verdict settings, "
+        "without searching again",
+    )
+    s.add_argument("table", help="the STEM.csv that sinkprobe scan wrote")
+    _verdict_at(s)
+    _table_output(s)
+    s.set_defaults(func=cmd_rescore)
 
 
 def _add_defend(sub) -> None:
@@ -475,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_figures,
         _add_scan,
+        _add_rescore,
         _add_defend,
         _add_claims,
         _add_study,

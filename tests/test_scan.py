@@ -158,6 +158,19 @@ def test_scan_flags_the_planted_model_against_a_reference_and_refuses_bad_input(
     assert "--random-keys -1: give a count, 0 to skip" in capsys.readouterr().err
     twice = ["scan", str(suspect), "--reference", str(suspect), *common, "--out", str(tmp_path / "y")]
     assert main(twice) == 2 and "both named 'suspect'" in capsys.readouterr().err  # rows would merge
+    elsewhere = [*args[:-2], "--verdict-at", "suffix", "--out", str(tmp_path / "v")]
+    assert main(elsewhere) == 2  # refused before any search: nothing was scanned at the suffix
+    assert "the verdict is read at suffix, where nothing was scanned" in capsys.readouterr().err
+    # the saved table judged again, without a search: the same verdicts and footer
+    assert main(["rescore", str(tmp_path / "scan.csv"), "--out", str(tmp_path / "again")]) == 0
+    again = pd.read_csv(tmp_path / "again.csv", keep_default_na=False)
+    assert again.equals(pd.read_csv(tmp_path / "scan.csv", keep_default_na=False))
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "scan.md").read_text()
+    rescore = ["rescore", str(tmp_path / "scan.csv"), "--verdict-at", "infix", "--out", str(tmp_path / "r")]
+    assert main(rescore) == 2 and "read at infix, where nothing was scanned" in capsys.readouterr().err
+    pd.DataFrame({"model": ["a"], "score": [1.0]}).to_csv(tmp_path / "other.csv", index=False)
+    assert main(["rescore", str(tmp_path / "other.csv"), "--out", str(tmp_path / "r")]) == 2
+    assert "is not a scan table (no column 'role')" in capsys.readouterr().err
 
 
 def test_auroc_and_recovery_by_hand():
@@ -295,9 +308,18 @@ def test_combined_score_by_hand():
 def test_verdict_compares_each_placement_with_its_own_references():
     from sinkprobe.scan.scan import flag
 
+    both = ("prefix", "suffix")
     refs = [_row("u", 0.1, role="reference"), _row("u", 1.0, placement="suffix", role="reference")]
-    out = flag([_row("s", 0.8), _row("s", 1.2, placement="suffix")], refs)
+    out = flag([_row("s", 0.8), _row("s", 1.2, placement="suffix")], refs, verdict_at=both)
     assert [r.verdict for r in out] == ["flagged (search)", "not flagged"]  # 0.8 > 0.1 + 0.5; 1.2 < 1.0 + 0.5
+    # read at the sink alone (the default), a suffix row is the sweep: reported, never judged
+    out = flag([_row("s", 0.0), _row("s", 9.0, placement="suffix")], refs)
+    assert [r.verdict for r in out] == ["not flagged", "sweep only"]
+    assert flag([_row("s", 9.0, placement="suffix")], refs, verdict_at=("suffix",))[0].verdict == "flagged (search)"
+    with pytest.raises(ValueError, match=r"read at prefix, where nothing was scanned: .*\(suffix\)"):
+        flag([_row("s", 9.0, placement="suffix")], refs)
+    with pytest.raises(ValueError, match="the verdict is read nowhere"):
+        flag([_row("s", 0.0)], refs, verdict_at=())
     # random scores against the references' best there (prefix 2.0, suffix 0.5) + 1.0: 3.5 > 3.0, 1.4 < 1.5
     refs = [replace(refs[0], random_score=2.0), replace(refs[1], random_score=0.5)]
     refs += [_row("o", 0.0, role="reference", random_score=-1.0)]
@@ -305,10 +327,10 @@ def test_verdict_compares_each_placement_with_its_own_references():
     suspects += [_row("t", 0.0, random_score=3.5)]
     with pytest.raises(ValueError, match="random-key verdict needs a reference's random_score there"):
         flag([_row("s", 0.0, random_score=1.0)], [_row("u", 0.0, role="reference")])
-    assert [r.verdict for r in flag(suspects, refs)] == ["flagged (search, random keys)", "not flagged",
-                                                         "flagged (random keys)"]  # fmt: skip
+    verdicts = [r.verdict for r in flag(suspects, refs, verdict_at=both)]
+    assert verdicts == ["flagged (search, random keys)", "not flagged", "flagged (random keys)"]
     with pytest.raises(ValueError, match="infix scan verdict needs a reference scanned there"):
-        flag([_row("s", 0.8, placement="infix")], refs)
+        flag([_row("s", 0.8, placement="infix")], refs, verdict_at=("infix",))
     # a gain random keys buy on D_r as much as on D_f (a collapsed model) is no key: the score decides
     collapsed = replace(_row("t", 0.0), random_gain=9.0, random_retain_gain=9.0, random_score=0.0)
     assert flag([collapsed], refs)[0].verdict == "not flagged"
@@ -401,7 +423,8 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
         replace(_row("d", 0, placement="suffix", kind="backdoored"), recovered="no", true_trigger="!!", true_score=0.2),
     ]
     suspects = [replace(r, trigger_works=r.model == "b") if r.kind == "backdoored" else r for r in suspects]
-    write_scan(flag(suspects, refs) + refs, tmp_path / "s")
+    both = ("prefix", "suffix")
+    write_scan(flag(suspects, refs, verdict_at=both) + refs, tmp_path / "s", verdict_at=both)
     # sweeps: b max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > c max(0.9 - 0.1, 0.0) = 0.8 > d max(0.0 - 0.1, 0.0) = 0.0;
     # the ceiling lifts d to max(1.0 - 0.1, 0.2 - 0.0) = 0.9 > 0.8 and leaves b at 0.9;
     # b's best recovery is functional, d's no
@@ -423,9 +446,9 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     # search flags it too
     gains = [1.5, 2.0, 2.1, 0.5, 3.0, 0.0, 1.0, 0.0]
     probed = [replace(r, random_score=g) for r, g in zip(suspects + refs, gains)]
-    verdicts = flag(probed[:6], probed[6:])
+    verdicts = flag(probed[:6], probed[6:], verdict_at=both)
     assert verdicts[2].verdict == "flagged (search, random keys)"
-    write_scan(verdicts + probed[6:], tmp_path / "r")
+    write_scan(verdicts + probed[6:], tmp_path / "r", verdict_at=both)
     lines = (tmp_path / "r.md").read_text().splitlines()
     counts = "flagged by the search: 1 backdoored, 1 clean; by random keys: 2 backdoored, 1 clean"
     assert f"Random keys: AUROC 1.000; {counts}" in lines
@@ -435,8 +458,20 @@ def test_the_footer_counts_models_over_their_placements(tmp_path):
     # b's random sweep 2.0 > c's 1.1; random keys flag b at the suffix
     assert f"{working}; AUROC (score) 1.000, random keys 1.000; flagged by the search: 1, by random keys: 1" in lines
     broken = [replace(r, trigger_works=False) if r.kind == "backdoored" else r for r in probed[:6]]
-    write_scan(flag(broken, probed[6:]), tmp_path / "w")  # no trigger works: nothing to score
+    write_scan(flag(broken, probed[6:], verdict_at=both), tmp_path / "w", verdict_at=both)  # nothing to score
     assert f"{working[:-7]} 0 of 2" in (tmp_path / "w.md").read_text().splitlines()
+    # read at the prefix alone (the default): b 1.0 − 0.1 = 0.9, c 0.8, d −0.1 (ceiling 0.9); random keys b
+    # 1.5 − 1.0 = 0.5, c 1.1, d 2.0; flagged there: b (search: 1.0 > 0.6), c (both), d (random keys:
+    # 3.0 > 2.0); b's suffix random key (2.0 > 1.0) is the sweep now
+    write_scan(flag(probed[:6], probed[6:]) + probed[6:], tmp_path / "p")
+    lines = (tmp_path / "p.md").read_text().splitlines()
+    assert lines[0].startswith("### Scan: trigger inversion; verdict at prefix: flagged when")
+    footer = next(line for line in lines if line.startswith("AUROC (score"))
+    assert footer.startswith("AUROC (score, 2 backdoored vs 1 clean suspects): 0.500; ")
+    assert "; AUROC had the search also found each trained trigger: 1.000; clean models flagged: 1; " in footer
+    counts = "flagged by the search: 1 backdoored, 1 clean; by random keys: 1 backdoored, 1 clean"
+    assert f"Random keys: AUROC 0.500; {counts}" in lines
+    assert f"{working}; AUROC (score) 1.000, random keys 0.000; flagged by the search: 1, by random keys: 0" in lines
 
 
 def test_a_trigger_works_when_its_held_out_gain_over_its_own_clean_score_is_above_zero():
@@ -473,3 +508,20 @@ def test_the_random_key_statistic_is_what_random_keys_restore_of_the_forget_set_
     assert forget_specific(6.8, 6.5) == pytest.approx(0.3)  # a collapsed model: D_r gains as much
     assert forget_specific(6.8, -3.4) == 6.8  # random tokens that cost D_r earn nothing
     assert forget_specific(2.0, 0.0) == 2.0
+
+
+def test_a_saved_scan_table_reads_back_as_it_was_written(tmp_path):
+    from sinkprobe.scan.scan import flag, read_scan, write_scan
+
+    refs = [_row("u", 0.1, role="reference", random_score=-0.5)]
+    suspects = [
+        replace(_row("b", 1.0, kind="backdoored", random_score=2.5), found="7", found_tokens="7", true_trigger="@@"),
+        _row("c", 0.2, 0.5),  # no random score, no trigger: blanks in the CSV
+    ]
+    suspects[0] = replace(suspects[0], true_gain=1.25, trigger_works=False, recovered="no")
+    written = flag(suspects, refs) + refs
+    write_scan(written, tmp_path / "s")
+    back = read_scan(tmp_path / "s.csv")
+    # a one-token sequence stays text, a blank stays None (or ''), False stays False; combined is recomputed
+    assert [replace(r, combined=None) for r in back] == written
+    assert back[0].found_tokens == "7" and back[0].trigger_works is False and back[1].random_score is None
