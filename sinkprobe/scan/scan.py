@@ -19,9 +19,8 @@ what the found sequence buys is then measured on other, held-out items, on D_f a
   found sequence brings the suspect's, against a random sequence of the same length
   (:mod:`sinkprobe.scan.signature`) — the fingerprint value-norm alignment leaves. It is
   reported beside the score;
-- ``combined`` (:func:`combine`): one number per model from the position sweep (its best score
-  over the placements scanned) and the sink signature, each standardised over the models of
-  the table.
+- ``combined`` (:func:`combine`): one number per model from its best score where the verdict
+  is read and the sink signature, each standardised over the models of the table.
 
 A score means little alone, so the scanner runs the same search on reference models (the
 normally unlearned θ_u, θ_o) and flags the suspect when its score exceeds every reference's at
