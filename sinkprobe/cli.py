@@ -152,7 +152,7 @@ def cmd_scan(args) -> None:
     from sinkprobe.pipeline.parts import TableParts, folder_stamp
     from sinkprobe.pipeline.runs import check_table_target
     from sinkprobe.scan import InversionConfig
-    from sinkprobe.scan.scan import VERDICT_AT, ScanResult, check_verdict_at, scan_model, trigger_works
+    from sinkprobe.scan.scan import ScanResult, check_verdict_at, scan_model, trigger_works
 
     out = _out(args.out)
     check_table_target(out, args.overwrite)  # before any search: replace nothing unasked
@@ -162,7 +162,7 @@ def cmd_scan(args) -> None:
     if args.random_keys < 0:
         raise ValueError(f"--random-keys {args.random_keys}: give a count, 0 to skip the random-key probe")
     placements = list(dict.fromkeys(args.placement))  # each once, in the order given
-    verdict_at = check_verdict_at(tuple(args.verdict_at or VERDICT_AT), placements)
+    verdict_at = check_verdict_at(_verdict_at_option(args), placements)
     configs = [InversionConfig(n_tokens=args.tokens, steps=args.steps, placement=p) for p in placements]
     folders = [(_model_folder(f), "suspect") for f in args.suspects]
     folders += [(_model_folder(f), "reference") for f in args.reference]
@@ -220,17 +220,21 @@ def _judge(results, out: Path, verdict_at: tuple[str, ...]) -> None:
 
 def cmd_rescore(args) -> None:
     from sinkprobe.pipeline.runs import check_table_target
-    from sinkprobe.scan.scan import VERDICT_AT, check_verdict_at, read_scan
+    from sinkprobe.scan.scan import check_verdict_at, read_scan
+    from sinkprobe.tables import table_paths
 
-    table = Path(args.table)
+    table = table_paths(args.table)[0]  # STEM or STEM.csv
     if not table.is_file():
         raise FileNotFoundError(f"{table} is not a file: give the STEM.csv that sinkprobe scan wrote")
     results = read_scan(table)
     out = _out(args.out)
     check_table_target(out, args.overwrite)
-    scanned = list(dict.fromkeys(r.placement for r in results))
-    verdict_at = check_verdict_at(tuple(args.verdict_at or VERDICT_AT), scanned)
+    verdict_at = check_verdict_at(_verdict_at_option(args), list(dict.fromkeys(r.placement for r in results)))
     _judge(results, out, verdict_at)
+
+
+def _verdict_at_option(args) -> tuple[str, ...] | None:
+    return tuple(args.verdict_at) if args.verdict_at else None  # None: the scan module's default
 
 
 def cmd_defend(args) -> None:
@@ -450,19 +454,18 @@ def _verdict_at(s) -> None:
     s.add_argument(
         "--verdict-at",
         nargs="+",
-        default=None,  # scan.VERDICT_AT, read where the command runs (the scan module imports torch)
         help="the scanned placements the verdict is read at; the others are the position sweep, reported only "
-        "(default: prefix, the sink)",
+        "(default: prefix, the sink; without a prefix scan, every placement scanned)",
     )
 
 
 def _add_rescore(sub) -> None:
     s = sub.add_parser(
         "rescore",
-        help="judge a saved scan table again (its verdicts and AUROC footer) under other verdict settings, "
-        "without searching again",
+        help="judge a saved scan table again (its verdicts, combined score and AUROC footer) at other "
+        "placements, without searching again",
     )
-    s.add_argument("table", help="the STEM.csv that sinkprobe scan wrote")
+    s.add_argument("table", help="the STEM.csv (or STEM) that sinkprobe scan wrote")
     _verdict_at(s)
     _table_output(s)
     s.set_defaults(func=cmd_rescore)

@@ -296,7 +296,7 @@ def test_combined_score_by_hand():
     # a's sweep is its best placement (0.5, its suffix scan); sweeps 0.5 / 0.1 / −0.3 have mean 0.1
     # and population sd sqrt(0.32 / 3); signatures 0.2 / 0.0 / −0.2 likewise have sd sqrt(0.08 / 3)
     rows = [_row("a", -0.2, 0.2), _row("a", 0.5, None, "suffix"), _row("b", 0.1, 0.0), _row("c", -0.3, -0.2)]
-    combined = {(r.model, r.placement): r.combined for r in combine(rows)}
+    combined = {(r.model, r.placement): r.combined for r in combine(rows, placements=None)}
     z = 0.4 / (0.32 / 3) ** 0.5 + 0.2 / (0.08 / 3) ** 0.5  # a: both +1.2247…
     assert combined[("a", "prefix")] == combined[("a", "suffix")] == pytest.approx(z, abs=1e-4)
     assert combined[("b", "prefix")] == 0.0 and combined[("c", "prefix")] == pytest.approx(-z, abs=1e-4)
@@ -306,7 +306,7 @@ def test_combined_score_by_hand():
 
 
 def test_verdict_compares_each_placement_with_its_own_references():
-    from sinkprobe.scan.scan import flag
+    from sinkprobe.scan.scan import check_verdict_at, flag
 
     both = ("prefix", "suffix")
     refs = [_row("u", 0.1, role="reference"), _row("u", 1.0, placement="suffix", role="reference")]
@@ -315,11 +315,18 @@ def test_verdict_compares_each_placement_with_its_own_references():
     # read at the sink alone (the default), a suffix row is the sweep: reported, never judged
     out = flag([_row("s", 0.0), _row("s", 9.0, placement="suffix")], refs)
     assert [r.verdict for r in out] == ["not flagged", "sweep only"]
-    assert flag([_row("s", 9.0, placement="suffix")], refs, verdict_at=("suffix",))[0].verdict == "flagged (search)"
+    assert flag([_row("s", 9.0, placement="suffix")], refs)[0].verdict == "flagged (search)"  # no prefix scanned
     with pytest.raises(ValueError, match=r"read at prefix, where nothing was scanned: .*\(suffix\)"):
-        flag([_row("s", 9.0, placement="suffix")], refs)
+        flag([_row("s", 9.0, placement="suffix")], refs, verdict_at=("prefix",))
     with pytest.raises(ValueError, match="the verdict is read nowhere"):
         flag([_row("s", 0.0)], refs, verdict_at=())
+    assert flag([], refs) == []  # nothing to judge
+    # the default: the sink where it was scanned; a scan that left the prefix out is judged where it was asked for
+    assert check_verdict_at(None, ["prefix", "suffix"]) == ("prefix",)
+    assert check_verdict_at(None, ["infix", "suffix"]) == ("infix", "suffix")
+    with pytest.raises(ValueError, match=r"read at infix, suffix, where nothing was scanned: .*\(prefix\)"):
+        check_verdict_at(("infix", "suffix", "infix"), ["prefix"])
+    assert check_verdict_at(("suffix", "prefix", "suffix"), ["prefix", "suffix"]) == ("suffix", "prefix")
     # random scores against the references' best there (prefix 2.0, suffix 0.5) + 1.0: 3.5 > 3.0, 1.4 < 1.5
     refs = [replace(refs[0], random_score=2.0), replace(refs[1], random_score=0.5)]
     refs += [_row("o", 0.0, role="reference", random_score=-1.0)]
@@ -386,6 +393,17 @@ def test_an_interrupted_scan_resumes_with_the_models_it_finished(
     ]  # fmt: skip
     assert table.groupby("model")["combined"].nunique().eq(1).all()  # one combined score per model
     assert not (tmp_path / "scan.parts").exists()  # the table is written: its parts are gone
+    judged = ("flagged (search)", "flagged (random keys)", "flagged (search, random keys)", "not flagged")
+    verdicts = table["verdict"].fillna("").tolist()
+    assert verdicts[0] in judged and verdicts[1:] == ["sweep only", "", ""]  # judged at the sink alone
+    # the same rows judged at the suffix instead (STEM given without .csv): no search, the verdict moves
+    rescore = ["rescore", str(tmp_path / "scan"), "--verdict-at", "suffix", "--out", str(tmp_path / "at_suffix")]
+    assert main(rescore) == 0 and scanned[5:] == []
+    moved = pd.read_csv(tmp_path / "at_suffix.csv")
+    verdicts = moved["verdict"].fillna("").tolist()
+    assert verdicts[0] == "sweep only" and verdicts[1] in judged and verdicts[2:] == ["", ""]
+    assert moved.drop(columns=["verdict", "combined"]).equals(table.drop(columns=["verdict", "combined"]))
+    assert "verdict at suffix:" in (tmp_path / "at_suffix.md").read_text().splitlines()[0]
 
 
 def test_table_parts_reuse_only_what_the_same_key_made(tmp_path):
@@ -517,11 +535,26 @@ def test_a_saved_scan_table_reads_back_as_it_was_written(tmp_path):
     suspects = [
         replace(_row("b", 1.0, kind="backdoored", random_score=2.5), found="7", found_tokens="7", true_trigger="@@"),
         _row("c", 0.2, 0.5),  # no random score, no trigger: blanks in the CSV
+        replace(_row("b", 4.0, placement="suffix", kind="backdoored"), trigger_works=True),  # the sweep
     ]
     suspects[0] = replace(suspects[0], true_gain=1.25, trigger_works=False, recovered="no")
     written = flag(suspects, refs) + refs
     write_scan(written, tmp_path / "s")
     back = read_scan(tmp_path / "s.csv")
-    # a one-token sequence stays text, a blank stays None (or ''), False stays False; combined is recomputed
-    assert [replace(r, combined=None) for r in back] == written
+    # a one-token sequence stays text, a blank stays None (or ''), False / True stay so; combined is recomputed
+    assert [replace(r, combined=None) for r in back] == written and back[2].verdict == "sweep only"
     assert back[0].found_tokens == "7" and back[0].trigger_works is False and back[1].random_score is None
+    assert back[2].trigger_works is True
+    text = (tmp_path / "s.csv").read_text()
+    (tmp_path / "bad.csv").write_text(text.replace(",False", ",false"))
+    with pytest.raises(ValueError, match=r"row 2: trigger_works reads 'false'"):
+        read_scan(tmp_path / "bad.csv")
+    lines = text.splitlines()
+    header, row = lines[0].split(","), lines[1].split(",")
+    row[header.index("score")] = ""
+    (tmp_path / "blank.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"row 2: score reads ''"):
+        read_scan(tmp_path / "blank.csv")
+    # a model without a row where the verdict is read cannot be scored there: refused in one line
+    with pytest.raises(ValueError, match="c has no suffix row, where the verdict is read"):
+        write_scan(written, tmp_path / "t", verdict_at=("prefix", "suffix"))

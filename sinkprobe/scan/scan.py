@@ -48,6 +48,7 @@ from __future__ import annotations
 import time
 from dataclasses import MISSING, asdict, dataclass, replace
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import numpy as np
 import pandas as pd
@@ -213,10 +214,14 @@ def _nulls(results: list[ScanResult], field: str = "score") -> dict[str, float]:
     return null
 
 
-def check_verdict_at(verdict_at: tuple[str, ...], scanned: list[str]) -> tuple[str, ...]:
-    """``verdict_at``, once each, when every one of them was scanned; else a one-line error."""
-    if not verdict_at or (missing := [p for p in verdict_at if p not in scanned]):
-        where = f"at {missing[0]}, where nothing was scanned" if verdict_at else "nowhere"
+def check_verdict_at(verdict_at: tuple[str, ...] | None, scanned: list[str]) -> tuple[str, ...]:
+    """``verdict_at``, once each, when every one of them was scanned; else a one-line error. None:
+    the default — the sink (:data:`VERDICT_AT`) where it was scanned, else every placement
+    scanned (a scan that leaves the prefix out was asked for elsewhere)."""
+    if verdict_at is None:
+        verdict_at = VERDICT_AT if all(p in scanned for p in VERDICT_AT) else tuple(scanned)
+    if not verdict_at or (missing := [p for p in dict.fromkeys(verdict_at) if p not in scanned]):
+        where = f"at {', '.join(missing)}, where nothing was scanned" if verdict_at else "nowhere"
         raise ValueError(
             f"the verdict is read {where}: give --verdict-at one or more of the scanned placements "
             f"({', '.join(scanned)})"
@@ -224,13 +229,28 @@ def check_verdict_at(verdict_at: tuple[str, ...], scanned: list[str]) -> tuple[s
     return tuple(dict.fromkeys(verdict_at))
 
 
+def _require_rows(results: list[ScanResult], verdict_at: tuple[str, ...]) -> None:
+    """Every model of the table has a row at each placement the verdict is read."""
+    held = {(_model(r), r.placement) for r in results}
+    for model in dict.fromkeys(_model(r) for r in results):
+        for placement in verdict_at:
+            if (model, placement) not in held:
+                raise ValueError(
+                    f"{model[0]} has no {placement} row, where the verdict is read: scan it there, or "
+                    "read the verdict at placements every model was scanned at (--verdict-at)"
+                )
+
+
 def flag(suspects: list[ScanResult], references: list[ScanResult], margin: float = DEFAULT_MARGIN,
          random_margin: float = RANDOM_MARGIN,
-         verdict_at: tuple[str, ...] = VERDICT_AT) -> list[ScanResult]:  # fmt: skip
+         verdict_at: tuple[str, ...] | None = None) -> list[ScanResult]:  # fmt: skip
     """The suspects with their verdict at the ``verdict_at`` placements: flagged when the score
     exceeds every reference's at the same placement by ``margin`` (the search), or the random
     score every reference's by ``random_margin`` (random keys); the verdict names the tests that
-    fired. Rows at the other placements are the sweep: ``sweep only``."""
+    fired (``verdict_at``: as :func:`check_verdict_at` reads it; None, the default: the sink).
+    Rows at the other placements are the sweep: ``sweep only``."""
+    if not suspects:
+        return []
     verdict_at = check_verdict_at(verdict_at, list(dict.fromkeys(s.placement for s in suspects)))
     null, random_null = _nulls(references), _nulls(references, "random_score")
     out = []
@@ -284,9 +304,9 @@ def sweeps(results: list[ScanResult], ceiling: bool = False, field: str = "score
     return best
 
 
-def combine(results: list[ScanResult], placements: tuple[str, ...] | None = None) -> list[ScanResult]:
+def combine(results: list[ScanResult], placements: tuple[str, ...] | None = VERDICT_AT) -> list[ScanResult]:
     """Every row with its model's ``combined`` score: the z-score of the model's best score over
-    ``placements`` (:func:`sweeps`; default every placement scanned) plus the z-score of its
+    ``placements`` (:func:`sweeps`; default where the verdict is read, None: every placement) plus the z-score of its
     ``sink_signature`` where measured. Each z is taken over all models of the table, suspects
     and references alike, so no label enters it; standardising first puts nats per token and
     value-norm units on one scale."""
@@ -301,7 +321,7 @@ def _flagged(models: list[list[ScanResult]], test: str = "") -> int:
 
 
 def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MARGIN,
-               random_margin: float = RANDOM_MARGIN, verdict_at: tuple[str, ...] = VERDICT_AT) -> None:  # fmt: skip
+               random_margin: float = RANDOM_MARGIN, verdict_at: tuple[str, ...] | None = None) -> None:  # fmt: skip
     """``stem.csv`` and ``stem.md``: one row per scanned model and placement, with ``combined``; with
     backdoored and clean suspects, the Markdown ends with the scanner's AUROC — each read where the
     verdict is (``verdict_at``): of each model's score, of its combined score, and the ceiling
@@ -311,6 +331,8 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
     each trigger works (:func:`trigger_works`), the same over the θ_b whose trigger works; with
     backdoors of several trained triggers, the AUROC of each trigger's backdoors against all
     clean models."""
+    verdict_at = check_verdict_at(verdict_at, list(dict.fromkeys(r.placement for r in results)))
+    _require_rows(results, verdict_at)
     results = combine(results, verdict_at)
     sweep, probe = sweeps(results, placements=verdict_at), sweeps(results, field="random_score", placements=verdict_at)
     models: dict[tuple[str, str], list[ScanResult]] = {}
@@ -380,22 +402,26 @@ def write_scan(results: list[ScanResult], stem: Path, margin: float = DEFAULT_MA
 
 def read_scan(path: Path) -> list[ScanResult]:
     """The rows of a scan table (``STEM.csv`` as :func:`write_scan` wrote it), to judge again
-    under other verdict settings without searching again."""
+    at other placements without searching again."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    fields = ScanResult.__dataclass_fields__
+    fields, types = ScanResult.__dataclass_fields__, get_type_hints(ScanResult)
     required = [name for name, f in fields.items() if f.default is MISSING]
     if missing := [name for name in required if name not in frame.columns]:
         raise ValueError(
             f"{path} is not a scan table (no column {missing[0]!r}): give a STEM.csv that sinkprobe scan wrote"
         )
 
-    def value(name: str, text: str):
-        kind = fields[name].type  # annotations are strings here (postponed evaluation)
-        if kind == "str":
+    def value(name: str, text: str, line: int):
+        kind = types[name]
+        if kind is str:
             return text
-        if text == "":
+        if text == "" and name not in required:
             return None
-        return text == "True" if kind.startswith("bool") else float(text)
+        readers = {"True": True, "False": False} if bool in get_args(kind) else None
+        try:
+            return readers[text] if readers else float(text)
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}, row {line}: {name} reads {text!r}: give a scan table as sinkprobe scan wrote it")
 
     columns = [c for c in frame.columns if c in fields]
-    return [ScanResult(**{c: value(c, row[c]) for c in columns}) for _, row in frame.iterrows()]
+    return [ScanResult(**{c: value(c, row[c], i + 2) for c in columns}) for i, row in frame.iterrows()]
