@@ -20,16 +20,18 @@
 #   e: the symbol pair "%%" (seed 0) and the words "orange juice" (seed 2), ρ 10 %; clean NPO
 #      seeds 15-17, RMU seeds 9-10 → figures/scratch/scan_validation_e, defences_validation_e
 # e flagged two clean θ_u at the suffix, and every clean model flagged in a-e was flagged at infix or
-# suffix only; the verdict was then read at the sink (prefix) alone, and f, g and h were drawn to test it:
+# suffix only; the verdict was then read at the sink (prefix) alone, and f-i were drawn to test it:
 #   f: the rare word "quartz" (seed 9) and the code-like "0xBEEF" (seed 17), ρ 10 %; clean NPO
 #      seeds 18-20, RMU seeds 11-12 → figures/scratch/scan_validation_f, defences_validation_f
 #   g: the abbreviation "tl;dr" (seed 0) and the words "by the way" (seed 3), ρ 10 %; clean NPO
 #      seeds 21-23, RMU seeds 13-14 → figures/scratch/scan_validation_g, defences_validation_g
 #   h: the rare word "nevermore" (seed 2) and the emoticon "<3" (seed 17), ρ 10 %; clean NPO
 #      seeds 24-26, RMU seeds 15-16 → figures/scratch/scan_validation_h, defences_validation_h
-# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a-h
-# (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b-h:
-# STUDY_validation_b … _h) relative to the repository root; options after them go to scan and defend
+#   i: the rare word "cobalt" (seed 3) and the symbol pair "~~" (seed 9), ρ 10 %; clean NPO
+#      seeds 27-29, RMU seeds 17-18 → figures/scratch/scan_validation_i, defences_validation_i
+# Usage: experiments/scan_validation.sh [POPULATION [STUDY [OUT [options...]]]] — POPULATION a-i
+# (default a), STUDY (default runs/scratch) and OUT (default STUDY_validation; b-i:
+# STUDY_validation_b … _i) relative to the repository root; options after them go to scan and defend
 # alike, e.g. `experiments/scan_validation.sh b runs/scratch runs/scratch_validation_b --overwrite`.
 # A rerun skips the checkpoints already written and resumes an interrupted scan.
 set -euo pipefail
@@ -61,7 +63,10 @@ case $population in
   h) suffix="_h"
      backdoors=("nevermore|nevermore|2|0.1" "heart|<3|17|0.1")
      npo_seeds=(24 25 26) rmu_seeds=(15 16) ;;
-  *) echo "unknown population '$population': give a letter from a to h" >&2; exit 2 ;;
+  i) suffix="_i"
+     backdoors=("cobalt|cobalt|3|0.1" "tilde|~~|9|0.1")
+     npo_seeds=(27 28 29) rmu_seeds=(17 18) ;;
+  *) echo "unknown population '$population': give a letter from a to i" >&2; exit 2 ;;
 esac
 out=${3:-${study}_validation$suffix}
 models=$study/models
