@@ -206,7 +206,7 @@ def cmd_scan(args) -> None:
     parts.finish()
 
 
-def _judge(results, out: Path, verdict_at: tuple[str, ...]) -> None:
+def _judge(results, out: Path, verdict_at: tuple[str, ...] | None) -> None:
     """Each suspect's verdict against the references, written as the table ``out`` and printed."""
     from sinkprobe.scan.scan import flag, write_scan
 
@@ -220,7 +220,7 @@ def _judge(results, out: Path, verdict_at: tuple[str, ...]) -> None:
 
 def cmd_rescore(args) -> None:
     from sinkprobe.pipeline.runs import check_table_target
-    from sinkprobe.scan.scan import check_verdict_at, read_scan
+    from sinkprobe.scan.scan import read_scan
     from sinkprobe.tables import table_paths
 
     table = table_paths(args.table)[0]  # STEM or STEM.csv
@@ -229,8 +229,7 @@ def cmd_rescore(args) -> None:
     results = read_scan(table)
     out = _out(args.out)
     check_table_target(out, args.overwrite)
-    verdict_at = check_verdict_at(_verdict_at_option(args), list(dict.fromkeys(r.placement for r in results)))
-    _judge(results, out, verdict_at)
+    _judge(results, out, _verdict_at_option(args))  # flag and write_scan check it against the table's rows
 
 
 def _verdict_at_option(args) -> tuple[str, ...] | None:

@@ -421,7 +421,9 @@ def read_scan(path: Path) -> list[ScanResult]:
         try:
             return readers[text] if readers else float(text)
         except (KeyError, ValueError):
-            raise ValueError(f"{path}, row {line}: {name} reads {text!r}: give a scan table as sinkprobe scan wrote it")
+            raise ValueError(
+                f"{path}, row {line}: {name} reads {text!r}: give a scan table as sinkprobe scan wrote it"
+            ) from None
 
     columns = [c for c in frame.columns if c in fields]
     return [ScanResult(**{c: value(c, row[c], i + 2) for c in columns}) for i, row in frame.iterrows()]
